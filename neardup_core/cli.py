@@ -1,0 +1,67 @@
+"""Command line: ``neardup run --input PATH --output DIR [--config FILE] [--set K=V ...]``.
+
+Exit codes: 0 success, 2 bad invocation (config, input, output, model; one message on
+stderr, before any Spark job runs), 1 any other failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+
+from .config import ConfigError, load_config
+from .embed import ModelError
+from .output import OutputError
+from .sources import InputError
+
+USAGE_ERRORS = (ConfigError, InputError, ModelError, OutputError)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neardup", description="Batch near-duplicate image detection on Spark.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="embed, hash and pair a catalog of images")
+    run.add_argument("--input", required=True, help="directory of images, or a Parquet/CSV manifest")
+    run.add_argument("--output", required=True, help="where results go")
+    run.add_argument("--config", help="YAML file overriding conf/default.yaml")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one key, e.g. --set lsh.num_tables=16 (repeatable)")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    return p
+
+
+def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if launched_by_spark_submit is None:
+        # spark-submit starts the Python driver with a gateway to its own JVM.
+        launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    try:
+        cfg = load_config(args.config, args.set)
+        # Paths are taken verbatim, not parsed as YAML like --set values.
+        cfg = cfg.replace(
+            input=dataclasses.replace(cfg.input, path=args.input),
+            output=dataclasses.replace(cfg.output, path=args.output,
+                                       overwrite=args.overwrite or cfg.output.overwrite),
+        )
+        from . import job  # Spark and TensorFlow load only once the invocation is valid
+
+        result = job.run(cfg, launched_by_spark_submit=launched_by_spark_submit)
+    except USAGE_ERRORS as err:
+        print(f"neardup: error: {err}", file=sys.stderr)
+        return 2
+    print(f"neardup: {result.images} images, {result.errors} errors, "
+          f"{result.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}) -> {result.output}")
+    return 0
+
+
+def main_entry() -> None:
+    """Console-script wrapper: exit with main()'s code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -1,0 +1,266 @@
+"""Typed, validated configuration.
+
+One :class:`Config` object is built at the edge (the CLI) from the defaults below
+(documented key by key in ``conf/default.yaml``; a test keeps the two equal), an
+optional user YAML file and ``--set KEY=VALUE`` overrides, validated once, and then
+handed to every stage.
+No stage reads files or environment variables on its own.
+
+An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
+naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, of the wrong type or out of range."""
+
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    path: str | None = None
+    format: Literal["auto", "directory", "parquet", "csv"] = "auto"
+    id_column: str = "id"
+    path_column: str = "path"
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    max_file_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    rows_per_partition: int = 2000
+
+    def validate(self) -> None:
+        _require(bool(self.id_column), "input.id_column", self.id_column, "must not be empty")
+        _require(bool(self.path_column), "input.path_column", self.path_column, "must not be empty")
+        _require(len(self.extensions) > 0, "input.extensions", self.extensions, "must not be empty")
+        for ext in self.extensions:
+            _require(ext.isalnum(), "input.extensions", self.extensions,
+                     f"entries must be bare extensions like 'jpg', got {ext!r}")
+        _in_range("input.max_file_bytes", self.max_file_bytes, 1, 2**31 - 1)
+        _in_range("input.max_pixels", self.max_pixels, 1, 2**40)
+        _in_range("input.rows_per_partition", self.rows_per_partition, 1, 10**7)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str | None = None
+    input_size: int = 224
+    preprocess: Literal["none", "unit", "tf", "torch"] = "none"
+    output: str | None = None
+    cache_dir: str = "~/.cache/neardup"
+
+    def validate(self) -> None:
+        _in_range("model.input_size", self.input_size, 16, 2048)
+        _require(bool(self.cache_dir), "model.cache_dir", self.cache_dir, "must not be empty")
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    batch_size: int = 32
+    threads_per_task: int = 1
+
+    def validate(self) -> None:
+        _in_range("embed.batch_size", self.batch_size, 1, 4096)
+        _in_range("embed.threads_per_task", self.threads_per_task, 0, 1024)
+
+
+@dataclass(frozen=True)
+class LshConfig:
+    num_tables: int = 32
+    bits_per_table: int = 9
+    seed: int = 20261122
+
+    def validate(self) -> None:
+        _in_range("lsh.num_tables", self.num_tables, 1, 256)
+        _in_range("lsh.bits_per_table", self.bits_per_table, 1, 63)
+        _in_range("lsh.seed", self.seed, 0, 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    cosine_threshold: float = 0.80
+
+    def validate(self) -> None:
+        _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    path: str | None = None
+    overwrite: bool = False
+    write_embeddings: bool = True
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str | None = None
+    app_name: str = "neardup"
+    shuffle_partitions: int = 0
+    conf: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _in_range("spark.shuffle_partitions", self.shuffle_partitions, 0, 10**6)
+
+
+@dataclass(frozen=True)
+class Config:
+    input: InputConfig = field(default_factory=InputConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    lsh: LshConfig = field(default_factory=LshConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists for tuples) for the run manifest and ``--print-config``."""
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def load_config(config_file: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build the effective configuration.
+
+    Args:
+        config_file: optional YAML file whose keys override the defaults.
+        overrides: ``KEY=VALUE`` strings (``lsh.num_tables=16``); VALUE is parsed as YAML.
+
+    Returns:
+        A validated :class:`Config`.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
+    """
+    merged = Config().to_dict()
+    if config_file is not None:
+        try:
+            with open(config_file, encoding="utf-8") as fh:
+                user = yaml.safe_load(fh) or {}
+        except OSError as err:
+            raise ConfigError(f"--config {config_file}: cannot read: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--config {config_file}: not valid YAML: {err}") from err
+        if not isinstance(user, dict):
+            raise ConfigError(f"--config {config_file}: must hold a mapping of sections, got {type(user).__name__}")
+        _merge(merged, user, source=config_file)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. lsh.num_tables=16")
+        section, name = key.strip().split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from err
+        _merge(merged, {section: {name: value}}, source="--set")
+    return from_dict(merged).validate()
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Typed :class:`Config` from nested plain data; unknown keys and wrong types raise."""
+    sections = {}
+    hints = get_type_hints(Config)
+    for name, value in data.items():
+        if name not in hints:
+            raise ConfigError(f"unknown configuration section {name!r}; known: {', '.join(hints)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a mapping of keys, got {value!r}")
+        sections[name] = _section(hints[name], name, value)
+    return Config(**sections)
+
+
+def _section(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown configuration key {section}.{key}; known in {section}: {', '.join(hints)}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if args and type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(key, v, args[0]) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _merge(base: dict, update: dict, source: str) -> None:
+    for section, values in update.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+        base.setdefault(section, {})
+        if not isinstance(base[section], dict):
+            base[section] = {}
+        base[section].update(values)
+
+
+def _require(ok: bool, key: str, value: Any, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {problem}, got {value!r}")
+
+
+def _in_range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} must be in {lo}..{hi}, got {value!r}")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,67 @@
+"""One Arrow batch of files -> embeddings, with a reason for each file that failed. Pure."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from ..config import InputConfig
+from ..decode import DecodeError, decode_image
+from ..sources import ReadError, read_bytes
+from . import Embedder
+
+
+class EmbeddedBatch(NamedTuple):
+    """Aligned with the input rows; ``embeddings[i]`` is None where ``error_stage[i]`` is set."""
+
+    embeddings: list[np.ndarray | None]
+    error_stage: list[str | None]
+    error_message: list[str | None]
+
+
+def embed_batch(
+    paths: Sequence[str],
+    contents: Sequence[bytes | None],
+    prior_errors: Sequence[str | None],
+    embedder: Embedder,
+    input_cfg: InputConfig,
+    size: int,
+) -> EmbeddedBatch:
+    """Read (where ``contents`` is None), decode and embed a batch of files.
+
+    A file that cannot be read or decoded becomes an error row; the rest of the batch goes
+    on. ``prior_errors`` carries reasons found while listing (a file too large to read):
+    such rows keep their reason and are not read.
+
+    Memory: one decoded (size, size, 3) uint8 image per row, plus the model's activations.
+    """
+    n = len(paths)
+    stages: list[str | None] = [None] * n
+    messages: list[str | None] = list(prior_errors)
+    pixels: list[np.ndarray] = []
+    good: list[int] = []
+    for i in range(n):
+        if messages[i] is not None:
+            stages[i] = "read"
+            continue
+        data = contents[i]
+        try:
+            if data is None:
+                data = read_bytes(paths[i], input_cfg.max_file_bytes)
+        except ReadError as err:
+            stages[i], messages[i] = "read", str(err)
+            continue
+        try:
+            pixels.append(decode_image(data, size, input_cfg.max_pixels))
+            good.append(i)
+        except DecodeError as err:
+            stages[i], messages[i] = "decode", str(err)
+        except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not fail the job
+            stages[i], messages[i] = "decode", f"unexpected {type(err).__name__}: {err}"
+    embeddings: list[np.ndarray | None] = [None] * n
+    if good:
+        vectors = embedder.embed(np.stack(pixels))
+        for row, vec in zip(good, vectors):
+            embeddings[row] = vec
+    return EmbeddedBatch(embeddings, stages, messages)

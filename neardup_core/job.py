@@ -1,0 +1,178 @@
+"""The nightly dedup job: check inputs, run the stages in order, commit the output.
+
+Everything that can be checked without Spark (config, input path, output folder, model)
+is checked first, so a bad invocation fails in seconds with one message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from pyspark import StorageLevel
+
+from . import __version__, lsh, pipeline
+from .config import Config
+from .embed import get_embedder
+from .output import OutputDir, check_output, local_entries
+from .sources import InputError, is_local, resolve_format
+
+log = logging.getLogger("neardup")
+
+
+@dataclass
+class Progress:
+    """Logs each stage as it starts and ends, and keeps the timings for the manifest."""
+
+    stages: list[dict] = field(default_factory=list)
+    errors: int = 0
+
+    @contextlib.contextmanager
+    def stage(self, name: str, images: int | None = None):
+        log.info("stage %s: started", name)
+        record: dict = {"name": name}
+        start = time.perf_counter()
+        yield record
+        seconds = time.perf_counter() - start
+        record["seconds"] = round(seconds, 3)
+        self.stages.append(record)
+        rate = f", {images / seconds:.1f} images/s" if images and seconds > 0 else ""
+        rows = f", {record['rows']} rows" if "rows" in record else ""
+        log.info("stage %s: done in %.1f s%s%s, %d errors so far", name, seconds, rows, rate, self.errors)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    output: str
+    images: int
+    embedded: int
+    errors: int
+    pairs: int
+    manifest: dict
+
+
+def run(cfg: Config, launched_by_spark_submit: bool = False) -> RunResult:
+    """Run the job end to end.
+
+    Raises:
+        ConfigError, InputError, ModelError, OutputError: bad invocation, before any
+            Spark job runs.
+    """
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    fmt = resolve_format(cfg.input)
+    if cfg.output.path is None:
+        raise InputError("--output is required")
+    if is_local(cfg.output.path):
+        check_output(local_entries(cfg.output.path), cfg.output.path, cfg.output.overwrite)
+    progress = Progress()
+
+    with progress.stage("load-model") as record:
+        embedder = get_embedder(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
+        record["dim"] = embedder.dim
+    planes = lsh.hyperplanes(cfg.lsh.seed, cfg.lsh.num_tables, cfg.lsh.bits_per_table, embedder.dim)
+
+    spark = pipeline.build_session(cfg.spark, cfg.embed, launched_by_spark_submit)
+    out = OutputDir(spark, cfg.output.path, run_id)
+    check_output(out.entries(), cfg.output.path, cfg.output.overwrite)
+    try:
+        result = _run_stages(spark, cfg, fmt, out, planes, embedder.dim, progress)
+        manifest = _manifest(cfg, run_id, started, spark, progress, result)
+        out.commit(manifest)
+    except BaseException:
+        out.discard_staging()
+        raise
+    log.info("done: %d images, %d errors, %d near-duplicate pairs -> %s",
+             result["images"], result["errors"], result["pairs"], cfg.output.path)
+    return RunResult(cfg.output.path, result["images"], result["embedded"], result["errors"],
+                     result["pairs"], manifest)
+
+
+def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, progress: Progress) -> dict:
+    with progress.stage("list") as record:
+        listing = pipeline.list_inputs(spark, cfg.input, fmt)
+        images = record["rows"] = listing.count()
+        if images == 0:
+            kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
+            raise InputError(f"--input {cfg.input.path}: no {kind} found")
+        if fmt != "directory":
+            dups = pipeline.duplicate_ids(listing)
+            if dups:
+                raise InputError(f"--input {cfg.input.path}: ids occur more than once, e.g. {dups}")
+            partitions = max(spark.sparkContext.defaultParallelism, -(-images // cfg.input.rows_per_partition))
+            listing = listing.repartition(partitions)
+
+    with progress.stage("embed", images=images) as record:
+        embedded = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input).persist(StorageLevel.MEMORY_AND_DISK)
+        record["rows"] = embedded.count()
+        errors = embedded.filter("error_stage is not null").select(
+            "id", "path", embedded["error_stage"].alias("stage"), embedded["error_message"].alias("message"))
+        progress.errors = errors.count()
+        record["errors"] = progress.errors
+
+    with progress.stage("hash", images=images) as record:
+        broadcast = spark.sparkContext.broadcast(planes)
+        hashed = pipeline.hash_embeddings(embedded, broadcast, cfg.lsh.num_tables).persist(
+            StorageLevel.MEMORY_AND_DISK)
+        embedded_count = record["rows"] = hashed.count()
+
+    with progress.stage("pairs") as record:
+        # Rows here are small (keys, ids); the low Arrow batch size set for images would
+        # only add per-batch overhead. Size the shuffles by the data, not Spark's default
+        # of 200, which on a small catalog is 200 near-empty Python tasks per shuffle.
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        if not cfg.spark.shuffle_partitions:
+            spark.conf.set("spark.sql.shuffle.partitions", str(_shuffle_partitions(spark, embedded_count, cfg)))
+        scored = pipeline.score_pairs(
+            pipeline.candidate_pairs(hashed, cfg.lsh.num_tables), hashed, cfg.lsh.num_tables
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        candidates = record["candidate_pairs"] = scored.count()
+        near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold).orderBy("id_a", "id_b")
+        near.write.parquet(out.staged("pairs"))
+        pairs = record["rows"] = spark.read.parquet(out.staged("pairs")).count()
+
+    with progress.stage("write") as record:
+        errors.orderBy("id").write.parquet(out.staged("errors"))
+        if cfg.output.write_embeddings:
+            hashed.write.parquet(out.staged("embeddings"))
+        record["rows"] = embedded_count + progress.errors
+
+    by_stage = errors.groupBy("stage").count().collect() if progress.errors else []
+    for frame in (scored, hashed, embedded):
+        frame.unpersist()
+    broadcast.destroy()
+    return {"images": images, "embedded": embedded_count, "errors": progress.errors,
+            "errors_by_stage": {row["stage"]: row["count"] for row in by_stage},
+            "candidate_pairs": candidates, "pairs": pairs, "dim": dim}
+
+
+def _shuffle_partitions(spark, rows: int, cfg: Config) -> int:
+    """About 500k bucket rows per shuffle partition, at least one per core."""
+    bucket_rows = rows * cfg.lsh.num_tables
+    return max(spark.sparkContext.defaultParallelism, -(-bucket_rows // 500_000))
+
+
+def _manifest(cfg: Config, run_id: str, started: dt.datetime, spark, progress: Progress, result: dict) -> dict:
+    return {
+        "neardup_version": __version__,
+        "run_id": run_id,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "spark": {"version": spark.version, "master": spark.sparkContext.master,
+                  "default_parallelism": spark.sparkContext.defaultParallelism},
+        "counts": {
+            "inputs": result["images"],
+            "embedded": result["embedded"],
+            "errors": result["errors"],
+            "errors_by_stage": result["errors_by_stage"],
+            "candidate_pairs": result["candidate_pairs"],
+            "pairs": result["pairs"],
+        },
+        "embedding_dim": result["dim"],
+        "stages": progress.stages,
+        "config": cfg.to_dict(),
+    }

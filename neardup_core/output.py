@@ -1,0 +1,117 @@
+"""Atomic output: results are written under a staging folder and moved into place, and
+``_SUCCESS`` is written last, so a run that fails or is killed never leaves a result that
+looks complete.
+
+Layout of a finished run::
+
+    OUTPUT/pairs/  embeddings/  errors/  _manifest.json  _SUCCESS
+
+File operations go through Hadoop's FileSystem API (the one Spark writes with), so the
+same code handles local paths, HDFS and object stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pyspark.sql import SparkSession
+
+DATASETS = ("pairs", "embeddings", "errors")
+MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"
+STAGING_PREFIX = "_staging-"
+OWN_NAMES = frozenset(DATASETS) | {MANIFEST, SUCCESS}
+
+
+class OutputError(ValueError):
+    """The output location cannot be used (a finished run without --overwrite, foreign files)."""
+
+
+def check_output(names: list[str] | None, path: str, overwrite: bool) -> None:
+    """Refuse an output that holds a finished run (unless ``overwrite``) or foreign files.
+
+    Args:
+        names: entries directly under ``path``, or None if it does not exist.
+
+    Raises:
+        OutputError: naming the path and what is wrong.
+    """
+    if not names:
+        return
+    if SUCCESS in names and not overwrite:
+        raise OutputError(f"--output {path}: holds a finished run (_SUCCESS); pass --overwrite to replace it")
+    foreign = sorted(n for n in names if n not in OWN_NAMES and not n.startswith(STAGING_PREFIX))
+    if foreign:
+        raise OutputError(
+            f"--output {path}: holds files this job did not write ({', '.join(foreign[:5])}); "
+            "choose an empty or new directory"
+        )
+
+
+def local_entries(path: str) -> list[str] | None:
+    return os.listdir(path) if os.path.isdir(path) else ([path] if os.path.exists(path) else None)
+
+
+class OutputDir:
+    """One run's output folder, staged under ``OUTPUT/_staging-RUN_ID``."""
+
+    def __init__(self, spark: SparkSession, path: str, run_id: str):
+        jvm = spark.sparkContext._jvm
+        self._Path = jvm.org.apache.hadoop.fs.Path
+        self.root = self._Path(path)
+        self._fs = self.root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self.path = path.rstrip("/")
+        self.staging = f"{self.path}/{STAGING_PREFIX}{run_id}"
+
+    def entries(self) -> list[str] | None:
+        if not self._fs.exists(self.root):
+            return None
+        if not self._fs.getFileStatus(self.root).isDirectory():
+            return [self.path]
+        return [status.getPath().getName() for status in self._fs.listStatus(self.root)]
+
+    def staged(self, name: str) -> str:
+        """Where a dataset is written before it is moved into place."""
+        return f"{self.staging}/{name}"
+
+    def commit(self, manifest: dict) -> None:
+        """Move the staged datasets into place, then write the manifest, then ``_SUCCESS``.
+
+        The old ``_SUCCESS`` goes first, so a crash half-way leaves a folder that does not
+        claim to be finished; each dataset moves whole, with one rename.
+        """
+        self._delete(SUCCESS)
+        for name in (*DATASETS, MANIFEST):
+            self._delete(name)
+        for name in DATASETS:
+            src = self._Path(self.staged(name))
+            if self._fs.exists(src) and not self._fs.rename(src, self._Path(f"{self.path}/{name}")):
+                raise OSError(f"could not move {self.staged(name)} into {self.path}")
+        self._write_text(MANIFEST, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        self._write_text(SUCCESS, "")
+        self.discard_staging()
+
+    def discard_staging(self) -> None:
+        """Remove this run's staging folder and any left by runs that were killed."""
+        if not self._fs.exists(self.root):
+            return
+        for status in self._fs.listStatus(self.root):
+            if status.getPath().getName().startswith(STAGING_PREFIX):
+                self._fs.delete(status.getPath(), True)
+
+    def _delete(self, name: str) -> None:
+        path = self._Path(f"{self.path}/{name}")
+        if self._fs.exists(path):
+            self._fs.delete(path, True)
+
+    def _write_text(self, name: str, text: str) -> None:
+        # Write beside the target and rename, so a reader never sees a partial file.
+        tmp = self._Path(f"{self.staging}/{name}")
+        stream = self._fs.create(tmp, True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        if not self._fs.rename(tmp, self._Path(f"{self.path}/{name}")):
+            raise OSError(f"could not write {self.path}/{name}")

@@ -1,0 +1,242 @@
+"""The Spark stages. Each turns Arrow batches into arrays, calls a pure function, and
+turns the result back; the maths lives in :mod:`lsh`, :mod:`pairing` and :mod:`embed`.
+
+Every stage is a function from DataFrame to DataFrame; the job in :mod:`neardup_core.job`
+decides when they run and what is written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from .config import Config, EmbedConfig, InputConfig, ModelConfig, SparkConfig
+from .sources import InputError, extension_glob, is_local, local_path
+
+EMBEDDED_SCHEMA = (
+    "id string, path string, embedding array<float>, error_stage string, error_message string"
+)
+HASHED_SCHEMA = "id string, path string, embedding array<float>, keys array<bigint>"
+CANDIDATE_SCHEMA = "id_a string, id_b string, tables_matched int"
+PAIR_SCHEMA = (
+    "id_a string, id_b string, path_a string, path_b string, "
+    "cosine double, jaccard double, tables_matched int"
+)
+
+
+def build_session(cfg: SparkConfig, embed: EmbedConfig, launched_by_spark_submit: bool) -> SparkSession:
+    """The job's session. Locally it runs ``local[*]`` unless ``spark.master`` says
+    otherwise; under spark-submit the master and resources come from spark-submit."""
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master is not None:
+        builder = builder.master(cfg.master)
+    elif not launched_by_spark_submit:
+        builder = builder.master("local[*]")
+    if not launched_by_spark_submit:
+        # Local workers must run the interpreter that has our dependencies installed.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(embed.batch_size))
+    if cfg.shuffle_partitions:
+        builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:
+    """id, path, content (bytes, or null to read by path), error_message (set when the
+    file is known to be unusable before reading it)."""
+    if fmt == "directory":
+        return _list_directory(spark, cfg)
+    return _list_manifest(spark, cfg, fmt)
+
+
+def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    files = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", extension_glob(cfg.extensions))
+        .load(cfg.path)
+    )
+    # The length filter is pushed into the binaryFile reader, so files over the limit
+    # are never read into memory; they are reported instead.
+    readable = files.filter(F.col("length") <= cfg.max_file_bytes).select(
+        F.col("path").alias("id"), "path", "content", F.lit(None).cast("string").alias("error_message")
+    )
+    too_big = files.filter(F.col("length") > cfg.max_file_bytes).select(
+        F.col("path").alias("id"),
+        "path",
+        F.lit(None).cast("binary").alias("content"),
+        F.format_string(f"file is %d bytes, above input.max_file_bytes={cfg.max_file_bytes}", "length")
+        .alias("error_message"),
+    )
+    return readable.unionByName(too_big)
+
+
+def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:
+    reader = spark.read.option("header", "true") if fmt == "csv" else spark.read
+    table = reader.format(fmt).load(cfg.path)
+    missing = [c for c in (cfg.id_column, cfg.path_column) if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"--input {cfg.path}: manifest has no column {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(table.columns)}); set input.id_column / input.path_column"
+        )
+    path = F.col(cfg.path_column).cast("string")
+    if is_local(cfg.path):
+        # Relative paths in a local manifest are relative to the manifest's directory.
+        base = os.path.dirname(os.path.abspath(local_path(cfg.path)))
+        path = F.when(path.rlike(r"^(/|[A-Za-z][A-Za-z0-9+.-]*:)"), path).otherwise(
+            F.concat(F.lit(base + "/"), path)
+        )
+    return table.select(
+        F.col(cfg.id_column).cast("string").alias("id"),
+        path.alias("path"),
+        F.lit(None).cast("binary").alias("content"),
+        F.when(F.col(cfg.path_column).isNull(), F.lit("manifest row has no path"))
+        .otherwise(F.lit(None).cast("string"))
+        .alias("error_message"),
+    )
+
+
+def duplicate_ids(listing: DataFrame, limit: int = 5) -> list[str]:
+    """Up to ``limit`` ids that occur more than once (manifests only; paths are unique)."""
+    dups = listing.groupBy("id").count().filter(F.col("count") > 1).limit(limit)
+    return [row["id"] for row in dups.collect()]
+
+
+def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_cfg: InputConfig) -> DataFrame:
+    """Read, decode and embed each file: id, path, embedding | error_stage, error_message."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.embed import get_embedder
+        from neardup_core.embed.batch import embed_batch
+
+        embedder = get_embedder(model, embed_cfg)
+        for batch in batches:
+            result = embed_batch(
+                paths=batch.column("path").to_pylist(),
+                contents=batch.column("content").to_pylist(),
+                prior_errors=batch.column("error_message").to_pylist(),
+                embedder=embedder,
+                input_cfg=input_cfg,
+                size=model.input_size,
+            )
+            yield pa.RecordBatch.from_arrays(
+                [
+                    batch.column("id"),
+                    batch.column("path"),
+                    pa.array(result.embeddings, type=pa.list_(pa.float32())),
+                    pa.array(result.error_stage, type=pa.string()),
+                    pa.array(result.error_message, type=pa.string()),
+                ],
+                names=["id", "path", "embedding", "error_stage", "error_message"],
+            )
+
+    return listing.mapInArrow(run, EMBEDDED_SCHEMA)
+
+
+def hash_embeddings(embedded: DataFrame, planes_broadcast, num_tables: int) -> DataFrame:
+    """Adds ``keys``: one LSH bucket key per table (rows without an embedding are dropped)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.lsh import bucket_keys
+
+        planes = planes_broadcast.value
+        for batch in batches:
+            vectors = _matrix(batch.column("embedding"), planes.shape[1])
+            keys = bucket_keys(vectors, planes, num_tables)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), batch.column("path"), batch.column("embedding"), _list_column(keys)],
+                names=["id", "path", "embedding", "keys"],
+            )
+
+    ok = embedded.filter(F.col("error_stage").isNull()).select("id", "path", "embedding")
+    return ok.mapInArrow(run, HASHED_SCHEMA)
+
+
+def candidate_pairs(hashed: DataFrame, num_tables: int) -> DataFrame:
+    """Each pair of rows sharing a bucket in any table, once: id_a < id_b, tables_matched.
+
+    Only (table, key, id, keys) are shuffled, never the embeddings. Rows are sorted by
+    bucket inside each partition, so one pass finds every bucket's pairs.
+    """
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.pairing import SortedBuckets, candidates_from_sorted_chunks
+
+        chunks = (
+            SortedBuckets(
+                table=batch.column("table").to_numpy(),
+                key=batch.column("key").to_numpy(),
+                ids=batch.column("id").to_numpy(zero_copy_only=False),
+                keys=_matrix(batch.column("keys"), num_tables),
+            )
+            for batch in batches
+        )
+        for found in candidates_from_sorted_chunks(chunks):
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(found.id_a, pa.string()), pa.array(found.id_b, pa.string()),
+                 pa.array(found.tables_matched, pa.int32())],
+                names=["id_a", "id_b", "tables_matched"],
+            )
+
+    exploded = hashed.select("id", "keys", F.posexplode("keys").alias("table", "key"))
+    return (
+        exploded.repartition("table", "key")
+        .sortWithinPartitions("table", "key", "id")
+        .select(F.col("table").cast("int"), "key", "id", "keys")
+        .mapInArrow(run, CANDIDATE_SCHEMA)
+    )
+
+
+def score_pairs(candidates: DataFrame, hashed: DataFrame, num_tables: int) -> DataFrame:
+    """Joins each candidate with both embeddings; adds exact cosine and LSH Jaccard."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.pairing import jaccard, rowwise_cosine
+
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            a = _matrix(batch.column("embedding_a"))
+            b = _matrix(batch.column("embedding_b"), a.shape[1])
+            matched = batch.column("tables_matched")
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id_a"), batch.column("id_b"), batch.column("path_a"), batch.column("path_b"),
+                 pa.array(rowwise_cosine(a, b)), pa.array(jaccard(matched.to_numpy(), num_tables)), matched],
+                names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"],
+            )
+
+    side = hashed.select("id", "path", "embedding")
+    a = side.toDF("id_a", "path_a", "embedding_a")
+    b = side.toDF("id_b", "path_b", "embedding_b")
+    joined = candidates.join(a, "id_a").join(b, "id_b")
+    return joined.select(
+        "id_a", "id_b", "path_a", "path_b", "embedding_a", "embedding_b", "tables_matched"
+    ).mapInArrow(run, PAIR_SCHEMA)
+
+
+def _matrix(column: pa.Array, width: int | None = None) -> np.ndarray:
+    """A list<number> Arrow column of equal-length rows as an (n, width) NumPy view."""
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    n = len(column)
+    if width is None:
+        width = len(values) // n if n else 0
+    if len(values) != n * width:
+        raise ValueError(f"expected {n} rows of {width} values, got {len(values)} values")
+    return values.reshape(n, width)
+
+
+def _list_column(matrix: np.ndarray) -> pa.Array:
+    n, width = matrix.shape
+    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
+                                    pa.array(matrix.reshape(-1)))

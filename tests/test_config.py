@@ -1,0 +1,59 @@
+import dataclasses
+import os
+
+import pytest
+import yaml
+
+from neardup_core.config import Config, ConfigError, from_dict, load_config
+
+from .conftest import REPO
+
+
+def test_conf_default_yaml_documents_every_key_with_its_default():
+    with open(os.path.join(REPO, "conf", "default.yaml")) as fh:
+        documented = yaml.safe_load(fh)
+    assert from_dict(documented) == Config()
+    for section in dataclasses.fields(Config):
+        expected = {f.name for f in dataclasses.fields(getattr(Config(), section.name))}
+        assert set(documented[section.name]) == expected, section.name
+
+
+def test_set_overrides_parse_values_as_yaml():
+    cfg = load_config(overrides=["lsh.num_tables=8", "pairs.cosine_threshold=0.95",
+                                 "input.extensions=[jpg, png]", "spark.conf={spark.driver.memory: 4g}"])
+    assert cfg.lsh.num_tables == 8 and cfg.pairs.cosine_threshold == 0.95
+    assert cfg.input.extensions == ("jpg", "png")
+    assert cfg.spark.conf == {"spark.driver.memory": "4g"}
+
+
+def test_config_file_then_set_in_that_order(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("lsh:\n  num_tables: 4\n  bits_per_table: 20\n")
+    cfg = load_config(str(path), ["lsh.num_tables=6"])
+    assert (cfg.lsh.num_tables, cfg.lsh.bits_per_table) == (6, 20)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("lsh.bits_per_table=80", "lsh.bits_per_table must be in 1..63, got 80"),
+    ("lsh.num_tables=0", "lsh.num_tables must be in 1..256, got 0"),
+    ("pairs.cosine_threshold=1.5", "pairs.cosine_threshold must be in -1.0..1.0, got 1.5"),
+    ("lsh.num_tables=many", "lsh.num_tables must be an integer, got 'many'"),
+    ("lsh.tables=3", "unknown configuration key lsh.tables"),
+    ("hashing.num_tables=3", "unknown configuration section 'hashing'"),
+    ("input.format=zip", "input.format must be one of"),
+    ("output.overwrite=maybe", "output.overwrite must be true or false, got 'maybe'"),
+    ("num_tables=3", "expected SECTION.KEY=VALUE"),
+    ("input.extensions=[.jpg]", "bare extensions like 'jpg'"),
+])
+def test_bad_values_name_the_key_and_the_value(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_unreadable_or_malformed_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lsh: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
