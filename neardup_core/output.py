@@ -22,6 +22,8 @@ MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING_PREFIX = "_staging-"
 OWN_NAMES = frozenset(DATASETS) | {MANIFEST, SUCCESS}
+# Hadoop's local file system writes a checksum file beside each file it writes.
+OWN_NAMES |= {f".{name}.crc" for name in OWN_NAMES}
 
 
 class OutputError(ValueError):

@@ -8,6 +8,7 @@ decides when they run and what is written.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Iterator
 
@@ -78,7 +79,19 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         F.format_string(f"file is %d bytes, above input.max_file_bytes={cfg.max_file_bytes}", "length")
         .alias("error_message"),
     )
-    return readable.unionByName(too_big)
+    listing = readable.unionByName(too_big)
+    # Spark's file scan silently skips zero-length files; the file index still knows
+    # them. Find them only when the counts say some are missing (the common case costs
+    # one count over file metadata, no content read).
+    all_files = files.inputFiles()
+    if len(all_files) > files.count():
+        # The index writes file:///x where the scan writes file:/x.
+        indexed = spark.createDataFrame([(re.sub(r"^file:///", "file:/", p),) for p in all_files], "path string")
+        empty = indexed.join(files.select("path"), "path", "left_anti").select(
+            F.col("path").alias("id"), "path", F.lit(None).cast("binary").alias("content"),
+            F.lit("empty file").alias("error_message"))
+        listing = listing.unionByName(empty)
+    return listing
 
 
 def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:

@@ -77,8 +77,9 @@ def read_bytes(path: str, max_file_bytes: int) -> bytes:
     try:
         if is_local(path):
             local = local_path(path)
-            size = os.stat(local).st_size
-            _check_size(size, max_file_bytes)
+            if os.path.isdir(local):
+                raise ReadError("is a directory")
+            _check_size(os.stat(local).st_size, max_file_bytes)
             with open(local, "rb") as fh:
                 return fh.read()
         fs, inner = _filesystem(path)
@@ -92,8 +93,6 @@ def read_bytes(path: str, max_file_bytes: int) -> bytes:
         raise
     except FileNotFoundError as err:
         raise ReadError("no such file") from err
-    except IsADirectoryError as err:
-        raise ReadError("is a directory") from err
     except OSError as err:
         raise ReadError(f"cannot read: {err}") from err
 

@@ -1,0 +1,212 @@
+"""End to end in Spark local mode, through the CLI as a user runs it."""
+
+import io
+import itertools
+import json
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from neardup_core import cli, pipeline
+from neardup_core.config import load_config
+
+from .conftest import SAMPLE_CATALOG
+
+pytestmark = [pytest.mark.spark, pytest.mark.model]
+
+DUPLICATED = ["baboon", "building"]
+UNRELATED = ["fruits", "home", "messi5", "butterfly", "board", "starry_night", "apple", "orange"]
+COMMON = ["--set", "input.max_file_bytes=2000000"]
+
+
+def jpeg(im, quality=90):
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory):
+    """Real photos; two of them with a resized, a recompressed and a cropped copy each,
+    plus files the job must report or skip."""
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "nested" / "deeper").mkdir(parents=True)
+    groups = []
+    for name in DUPLICATED:
+        im = Image.open(os.path.join(SAMPLE_CATALOG, f"{name}.jpg")).convert("RGB")
+        w, h = im.size
+        files = {
+            f"{name}.jpg": jpeg(im),
+            f"nested/{name}_small.JPG": jpeg(im.resize((w // 2, h // 2), Image.Resampling.LANCZOS)),
+            f"nested/deeper/{name}_q30.jpeg": jpeg(im, 30),
+            f"{name}_crop.jpg": jpeg(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))),
+        }
+        for rel, data in files.items():
+            (root / rel).write_bytes(data)
+        groups.append([str(root / rel) for rel in files])
+    for name in UNRELATED:
+        shutil.copy(os.path.join(SAMPLE_CATALOG, f"{name}.jpg"), root / f"{name}.jpg")
+    good = jpeg(Image.open(os.path.join(SAMPLE_CATALOG, "home.jpg")))
+    (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "empty.png").write_bytes(b"")
+    (root / "nested" / "not_an_image.webp").write_bytes(b"<html>hello</html>")
+    noise = np.random.default_rng(0).integers(0, 256, (1100, 1100, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "huge.png")  # ~3.6 MB, over the 2 MB limit set below
+    (root / "notes.txt").write_text("not listed: wrong extension")
+    expected = {tuple(sorted(p)) for g in groups for p in itertools.combinations(g, 2)}
+    return root, expected
+
+
+def uri(path):
+    return "file:" + str(path)
+
+
+def run_cli(args, capsys):
+    code = cli.main(["run", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, catalog, tmp_path_factory):
+    root, _ = catalog
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert cli.main(["run", "--input", str(root), "--output", str(out), *COMMON]) == 0
+    return out
+
+
+def read_pairs(out):
+    return pd.read_parquet(os.path.join(out, "pairs")).sort_values(["id_a", "id_b"]).reset_index(drop=True)
+
+
+def test_finds_the_copies_and_only_the_copies(catalog, first_run):
+    _, expected = catalog
+    pairs = read_pairs(first_run)
+    found = {(a.removeprefix("file:"), b.removeprefix("file:")) for a, b in zip(pairs.id_a, pairs.id_b)}
+    assert found == expected
+
+
+def test_pair_scores_agree_with_the_embeddings(first_run):
+    cfg = load_config()
+    pairs = read_pairs(first_run)
+    emb = pd.read_parquet(os.path.join(first_run, "embeddings")).set_index("id")
+    assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
+    for row in pairs.itertuples():
+        a = np.asarray(emb.loc[row.id_a, "embedding"], dtype=np.float64)
+        b = np.asarray(emb.loc[row.id_b, "embedding"], dtype=np.float64)
+        assert row.id_a < row.id_b
+        assert row.cosine == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b), abs=1e-9)
+        assert row.cosine >= cfg.pairs.cosine_threshold
+        m = int((np.asarray(emb.loc[row.id_a, "keys"]) == np.asarray(emb.loc[row.id_b, "keys"])).sum())
+        assert row.tables_matched == m >= 1
+        assert row.jaccard == pytest.approx(m / (2 * cfg.lsh.num_tables - m))
+        assert row.path_a == row.id_a and row.path_b == row.id_b
+    assert len(emb) == len(DUPLICATED) * 4 + len(UNRELATED)
+    norms = np.linalg.norm(np.stack(emb.embedding.to_numpy()), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+def test_bad_files_are_recorded_and_the_job_succeeds(catalog, first_run):
+    root, _ = catalog
+    errors = pd.read_parquet(os.path.join(first_run, "errors")).set_index("id")
+    assert list(errors.columns) == ["path", "stage", "message"]
+    assert set(errors.index) == {uri(root / n) for n in ("truncated.jpg", "empty.png", "nested/not_an_image.webp",
+                                                          "huge.png")}
+    assert errors.loc[uri(root / "truncated.jpg"), "stage"] == "decode"
+    assert "truncated" in errors.loc[uri(root / "truncated.jpg"), "message"]
+    assert tuple(errors.loc[uri(root / "empty.png"), ["stage", "message"]]) == ("read", "empty file")
+    assert errors.loc[uri(root / "nested/not_an_image.webp"), "message"] == "not a recognised image format"
+    assert errors.loc[uri(root / "huge.png"), "stage"] == "read"
+    assert "above input.max_file_bytes=2000000" in errors.loc[uri(root / "huge.png"), "message"]
+
+
+def test_manifest_and_success_marker(first_run):
+    assert not [n for n in os.listdir(first_run) if n.startswith("_staging")]
+    assert os.path.exists(os.path.join(first_run, "_SUCCESS"))
+    manifest = json.loads((first_run / "_manifest.json").read_text())
+    assert manifest["counts"]["inputs"] == 4 * len(DUPLICATED) + len(UNRELATED) + 4
+    assert manifest["counts"]["errors"] == 4
+    assert manifest["counts"]["errors_by_stage"] == {"decode": 2, "read": 2}
+    assert manifest["counts"]["pairs"] == 6 * len(DUPLICATED)
+    assert manifest["counts"]["candidate_pairs"] >= manifest["counts"]["pairs"]
+    assert manifest["config"]["input"]["max_file_bytes"] == 2000000
+    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "hash", "pairs", "write"]
+    assert all(s["seconds"] >= 0 for s in manifest["stages"])
+
+
+def test_rerun_gives_identical_pairs(catalog, first_run, tmp_path):
+    root, _ = catalog
+    assert cli.main(["run", "--input", str(root), "--output", str(tmp_path / "again"), *COMMON]) == 0
+    pd.testing.assert_frame_equal(read_pairs(first_run), read_pairs(tmp_path / "again"))
+
+
+def test_manifest_input_with_relative_paths_and_custom_columns(catalog, first_run, tmp_path):
+    root, _ = catalog
+    emb = pd.read_parquet(os.path.join(first_run, "embeddings"))
+    rows = [(f"sku-{i:03d}", os.path.relpath(p.removeprefix("file:"), tmp_path)) for i, p in enumerate(sorted(emb.id))]
+    rows.append(("sku-missing", "no/such/file.jpg"))
+    pd.DataFrame(rows, columns=["sku", "file"]).to_csv(tmp_path / "catalog.csv", index=False)
+    out = tmp_path / "out"
+    assert cli.main(["run", "--input", str(tmp_path / "catalog.csv"), "--output", str(out),
+                     "--set", "input.id_column=sku", "--set", "input.path_column=file"]) == 0
+    pairs = read_pairs(out)
+    by_path = {os.path.normpath(os.path.join(tmp_path, f)): sku for sku, f in rows}
+    expected = {tuple(sorted((by_path[a.removeprefix("file:")], by_path[b.removeprefix("file:")])))
+                for a, b in zip(read_pairs(first_run).id_a, read_pairs(first_run).id_b)}
+    assert set(zip(pairs.id_a, pairs.id_b)) == expected
+    errors = pd.read_parquet(out / "errors")
+    assert errors.to_dict("records") == [{"id": "sku-missing", "path": str(tmp_path / "no/such/file.jpg"),
+                                          "stage": "read", "message": "no such file"}]
+
+
+def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog, first_run, tmp_path, monkeypatch):
+    root, _ = catalog
+    out = tmp_path / "out"
+    shutil.copytree(first_run, out)
+    before = read_pairs(out)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("executor lost")
+
+    monkeypatch.setattr(pipeline, "score_pairs", explode)
+    with pytest.raises(RuntimeError, match="executor lost"):
+        cli.main(["run", "--input", str(root), "--output", str(out), "--overwrite", *COMMON])
+    assert not [n for n in os.listdir(out) if n.startswith("_staging")]
+    pd.testing.assert_frame_equal(read_pairs(out), before)
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        cli.main(["run", "--input", str(root), "--output", str(fresh), *COMMON])
+    assert not os.path.exists(fresh / "_SUCCESS") and not os.path.exists(fresh / "pairs")
+
+
+@pytest.mark.parametrize("setup,args,message", [
+    ("none", ["--input", "{tmp}/nope"], "--input {tmp}/nope: no such file or directory"),
+    ("empty_dir", ["--input", "{tmp}/in"], "--input {tmp}/in: no image files (jpg, jpeg"),
+    ("bad_manifest", ["--input", "{tmp}/m.parquet"], "manifest has no column 'path'"),
+    ("none", ["--input", "{tmp}", "--set", "lsh.bits_per_table=80"], "lsh.bits_per_table must be in 1..63, got 80"),
+    ("none", ["--input", "{tmp}", "--set", "lsh.tabels=4"], "unknown configuration key lsh.tabels"),
+    ("finished", ["--input", "{tmp}"], "holds a finished run (_SUCCESS); pass --overwrite"),
+    ("foreign", ["--input", "{tmp}"], "holds files this job did not write (thesis.docx)"),
+    ("none", ["--input", "{tmp}", "--set", "model.path={tmp}/model.keras"], "model.path {tmp}/model.keras: no such file"),
+])
+def test_bad_invocations_exit_2_with_one_message(spark, tmp_path, capsys, setup, args, message):
+    out = tmp_path / "out"
+    if setup == "empty_dir":
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "readme.txt").write_text("no images here")
+    if setup == "bad_manifest":
+        pd.DataFrame({"id": ["a"], "file": ["a.jpg"]}).to_parquet(tmp_path / "m.parquet")
+    if setup in ("finished", "foreign"):
+        out.mkdir()
+        (out / ("_SUCCESS" if setup == "finished" else "thesis.docx")).write_text("")
+    argv = [a.format(tmp=tmp_path) for a in args] + ["--output", str(out)]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2
+    assert err.strip() == "neardup: error: " + err.strip().removeprefix("neardup: error: ")
+    assert message.format(tmp=tmp_path) in err
+    assert len(err.strip().splitlines()) == 1
