@@ -43,6 +43,8 @@ def build_session(cfg: SparkConfig, embed: EmbedConfig, launched_by_spark_submit
         # Local workers must run the interpreter that has our dependencies installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(embed.batch_size))
+    # The stage log lines say where the job is; Spark's progress bar garbles them.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
     if cfg.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
