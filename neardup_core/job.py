@@ -107,28 +107,26 @@ def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, 
             listing = listing.repartition(partitions)
 
     with progress.stage("embed", images=images) as record:
-        embedded = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input).persist(StorageLevel.MEMORY_AND_DISK)
-        record["rows"] = embedded.count()
-        errors = embedded.filter("error_stage is not null").select(
-            "id", "path", embedded["error_stage"].alias("stage"), embedded["error_message"].alias("message"))
-        progress.errors = errors.count()
-        record["errors"] = progress.errors
-
-    with progress.stage("hash", images=images) as record:
         broadcast = spark.sparkContext.broadcast(planes)
-        hashed = pipeline.hash_embeddings(embedded, broadcast, cfg.lsh.num_tables).persist(
-            StorageLevel.MEMORY_AND_DISK)
-        embedded_count = record["rows"] = hashed.count()
+        rows = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input, broadcast, cfg.lsh.num_tables)
+        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+        record["rows"] = rows.count()
+        errors = rows.filter("error_stage is not null").select(
+            "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
+        embedded = rows.filter("error_stage is null").select("id", "path", "embedding", "keys")
+        progress.errors = record["errors"] = errors.count()
+        embedded_count = record["rows"] - progress.errors
 
+    # Rows from here on are small (vectors, keys, ids); the low Arrow batch size set for
+    # images would only add per-batch overhead.
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
     with progress.stage("pairs") as record:
-        # Rows here are small (keys, ids); the low Arrow batch size set for images would
-        # only add per-batch overhead. Size the shuffles by the data, not Spark's default
-        # of 200, which on a small catalog is 200 near-empty Python tasks per shuffle.
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        # Size the shuffles by the data, not Spark's default of 200, which on a small
+        # catalog is 200 near-empty Python tasks per shuffle.
         if not cfg.spark.shuffle_partitions:
             spark.conf.set("spark.sql.shuffle.partitions", str(_shuffle_partitions(spark, embedded_count, cfg)))
         scored = pipeline.score_pairs(
-            pipeline.candidate_pairs(hashed, cfg.lsh.num_tables), hashed, cfg.lsh.num_tables
+            pipeline.candidate_pairs(embedded, cfg.lsh.num_tables), embedded, cfg.lsh.num_tables
         ).persist(StorageLevel.MEMORY_AND_DISK)
         candidates = record["candidate_pairs"] = scored.count()
         near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold).orderBy("id_a", "id_b")
@@ -138,11 +136,11 @@ def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, 
     with progress.stage("write") as record:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
-            hashed.write.parquet(out.staged("embeddings"))
+            embedded.write.parquet(out.staged("embeddings"))
         record["rows"] = embedded_count + progress.errors
 
     by_stage = errors.groupBy("stage").count().collect() if progress.errors else []
-    for frame in (scored, hashed, embedded):
+    for frame in (scored, rows):
         frame.unpersist()
     broadcast.destroy()
     return {"images": images, "embedded": embedded_count, "errors": progress.errors,

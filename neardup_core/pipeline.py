@@ -21,9 +21,9 @@ from .config import Config, EmbedConfig, InputConfig, ModelConfig, SparkConfig
 from .sources import InputError, extension_glob, is_local, local_path
 
 EMBEDDED_SCHEMA = (
-    "id string, path string, embedding array<float>, error_stage string, error_message string"
+    "id string, path string, embedding array<float>, keys array<bigint>, "
+    "error_stage string, error_message string"
 )
-HASHED_SCHEMA = "id string, path string, embedding array<float>, keys array<bigint>"
 CANDIDATE_SCHEMA = "id_a string, id_b string, tables_matched int"
 PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
@@ -45,6 +45,9 @@ def build_session(cfg: SparkConfig, embed: EmbedConfig, launched_by_spark_submit
     builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(embed.batch_size))
     # The stage log lines say where the job is; Spark's progress bar garbles them.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
+    # Spark packs files into read tasks as if each cost 4 MB more than its size; for
+    # 100-500 kB images that makes ~30-image tasks whose fixed cost rivals their work.
+    builder = builder.config("spark.sql.files.openCostInBytes", str(64 * 1024))
     if cfg.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
@@ -128,14 +131,21 @@ def duplicate_ids(listing: DataFrame, limit: int = 5) -> list[str]:
     return [row["id"] for row in dups.collect()]
 
 
-def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_cfg: InputConfig) -> DataFrame:
-    """Read, decode and embed each file: id, path, embedding | error_stage, error_message."""
+def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_cfg: InputConfig,
+          planes_broadcast, num_tables: int) -> DataFrame:
+    """Read, decode, embed and hash each file.
+
+    Returns id, path, embedding, keys (one LSH key per table), and for files that failed,
+    error_stage and error_message instead of embedding and keys.
+    """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.embed import get_embedder
         from neardup_core.embed.batch import embed_batch
+        from neardup_core.lsh import bucket_keys
 
         embedder = get_embedder(model, embed_cfg)
+        planes = planes_broadcast.value
         for batch in batches:
             result = embed_batch(
                 paths=batch.column("path").to_pylist(),
@@ -145,40 +155,28 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
                 input_cfg=input_cfg,
                 size=model.input_size,
             )
+            ok = [v is not None for v in result.embeddings]
+            keys: list = [None] * len(ok)
+            if any(ok):
+                vectors = np.stack([v for v in result.embeddings if v is not None])
+                good_keys = iter(bucket_keys(vectors, planes, num_tables))
+                keys = [next(good_keys) if flag else None for flag in ok]
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("id"),
                     batch.column("path"),
                     pa.array(result.embeddings, type=pa.list_(pa.float32())),
+                    pa.array(keys, type=pa.list_(pa.int64())),
                     pa.array(result.error_stage, type=pa.string()),
                     pa.array(result.error_message, type=pa.string()),
                 ],
-                names=["id", "path", "embedding", "error_stage", "error_message"],
+                names=["id", "path", "embedding", "keys", "error_stage", "error_message"],
             )
 
     return listing.mapInArrow(run, EMBEDDED_SCHEMA)
 
 
-def hash_embeddings(embedded: DataFrame, planes_broadcast, num_tables: int) -> DataFrame:
-    """Adds ``keys``: one LSH bucket key per table (rows without an embedding are dropped)."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.lsh import bucket_keys
-
-        planes = planes_broadcast.value
-        for batch in batches:
-            vectors = _matrix(batch.column("embedding"), planes.shape[1])
-            keys = bucket_keys(vectors, planes, num_tables)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("path"), batch.column("embedding"), _list_column(keys)],
-                names=["id", "path", "embedding", "keys"],
-            )
-
-    ok = embedded.filter(F.col("error_stage").isNull()).select("id", "path", "embedding")
-    return ok.mapInArrow(run, HASHED_SCHEMA)
-
-
-def candidate_pairs(hashed: DataFrame, num_tables: int) -> DataFrame:
+def candidate_pairs(embedded: DataFrame, num_tables: int) -> DataFrame:
     """Each pair of rows sharing a bucket in any table, once: id_a < id_b, tables_matched.
 
     Only (table, key, id, keys) are shuffled, never the embeddings. Rows are sorted by
@@ -204,7 +202,7 @@ def candidate_pairs(hashed: DataFrame, num_tables: int) -> DataFrame:
                 names=["id_a", "id_b", "tables_matched"],
             )
 
-    exploded = hashed.select("id", "keys", F.posexplode("keys").alias("table", "key"))
+    exploded = embedded.select("id", "keys", F.posexplode("keys").alias("table", "key"))
     return (
         exploded.repartition("table", "key")
         .sortWithinPartitions("table", "key", "id")
@@ -213,7 +211,7 @@ def candidate_pairs(hashed: DataFrame, num_tables: int) -> DataFrame:
     )
 
 
-def score_pairs(candidates: DataFrame, hashed: DataFrame, num_tables: int) -> DataFrame:
+def score_pairs(candidates: DataFrame, embedded: DataFrame, num_tables: int) -> DataFrame:
     """Joins each candidate with both embeddings; adds exact cosine and LSH Jaccard."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -231,7 +229,7 @@ def score_pairs(candidates: DataFrame, hashed: DataFrame, num_tables: int) -> Da
                 names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"],
             )
 
-    side = hashed.select("id", "path", "embedding")
+    side = embedded.select("id", "path", "embedding")
     a = side.toDF("id_a", "path_a", "embedding_a")
     b = side.toDF("id_b", "path_b", "embedding_b")
     joined = candidates.join(a, "id_a").join(b, "id_b")
@@ -250,8 +248,3 @@ def _matrix(column: pa.Array, width: int | None = None) -> np.ndarray:
         raise ValueError(f"expected {n} rows of {width} values, got {len(values)} values")
     return values.reshape(n, width)
 
-
-def _list_column(matrix: np.ndarray) -> pa.Array:
-    n, width = matrix.shape
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32)),
-                                    pa.array(matrix.reshape(-1)))

@@ -1,0 +1,76 @@
+"""End-to-end throughput of `neardup run` in Spark local mode on this machine.
+
+Builds a catalog of N JPEGs of about 1000 px (random crops, scales and colour shifts of the
+photos that Debian's opencv-doc installs, so decode work is like a real catalog's), runs
+the job once, and prints the seconds and images/s of each stage from _manifest.json.
+
+    python benchmarks/job_throughput.py [--images 600] [--set KEY=VALUE ...]
+
+Prints measured numbers; it is not a test.
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+PHOTOS = "/usr/share/doc/opencv-doc/examples/data"
+
+
+def build_catalog(root: str, n: int, seed: int = 0) -> None:
+    sources = [p for p in sorted(glob.glob(os.path.join(PHOTOS, "*.jpg"))) if os.path.getsize(p) > 40_000]
+    if not sources:
+        sys.exit(f"no photos under {PHOTOS}: apt-get install opencv-doc")
+    rng = np.random.default_rng(seed)
+    images = [Image.open(p).convert("RGB") for p in sources]
+    for i in range(n):
+        im = images[i % len(images)]
+        w, h = im.size
+        cw, ch = int(w * rng.uniform(0.5, 1.0)), int(h * rng.uniform(0.5, 1.0))
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        tile = im.crop((x, y, x + cw, y + ch))
+        scale = 1000 / max(cw, ch)
+        tile = tile.resize((max(1, int(cw * scale)), max(1, int(ch * scale))), Image.Resampling.BILINEAR)
+        tile = ImageEnhance.Color(tile).enhance(rng.uniform(0.5, 1.5))
+        tile.save(os.path.join(root, f"img{i:06d}.jpg"), quality=int(rng.integers(70, 95)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="neardup-bench-")
+    try:
+        catalog, out = os.path.join(work, "catalog"), os.path.join(work, "out")
+        os.makedirs(catalog)
+        build_catalog(catalog, args.images)
+        cmd = [sys.executable, "-m", "neardup_core.cli", "run", "--input", catalog, "--output", out]
+        for item in args.set:
+            cmd += ["--set", item]
+        env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        manifest = json.load(open(os.path.join(out, "_manifest.json")))
+        print(f"images: {args.images}, overrides: {args.set or 'none'}, cores: {os.cpu_count()}")
+        print(f"{'stage':<12}{'seconds':>9}{'images/s':>10}")
+        for stage in manifest["stages"]:
+            rate = args.images / stage["seconds"] if stage["name"] == "embed" else float("nan")
+            print(f"{stage['name']:<12}{stage['seconds']:>9.1f}{rate:>10.1f}")
+        print(f"{'whole run':<12}{wall:>9.1f}{args.images / wall:>10.1f}")
+        print("counts:", manifest["counts"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
