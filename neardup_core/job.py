@@ -100,9 +100,9 @@ def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, 
             kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
             raise InputError(f"--input {cfg.input.path}: no {kind} found")
         if fmt != "directory":
-            dups = pipeline.duplicate_ids(listing)
-            if dups:
-                raise InputError(f"--input {cfg.input.path}: ids occur more than once, e.g. {dups}")
+            problem = pipeline.manifest_id_problem(listing)
+            if problem:
+                raise InputError(f"--input {cfg.input.path}: {problem} (column {cfg.input.id_column!r})")
             partitions = max(spark.sparkContext.defaultParallelism, -(-images // cfg.input.rows_per_partition))
             listing = listing.repartition(partitions)
 

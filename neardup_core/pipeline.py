@@ -8,7 +8,6 @@ decides when they run and what is written.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from typing import Iterator
 
@@ -85,14 +84,17 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         .alias("error_message"),
     )
     listing = readable.unionByName(too_big)
-    # Spark's file scan silently skips zero-length files; the file index still knows
-    # them. Find them only when the counts say some are missing (the common case costs
-    # one count over file metadata, no content read).
-    all_files = files.inputFiles()
-    if len(all_files) > files.count():
+    # Spark's file scan silently skips zero-length files; the file index still lists
+    # them. The comparison costs one count over file metadata; the index's list stays in
+    # the JVM (pulling millions of paths through py4j one by one would take minutes).
+    indexed = files._jdf.inputFiles()
+    if len(indexed) > files.count():
+        jvm, jspark = spark.sparkContext._jvm, spark._jsparkSession
+        seq = jvm.scala.collection.immutable.ArraySeq.unsafeWrapArray(indexed)
+        paths = DataFrame(jspark.createDataset(seq, jvm.org.apache.spark.sql.Encoders.STRING()).toDF(), spark)
         # The index writes file:///x where the scan writes file:/x.
-        indexed = spark.createDataFrame([(re.sub(r"^file:///", "file:/", p),) for p in all_files], "path string")
-        empty = indexed.join(files.select("path"), "path", "left_anti").select(
+        paths = paths.select(F.regexp_replace("value", "^file:///", "file:/").alias("path"))
+        empty = paths.join(files.select("path"), "path", "left_anti").select(
             F.col("path").alias("id"), "path", F.lit(None).cast("binary").alias("content"),
             F.lit("empty file").alias("error_message"))
         listing = listing.unionByName(empty)
@@ -125,10 +127,15 @@ def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame
     )
 
 
-def duplicate_ids(listing: DataFrame, limit: int = 5) -> list[str]:
-    """Up to ``limit`` ids that occur more than once (manifests only; paths are unique)."""
-    dups = listing.groupBy("id").count().filter(F.col("count") > 1).limit(limit)
-    return [row["id"] for row in dups.collect()]
+def manifest_id_problem(listing: DataFrame, limit: int = 5) -> str | None:
+    """Why the manifest's ids cannot identify its rows (missing or repeated), or None."""
+    missing = listing.filter(F.col("id").isNull()).count()
+    if missing:
+        return f"{missing} rows have no id"
+    dups = listing.groupBy("id").count().filter(F.col("count") > 1).limit(limit).collect()
+    if dups:
+        return f"ids occur more than once, e.g. {', '.join(repr(row['id']) for row in dups)}"
+    return None
 
 
 def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_cfg: InputConfig,

@@ -188,6 +188,8 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     ("none", ["--input", "{tmp}/nope"], "--input {tmp}/nope: no such file or directory"),
     ("empty_dir", ["--input", "{tmp}/in"], "--input {tmp}/in: no image files (jpg, jpeg"),
     ("bad_manifest", ["--input", "{tmp}/m.parquet"], "manifest has no column 'path'"),
+    ("dup_ids", ["--input", "{tmp}/m.csv"], "ids occur more than once, e.g. 'a' (column 'id')"),
+    ("null_ids", ["--input", "{tmp}/m.csv"], "1 rows have no id (column 'id')"),
     ("none", ["--input", "{tmp}", "--set", "lsh.bits_per_table=80"], "lsh.bits_per_table must be in 1..63, got 80"),
     ("none", ["--input", "{tmp}", "--set", "lsh.tabels=4"], "unknown configuration key lsh.tabels"),
     ("finished", ["--input", "{tmp}"], "holds a finished run (_SUCCESS); pass --overwrite"),
@@ -201,6 +203,10 @@ def test_bad_invocations_exit_2_with_one_message(spark, tmp_path, capsys, setup,
         (tmp_path / "in" / "readme.txt").write_text("no images here")
     if setup == "bad_manifest":
         pd.DataFrame({"id": ["a"], "file": ["a.jpg"]}).to_parquet(tmp_path / "m.parquet")
+    if setup == "dup_ids":
+        (tmp_path / "m.csv").write_text("id,path\na,x.jpg\nb,y.jpg\na,z.jpg\n")
+    if setup == "null_ids":
+        (tmp_path / "m.csv").write_text("id,path\na,x.jpg\n,y.jpg\n")
     if setup in ("finished", "foreign"):
         out.mkdir()
         (out / ("_SUCCESS" if setup == "finished" else "thesis.docx")).write_text("")
