@@ -5,6 +5,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,7 @@ from PIL import Image
 from neardup_core import cli, pipeline
 from neardup_core.config import load_config
 
-from .conftest import SAMPLE_CATALOG
+from .conftest import REPO, SAMPLE_CATALOG
 
 pytestmark = [pytest.mark.spark, pytest.mark.model]
 
@@ -216,3 +218,15 @@ def test_bad_invocations_exit_2_with_one_message(spark, tmp_path, capsys, setup,
     assert err.strip() == "neardup: error: " + err.strip().removeprefix("neardup: error: ")
     assert message.format(tmp=tmp_path) in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_spark_submit_entry_point_takes_the_same_arguments(tmp_path):
+    spark_submit = shutil.which("spark-submit", path=os.path.dirname(sys.executable)) or shutil.which("spark-submit")
+    assert spark_submit, "pyspark installs spark-submit beside the interpreter"
+    job = os.path.join(REPO, "jobs", "dedup.py")
+    proc = subprocess.run([spark_submit, job, "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYSPARK_PYTHON=sys.executable))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # spark-submit merges the Python driver's stderr into its own stdout.
+    assert f"neardup: error: --input {tmp_path}/nope: no such file or directory" in proc.stdout + proc.stderr

@@ -62,6 +62,10 @@ def embed_batch(
     embeddings: list[np.ndarray | None] = [None] * n
     if good:
         vectors = embedder.embed(np.stack(pixels))
-        for row, vec in zip(good, vectors):
-            embeddings[row] = vec
+        finite = np.isfinite(vectors).all(axis=1)
+        for row, vec, ok in zip(good, vectors, finite):
+            if ok:
+                embeddings[row] = vec
+            else:  # NaN keys would put the image in bucket 0 of every table
+                stages[row], messages[row] = "embed", "model output is not finite (NaN or inf)"
     return EmbeddedBatch(embeddings, stages, messages)
