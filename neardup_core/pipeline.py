@@ -16,7 +16,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from .config import Config, EmbedConfig, InputConfig, ModelConfig, SparkConfig
+from .config import EmbedConfig, InputConfig, ModelConfig, SparkConfig
 from .sources import InputError, extension_glob, is_local, local_path
 
 EMBEDDED_SCHEMA = (

@@ -196,7 +196,8 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     ("none", ["--input", "{tmp}", "--set", "lsh.tabels=4"], "unknown configuration key lsh.tabels"),
     ("finished", ["--input", "{tmp}"], "holds a finished run (_SUCCESS); pass --overwrite"),
     ("foreign", ["--input", "{tmp}"], "holds files this job did not write (thesis.docx)"),
-    ("none", ["--input", "{tmp}", "--set", "model.path={tmp}/model.keras"], "model.path {tmp}/model.keras: no such file"),
+    ("none", ["--input", "{tmp}", "--set", "model.path={tmp}/model.keras"],
+     "model.path {tmp}/model.keras: no such file"),
 ])
 def test_bad_invocations_exit_2_with_one_message(spark, tmp_path, capsys, setup, args, message):
     out = tmp_path / "out"

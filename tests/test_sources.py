@@ -1,5 +1,4 @@
 import fnmatch
-import os
 
 import pytest
 
