@@ -92,8 +92,10 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         jvm, jspark = spark.sparkContext._jvm, spark._jsparkSession
         seq = jvm.scala.collection.immutable.ArraySeq.unsafeWrapArray(indexed)
         paths = DataFrame(jspark.createDataset(seq, jvm.org.apache.spark.sql.Encoders.STRING()).toDF(), spark)
-        # The index writes file:///x where the scan writes file:/x.
-        paths = paths.select(F.regexp_replace("value", "^file:///", "file:/").alias("path"))
+        # The index writes URIs (file:///a%20b.jpg) where the scan writes paths
+        # (file:/a b.jpg). url_decode would also turn '+' into a space, so escape it first.
+        decoded = F.url_decode(F.regexp_replace("value", r"\+", "%2B"))
+        paths = paths.select(F.regexp_replace(decoded, "^file:///", "file:/").alias("path"))
         empty = paths.join(files.select("path"), "path", "left_anti").select(
             F.col("path").alias("id"), "path", F.lit(None).cast("binary").alias("content"),
             F.lit("empty file").alias("error_message"))

@@ -21,7 +21,9 @@ from .conftest import REPO, SAMPLE_CATALOG
 pytestmark = [pytest.mark.spark, pytest.mark.model]
 
 DUPLICATED = ["baboon", "building"]
-UNRELATED = ["fruits", "home", "messi5", "butterfly", "board", "starry_night", "apple", "orange"]
+UNRELATED = ["fruits", "home", "messi5", "butterfly", "board", "starry_night", "apple", "orange", "squirrel_cls"]
+# Names that a URI would escape must still be matched against Spark's file index.
+FILE_NAMES = {"squirrel_cls": "squirrel +1 100% é.jpg"}
 COMMON = ["--set", "input.max_file_bytes=2000000"]
 
 
@@ -51,7 +53,7 @@ def catalog(tmp_path_factory):
             (root / rel).write_bytes(data)
         groups.append([str(root / rel) for rel in files])
     for name in UNRELATED:
-        shutil.copy(os.path.join(SAMPLE_CATALOG, f"{name}.jpg"), root / f"{name}.jpg")
+        shutil.copy(os.path.join(SAMPLE_CATALOG, f"{name}.jpg"), root / FILE_NAMES.get(name, f"{name}.jpg"))
     good = jpeg(Image.open(os.path.join(SAMPLE_CATALOG, "home.jpg")))
     (root / "truncated.jpg").write_bytes(good[: len(good) // 3])
     (root / "empty.png").write_bytes(b"")
