@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,8 +27,14 @@ log = logging.getLogger("neardup")
 
 @dataclass
 class Progress:
-    """Logs each stage as it starts and ends, and keeps the timings for the manifest."""
+    """Logs each stage as it starts and ends, and keeps the timings for the manifest.
 
+    While a stage runs, a heartbeat logs Spark's task counts every ``heartbeat_seconds``,
+    so a long embed stage on a big catalog still shows that it moves, and how fast.
+    """
+
+    spark: object = None
+    heartbeat_seconds: float = 30.0
     stages: list[dict] = field(default_factory=list)
     errors: int = 0
 
@@ -36,13 +43,31 @@ class Progress:
         log.info("stage %s: started", name)
         record: dict = {"name": name}
         start = time.perf_counter()
-        yield record
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(name, start, stop), daemon=True)
+        beat.start()
+        try:
+            yield record
+        finally:
+            stop.set()
+            beat.join()
         seconds = time.perf_counter() - start
         record["seconds"] = round(seconds, 3)
         self.stages.append(record)
         rate = f", {images / seconds:.1f} images/s" if images and seconds > 0 else ""
         rows = f", {record['rows']} rows" if "rows" in record else ""
         log.info("stage %s: done in %.1f s%s%s, %d errors so far", name, seconds, rows, rate, self.errors)
+
+    def _heartbeat(self, name: str, start: float, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_seconds):
+            if self.spark is None:
+                continue
+            tracker = self.spark.sparkContext.statusTracker()
+            infos = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
+            done = sum(i.numCompletedTasks for i in infos if i)
+            total = sum(i.numTasks for i in infos if i)
+            log.info("stage %s: running for %.0f s, %d of %d Spark tasks done", name,
+                     time.perf_counter() - start, done, total)
 
 
 @dataclass(frozen=True)
@@ -76,7 +101,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False) -> RunResult:
         record["dim"] = embedder.dim
     planes = lsh.hyperplanes(cfg.lsh.seed, cfg.lsh.num_tables, cfg.lsh.bits_per_table, embedder.dim)
 
-    spark = pipeline.build_session(cfg.spark, cfg.embed, launched_by_spark_submit)
+    spark = progress.spark = pipeline.build_session(cfg.spark, cfg.embed, launched_by_spark_submit)
     out = OutputDir(spark, cfg.output.path, run_id)
     check_output(out.entries(), cfg.output.path, cfg.output.overwrite)
     try:
