@@ -150,8 +150,7 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.embed import get_embedder
-        from neardup_core.embed.batch import embed_batch
-        from neardup_core.lsh import bucket_keys
+        from neardup_core.embed.batch import embed_batch, keys_for_rows
 
         embedder = get_embedder(model, embed_cfg)
         planes = planes_broadcast.value
@@ -164,12 +163,7 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
                 input_cfg=input_cfg,
                 size=model.input_size,
             )
-            ok = [v is not None for v in result.embeddings]
-            keys: list = [None] * len(ok)
-            if any(ok):
-                vectors = np.stack([v for v in result.embeddings if v is not None])
-                good_keys = iter(bucket_keys(vectors, planes, num_tables))
-                keys = [next(good_keys) if flag else None for flag in ok]
+            keys = keys_for_rows(result.embeddings, planes, num_tables)
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("id"),

@@ -52,3 +52,17 @@ def test_a_batch_with_nothing_decodable_never_calls_the_model():
     out = embed_batch(["x"], [b""], [None], Exploding(), InputConfig(), size=8)
     assert out.error_stage == ["decode"]
     assert out.error_message == ["empty file"]
+
+
+def test_keys_for_rows_match_hashing_the_good_rows_alone():
+    from neardup_core.embed.batch import keys_for_rows
+    from neardup_core.lsh import bucket_keys, hyperplanes
+
+    rng = np.random.default_rng(5)
+    vectors = [rng.standard_normal(6), None, rng.standard_normal(6), None]
+    planes = hyperplanes(1, num_tables=3, bits_per_table=4, dim=6)
+    keys = keys_for_rows(vectors, planes, 3)
+    assert keys[1] is None and keys[3] is None
+    np.testing.assert_array_equal(np.stack([keys[0], keys[2]]),
+                                  bucket_keys(np.stack([vectors[0], vectors[2]]), planes, 3))
+    assert keys_for_rows([None, None], planes, 3) == [None, None]

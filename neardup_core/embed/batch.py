@@ -8,6 +8,7 @@ import numpy as np
 
 from ..config import InputConfig
 from ..decode import DecodeError, decode_image
+from ..lsh import bucket_keys
 from ..sources import ReadError, read_bytes
 from . import Embedder
 
@@ -69,3 +70,14 @@ def embed_batch(
             else:  # NaN keys would put the image in bucket 0 of every table
                 stages[row], messages[row] = "embed", "model output is not finite (NaN or inf)"
     return EmbeddedBatch(embeddings, stages, messages)
+
+
+def keys_for_rows(embeddings: list[np.ndarray | None], planes: np.ndarray, num_tables: int) -> list[np.ndarray | None]:
+    """LSH keys aligned with ``embeddings``: one (num_tables,) int64 array per embedded
+    row, None where the row failed. The good rows are hashed in one matrix product."""
+    good = [i for i, v in enumerate(embeddings) if v is not None]
+    keys: list[np.ndarray | None] = [None] * len(embeddings)
+    if good:
+        for i, row_keys in zip(good, bucket_keys(np.stack([embeddings[i] for i in good]), planes, num_tables)):
+            keys[i] = row_keys
+    return keys
