@@ -1,4 +1,7 @@
-"""Command line: ``neardup run --input PATH --output DIR [--config FILE] [--set K=V ...]``.
+"""Command line.
+
+    neardup run --input PATH --output DIR [--config FILE] [--set K=V ...] [--overwrite]
+    neardup build-engine [--config FILE] [--set K=V ...] [--device N]
 
 Exit codes: 0 success, 2 bad invocation (config, input, output, model; one message on
 stderr, before any Spark job runs), 1 any other failure.
@@ -21,15 +24,20 @@ USAGE_ERRORS = (ConfigError, InputError, ModelError, OutputError)
 
 
 def parser() -> argparse.ArgumentParser:
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", help="YAML file overriding conf/default.yaml")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set lsh.num_tables=16 (repeatable)")
     p = argparse.ArgumentParser(prog="neardup", description="Batch near-duplicate image detection on Spark.")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="embed, hash and pair a catalog of images")
+    run = sub.add_parser("run", parents=[config], help="embed, hash and pair a catalog of images")
     run.add_argument("--input", required=True, help="directory of images, or a Parquet/CSV manifest")
     run.add_argument("--output", required=True, help="where results go")
-    run.add_argument("--config", help="YAML file overriding conf/default.yaml")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override one key, e.g. --set lsh.num_tables=16 (repeatable)")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    engine = sub.add_parser(
+        "build-engine", parents=[config],
+        help="build the TensorRT plan for the configured model on this machine's GPU (into embed.engine_dir)")
+    engine.add_argument("--device", type=int, default=0, help="CUDA device index to build on (default 0)")
     return p
 
 
@@ -39,6 +47,8 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
     if launched_by_spark_submit is None:
         # spark-submit starts the Python driver with a gateway to its own JVM.
         launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    if args.command == "build-engine":
+        return _build_engine(args)
     try:
         cfg = load_config(args.config, args.set)
         # Paths are taken verbatim, not parsed as YAML like --set values.
@@ -55,6 +65,23 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         return 2
     print(f"neardup: {result.images} images, {result.errors} errors, "
           f"{result.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}) -> {result.output}")
+    return 0
+
+
+def _build_engine(args: argparse.Namespace) -> int:
+    from .embed import prepare_model
+    from .embed.tensorrt import ensure_plan
+
+    try:
+        cfg = load_config(args.config, args.set)
+        prepared = prepare_model(cfg.model, dataclasses.replace(cfg.embed, backend="onnxruntime"))
+        engine_dir = os.path.expanduser(cfg.embed.engine_dir or os.path.join(cfg.model.cache_dir, "engines"))
+        plan = ensure_plan(prepared.file, engine_dir, args.device, cfg.embed.precision, cfg.embed.batch_size,
+                           cfg.model.input_size)
+    except USAGE_ERRORS as err:
+        print(f"neardup: error: {err}", file=sys.stderr)
+        return 2
+    print(plan)
     return 0
 
 

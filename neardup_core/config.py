@@ -53,6 +53,7 @@ class InputConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     path: str | None = None
+    name: str | None = None
     input_size: int = 224
     preprocess: Literal["none", "unit", "tf", "torch"] = "none"
     output: str | None = None
@@ -60,6 +61,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         _in_range("model.input_size", self.input_size, 16, 2048)
+        _require(self.path is None or self.name is None, "model.name", self.name,
+                 f"set either model.path or model.name, not both (model.path is {self.path!r})")
         _require(bool(self.cache_dir), "model.cache_dir", self.cache_dir, "must not be empty")
 
 
@@ -67,10 +70,15 @@ class ModelConfig:
 class EmbedConfig:
     batch_size: int = 32
     threads_per_task: int = 1
+    backend: Literal["auto", "onnxruntime", "tensorflow", "tensorrt"] = "auto"
+    precision: Literal["fp16", "fp32"] = "fp16"
+    engine_dir: str | None = None
 
     def validate(self) -> None:
         _in_range("embed.batch_size", self.batch_size, 1, 4096)
         _in_range("embed.threads_per_task", self.threads_per_task, 0, 1024)
+        _require(self.engine_dir is None or bool(self.engine_dir), "embed.engine_dir", self.engine_dir,
+                 "must not be empty (null means {model.cache_dir}/engines)")
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pyspark import StorageLevel
 
 from . import __version__, lsh, pipeline
-from .config import Config
-from .embed import get_embedder
+from .config import Config, ConfigError
+from .embed import PreparedModel, prepare_model
 from .output import OutputDir, check_output, local_entries
 from .sources import InputError, is_local, resolve_format
 
@@ -97,15 +97,17 @@ def run(cfg: Config, launched_by_spark_submit: bool = False) -> RunResult:
     progress = Progress()
 
     with progress.stage("load-model") as record:
-        embedder = get_embedder(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
-        record["dim"] = embedder.dim
-    planes = lsh.hyperplanes(cfg.lsh.seed, cfg.lsh.num_tables, cfg.lsh.bits_per_table, embedder.dim)
+        prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
+        record["dim"] = prepared.dim
+        record["model_file"] = prepared.file
+    planes = lsh.hyperplanes(cfg.lsh.seed, cfg.lsh.num_tables, cfg.lsh.bits_per_table, prepared.dim)
 
     spark = progress.spark = pipeline.build_session(cfg.spark, cfg.embed, launched_by_spark_submit)
+    _check_gpu_resources(spark, cfg)
     out = OutputDir(spark, cfg.output.path, run_id)
     check_output(out.entries(), cfg.output.path, cfg.output.overwrite)
     try:
-        result = _run_stages(spark, cfg, fmt, out, planes, embedder.dim, progress)
+        result = _run_stages(spark, cfg, fmt, out, planes, prepared, progress)
         manifest = _manifest(cfg, run_id, started, spark, progress, result)
         out.commit(manifest)
     except BaseException:
@@ -117,7 +119,16 @@ def run(cfg: Config, launched_by_spark_submit: bool = False) -> RunResult:
                      result["pairs"], manifest)
 
 
-def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, progress: Progress) -> dict:
+def _check_gpu_resources(spark, cfg: Config) -> None:
+    if cfg.embed.backend == "tensorrt" and not spark.conf.get("spark.task.resource.gpu.amount", None):
+        raise ConfigError(
+            "embed.backend tensorrt: spark.task.resource.gpu.amount is not set, so no task would get a GPU; "
+            "see conf/spark-gpu.conf, or use embed.backend auto"
+        )
+
+
+def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, prepared: PreparedModel,
+                progress: Progress) -> dict:
     with progress.stage("list") as record:
         listing = pipeline.list_inputs(spark, cfg.input, fmt)
         images = record["rows"] = listing.count()
@@ -133,7 +144,8 @@ def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, 
 
     with progress.stage("embed", images=images) as record:
         broadcast = spark.sparkContext.broadcast(planes)
-        rows = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input, broadcast, cfg.lsh.num_tables)
+        rows = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input, prepared.file, broadcast,
+                              cfg.lsh.num_tables)
         rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
         record["rows"] = rows.count()
         errors = rows.filter("error_stage is not null").select(
@@ -170,7 +182,7 @@ def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, dim: int, 
     broadcast.destroy()
     return {"images": images, "embedded": embedded_count, "errors": progress.errors,
             "errors_by_stage": {row["stage"]: row["count"] for row in by_stage},
-            "candidate_pairs": candidates, "pairs": pairs, "dim": dim}
+            "candidate_pairs": candidates, "pairs": pairs, "dim": prepared.dim}
 
 
 def _shuffle_partitions(spark, rows: int, cfg: Config) -> int:

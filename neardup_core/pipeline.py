@@ -141,18 +141,32 @@ def manifest_id_problem(listing: DataFrame, limit: int = 5) -> str | None:
 
 
 def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_cfg: InputConfig,
-          planes_broadcast, num_tables: int) -> DataFrame:
+          model_file: str, planes_broadcast, num_tables: int) -> DataFrame:
     """Read, decode, embed and hash each file.
+
+    ``model_file`` is the driver's prepared model (:func:`embed.prepare_model`): an ONNX
+    file is shipped to the executors with ``SparkContext.addFile``; for the TensorFlow
+    backend each worker resolves ``model`` itself. Each task picks its backend and device
+    from the GPUs Spark assigned it (:func:`embed.choose_backend`).
 
     Returns id, path, embedding, keys (one LSH key per table), and for files that failed,
     error_stage and error_message instead of embedding and keys.
     """
+    shipped = None
+    if embed_cfg.backend != "tensorflow":
+        listing.sparkSession.sparkContext.addFile(model_file)
+        shipped = os.path.basename(model_file)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import SparkFiles
+
         from neardup_core.embed import get_embedder
         from neardup_core.embed.batch import embed_batch, keys_for_rows
+        from neardup_core.embed.models import resolve_model_path
 
-        embedder = get_embedder(model, embed_cfg)
+        backend, device = task_backend(embed_cfg.backend)
+        local_file = resolve_model_path(model) if shipped is None else SparkFiles.get(shipped)
+        embedder = get_embedder(local_file, backend, device, model, embed_cfg)
         planes = planes_broadcast.value
         for batch in batches:
             result = embed_batch(
@@ -177,6 +191,16 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
             )
 
     return listing.mapInArrow(run, EMBEDDED_SCHEMA)
+
+
+def task_backend(configured: str) -> tuple[str, int | None]:
+    """Inside a task: (backend, CUDA device) from the GPUs Spark assigned to this task."""
+    from pyspark import TaskContext
+
+    from neardup_core.embed import choose_backend
+
+    gpus = TaskContext.get().resources().get("gpu")
+    return choose_backend(configured, gpus.addresses if gpus else [])
 
 
 def candidate_pairs(embedded: DataFrame, num_tables: int) -> DataFrame:

@@ -1,14 +1,16 @@
 """Embedding backends behind one small interface.
 
 An :class:`Embedder` turns a batch of uint8 RGB pixels (n, size, size, 3) into
-L2-normalised float32 vectors (n, dim). :func:`get_embedder` builds one per Python
-worker and caches it, so a model is loaded once per worker, never per batch.
+L2-normalised float32 vectors (n, dim). Backends: :mod:`onnxruntime` (CPU default),
+:mod:`tensorrt` (GPU executors), :mod:`tensorflow` (any SavedModel, also what the ONNX
+export is checked against). :func:`choose_backend` picks one per task;
+:func:`get_embedder` builds it once per Python worker, never per batch.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Protocol
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -26,26 +28,105 @@ class Embedder(Protocol):
         """uint8 (n, size, size, 3) RGB -> float32 (n, dim), each row of unit length."""
 
 
-@functools.lru_cache(maxsize=2)
-def get_embedder(model: ModelConfig, embed: EmbedConfig) -> Embedder:
-    """The worker's embedder for this configuration, built on first use.
+CPU_BACKEND = "onnxruntime"  # measured fastest on the CPU: benchmarks/embed_backends.py
 
-    The key is the (frozen, hashable) configuration made on the driver, so every task of
-    a job on one Python worker shares one loaded model.
+
+def choose_backend(configured: str, gpu_addresses: Sequence[str]) -> tuple[str, int | None]:
+    """Which backend a task runs, and on which CUDA device.
+
+    Args:
+        configured: ``embed.backend``.
+        gpu_addresses: the GPU addresses Spark assigned to the task (empty for none).
+
+    Returns:
+        (backend, device): ``auto`` gives TensorRT on the first assigned GPU, else
+        ONNX Runtime on the CPU; a CPU backend gets device None.
 
     Raises:
-        ModelError: missing or unreadable model, or an output that is not (batch, dim).
+        ModelError: ``tensorrt`` was asked for but the task has no GPU.
     """
-    from .models import resolve_model_path
-    from .tensorflow import TensorFlowEmbedder
+    backend = configured
+    if backend == "auto":
+        backend = "tensorrt" if gpu_addresses else CPU_BACKEND
+    if backend != "tensorrt":
+        return backend, None
+    if not gpu_addresses:
+        raise ModelError(
+            "embed.backend tensorrt: this task has no GPU assigned; give executors GPUs with "
+            "spark.executor.resource.gpu.amount and spark.task.resource.gpu.amount (conf/spark-gpu.conf)"
+        )
+    try:
+        return backend, int(gpu_addresses[0])
+    except ValueError as err:
+        raise ModelError(f"GPU address {gpu_addresses[0]!r} from Spark is not a CUDA device index") from err
 
-    return TensorFlowEmbedder(
-        path=resolve_model_path(model),
-        input_size=model.input_size,
-        preprocess=model.preprocess,
-        output=model.output,
-        threads=embed.threads_per_task,
-    )
+
+@functools.lru_cache(maxsize=2)
+def get_embedder(model_file: str, backend: str, device: int | None, model: ModelConfig,
+                 embed: EmbedConfig) -> Embedder:
+    """The worker's embedder, built on first use and kept for the worker's life.
+
+    Args:
+        model_file: a SavedModel or ``.keras`` for ``tensorflow``; an ONNX file for the others.
+        backend: ``tensorflow``, ``onnxruntime`` or ``tensorrt`` (see :func:`choose_backend`).
+        device: CUDA device index for ``tensorrt``.
+
+    The key is made on the driver (paths and frozen configuration), so every task of a job
+    on one Python worker shares one loaded model.
+
+    Raises:
+        ModelError: unreadable model, an output that is not (batch, dim), a wrong input
+            size, or a TensorRT engine that cannot be built or loaded.
+    """
+    if backend == "tensorflow":
+        from .tensorflow import TensorFlowEmbedder
+
+        return TensorFlowEmbedder(model_file, model.input_size, model.preprocess, model.output,
+                                  embed.threads_per_task)
+    if backend == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeEmbedder
+
+        return OnnxRuntimeEmbedder(model_file, model.input_size, model.preprocess, embed.threads_per_task)
+    if backend == "tensorrt":
+        import os
+
+        from .tensorrt import TensorRTEmbedder, ensure_plan
+
+        engine_dir = os.path.expanduser(embed.engine_dir or os.path.join(model.cache_dir, "engines"))
+        plan = ensure_plan(model_file, engine_dir, device, embed.precision, embed.batch_size, model.input_size)
+        return TensorRTEmbedder(plan, device, embed.batch_size, model.input_size, model.preprocess)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+class PreparedModel(NamedTuple):
+    file: str  # what executors run: an ONNX file, or for embed.backend tensorflow a SavedModel/.keras
+    dim: int
+
+
+def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
+    """On the driver, before Spark starts: resolve the model, export it to ONNX unless the
+    TensorFlow backend is forced (cached; checked against TensorFlow), and load it once on
+    the CPU so a bad model fails here, with a message, instead of in every task.
+
+    Raises:
+        ModelError: any problem with the model (see :func:`get_embedder`).
+    """
+    import os
+
+    from .models import resolve_model_path
+    from .onnx_export import onnx_model_path
+
+    source = resolve_model_path(model)
+    if source.endswith(".onnx"):
+        if embed.backend == "tensorflow":
+            raise ModelError(f"model.path {model.path}: an ONNX file cannot run on embed.backend tensorflow")
+        if model.output is not None:
+            raise ModelError(f"model.output {model.output!r}: ONNX files are read at their first output; "
+                             "export the embedding as the first output and leave model.output null")
+    if embed.backend == "tensorflow":
+        return PreparedModel(source, get_embedder(source, "tensorflow", None, model, embed).dim)
+    onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
+    return PreparedModel(onnx, get_embedder(onnx, "onnxruntime", None, model, embed).dim)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

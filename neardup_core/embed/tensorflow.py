@@ -1,74 +1,104 @@
-"""TensorFlow backend: a SavedModel directory or a ``.keras`` file, on the CPU."""
+"""TensorFlow backend: a SavedModel directory or a ``.keras`` file, on the CPU.
+
+:func:`embedding_function` is also what the ONNX export traces, so both backends run the
+same graph.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import numpy as np
 
 from . import ModelError, l2_normalise
+from .preprocess import preprocess
 
-# Pixel scaling presets for user models: (scale, offset) applied as x * scale + offset.
-PREPROCESS = {
-    "none": None,  # raw 0..255 floats; the default model scales inside itself
-    "unit": (1.0 / 255.0, 0.0),  # [0, 1]
-    "tf": (1.0 / 127.5, -1.0),  # [-1, 1], Keras "tf" mode
-    "torch": None,  # ImageNet mean/std, handled below
-}
-_TORCH_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
-_TORCH_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
+
+def import_tensorflow(threads: int = 0):
+    """TensorFlow with quiet logs and, where it is not yet initialised, ``threads`` intra-op threads."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep worker logs readable
+    import tensorflow as tf
+
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass  # TF already initialised in this process; the first setting stands
+    return tf
 
 
 class TensorFlowEmbedder:
     """Runs a TensorFlow model; ``dim`` is read from a probe batch at load time."""
 
     def __init__(self, path: str, input_size: int, preprocess: str, output: str | None, threads: int):
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep worker logs readable
-        import tensorflow as tf
-
-        if threads > 0:
-            try:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:
-                pass  # TF already initialised in this process; the first setting stands
-        self._tf = tf
+        self._tf = import_tensorflow(threads)
         self.path = path
-        self.input_size = input_size
         self.preprocess = preprocess
-        self._fn = _load(tf, path, output)
-        probe = self._run(np.zeros((1, input_size, input_size, 3), dtype=np.uint8))
-        if probe.ndim != 2 or probe.shape[0] != 1:
-            raise ModelError(
-                f"model {path}: output for one {input_size}x{input_size} image has shape "
-                f"{tuple(probe.shape)}, expected (1, dim); choose a pooled output with model.output"
-            )
-        self.dim = int(probe.shape[1])
+        self._fn = embedding_function(self._tf, path, output, input_size)
+        self.dim = probe_dim(self._run, path, input_size)
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
         return l2_normalise(self._run(pixels))
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
-        x = pixels.astype(np.float32)
-        if self.preprocess == "torch":
-            x = (x - _TORCH_MEAN) / _TORCH_STD
-        elif PREPROCESS[self.preprocess] is not None:
-            scale, offset = PREPROCESS[self.preprocess]
-            x = x * scale + offset
-        return np.asarray(self._fn(self._tf.constant(x)))
+        return self._fn(self._tf.constant(preprocess(pixels, self.preprocess))).numpy()
 
 
-def _load(tf, path: str, output: str | None):
+def probe_dim(run: Callable[[np.ndarray], np.ndarray], path: str, input_size: int) -> int:
+    """Embedding width, from one black image; the output must be (1, dim).
+
+    Raises:
+        ModelError: the model's output for one image is not a vector.
+    """
+    probe = np.asarray(run(np.zeros((1, input_size, input_size, 3), dtype=np.uint8)))
+    if probe.ndim != 2 or probe.shape[0] != 1:
+        raise ModelError(
+            f"model {path}: output for one {input_size}x{input_size} image has shape "
+            f"{tuple(probe.shape)}, expected (1, dim); choose a pooled output with model.output"
+        )
+    return int(probe.shape[1])
+
+
+def embedding_function(tf, path: str, output: str | None, input_size: int):
+    """A function from a float32 (n, input_size, input_size, 3) tensor to the embedding tensor.
+
+    Raises:
+        ModelError: missing or unreadable model, unknown output, or a model built for
+            another input size or channel count.
+    """
     if not os.path.exists(path):
         raise ModelError(f"model.path {path}: no such file or directory")
     try:
         if path.endswith((".keras", ".h5")):
-            return _keras_fn(tf, path, output)
-        return _saved_model_fn(tf, path, output)
+            fn, shape = _keras_fn(tf, path, output)
+        else:
+            fn, shape = _saved_model_fn(tf, path, output)
     except ModelError:
         raise
     except Exception as err:  # TF raises many unrelated types for unreadable models
         raise ModelError(f"model.path {path}: cannot load: {type(err).__name__}: {err}") from err
+    check_input_shape(path, shape, input_size)
+    return fn
+
+
+def check_input_shape(path: str, shape, input_size: int) -> None:
+    """Fail where a model's declared input (batch, height, width, channels) cannot take
+    ``input_size`` x ``input_size`` RGB images. Unknown (None) dimensions accept any size."""
+    dims = list(shape) if shape is not None else None
+    if dims is None or len(dims) != 4:
+        raise ModelError(f"model {path}: input shape {dims} is not (batch, height, width, channels)")
+    _, height, width, channels = dims
+    if channels is not None and channels != 3:
+        if height == 3:
+            raise ModelError(f"model {path}: input {dims} is channels-first; export it channels-last (NHWC)")
+        raise ModelError(f"model {path}: input {dims} has {channels} channels; images are RGB (3)")
+    if (height is not None and height != input_size) or (width is not None and width != input_size):
+        raise ModelError(
+            f"model.input_size is {input_size} but model {path} takes {height}x{width} images; "
+            f"set model.input_size={height or width}"
+        )
 
 
 def _keras_fn(tf, path: str, output: str | None):
@@ -82,8 +112,11 @@ def _keras_fn(tf, path: str, output: str | None):
             names = ", ".join(layer.name for layer in model.layers[-5:])
             raise ModelError(f"model.output {output!r}: no such layer in {path} (last layers: {names})") from err
         model = keras.Model(model.inputs, layer.output)
+    if len(model.inputs) != 1:
+        raise ModelError(f"model {path}: has {len(model.inputs)} inputs, expected one image input")
     infer = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda x: infer(x).numpy()
+    infer.model = model  # keep the model alive with the function
+    return infer, tuple(model.inputs[0].shape)
 
 
 def _saved_model_fn(tf, path: str, output: str | None):
@@ -92,7 +125,10 @@ def _saved_model_fn(tf, path: str, output: str | None):
     if "serving_default" not in signatures:
         raise ModelError(f"model.path {path}: SavedModel has no 'serving_default' signature")
     fn = signatures["serving_default"]
-    (input_name,) = fn.structured_input_signature[1].keys() or (None,)
+    inputs = fn.structured_input_signature[1]
+    if len(inputs) != 1:
+        raise ModelError(f"model {path}: serving_default takes {sorted(inputs)}, expected one image input")
+    ((input_name, input_spec),) = inputs.items()
     outputs = list(fn.structured_outputs)
     if output is None:
         if len(outputs) != 1:
@@ -102,9 +138,10 @@ def _saved_model_fn(tf, path: str, output: str | None):
         raise ModelError(f"model.output {output!r}: not an output of {path}; outputs: {outputs}")
 
     def run(x):
-        result = fn(**{input_name: x}) if input_name else fn(x)
-        return result[output].numpy()
+        if input_spec.dtype != tf.float32:  # e.g. a uint8 image input; preprocess "none" keeps 0..255
+            x = tf.cast(x, input_spec.dtype)
+        return fn(**{input_name: x})[output]
 
     # Keep the loaded object alive: the concrete function holds only weak references.
     run.loaded = loaded
-    return run
+    return run, tuple(input_spec.shape)
