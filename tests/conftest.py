@@ -34,3 +34,19 @@ def spark(tmp_path_factory):
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+def export_user_model(tmp_path, input_shape=(None, None, 3), pooled=True, seed=3):
+    """A small seeded Keras CNN exported as a SavedModel, as a user would export theirs."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(input_shape, name="image")
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    if pooled:
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        x = keras.layers.Dense(24, name="embedding")(x)
+    path = str(tmp_path / "user.savedmodel")
+    keras.Model(inputs, x).export(path, verbose=False)
+    return path

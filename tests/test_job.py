@@ -16,7 +16,7 @@ from PIL import Image
 from neardup_core import cli, pipeline
 from neardup_core.config import load_config
 
-from .conftest import REPO, SAMPLE_CATALOG
+from .conftest import REPO, SAMPLE_CATALOG, export_user_model
 
 pytestmark = [pytest.mark.spark, pytest.mark.model]
 
@@ -165,6 +165,32 @@ def test_manifest_input_with_relative_paths_and_custom_columns(catalog, first_ru
     errors = pd.read_parquet(out / "errors")
     assert errors.to_dict("records") == [{"id": "sku-missing", "path": str(tmp_path / "no/such/file.jpg"),
                                           "stage": "read", "message": "no such file"}]
+
+
+@pytest.mark.parametrize("backend", ["auto", "tensorflow"])
+def test_user_saved_model_end_to_end(spark, tmp_path, backend):
+    """The job's embeddings are the user's model's, on the CPU default and on TensorFlow."""
+    from neardup_core.config import EmbedConfig, ModelConfig
+    from neardup_core.decode import decode_image
+    from neardup_core.embed import get_embedder
+
+    model_path = export_user_model(tmp_path)
+    out = tmp_path / "out"
+    args = ["--set", f"model.path={model_path}", "--set", "model.preprocess=unit",
+            "--set", f"model.cache_dir={tmp_path / 'cache'}", "--set", f"embed.backend={backend}"]
+    assert cli.main(["run", "--input", SAMPLE_CATALOG, "--output", str(out), *args]) == 0
+    emb = pd.read_parquet(os.path.join(out, "embeddings")).set_index("path")
+    reference = get_embedder(model_path, "tensorflow", None, ModelConfig(path=model_path, preprocess="unit"),
+                             EmbedConfig())
+    paths = sorted(emb.index)
+    pixels = np.stack([decode_image(open(p.removeprefix("file:"), "rb").read(), 224, 10**8) for p in paths])
+    expected = reference.embed(pixels).astype(np.float64)
+    got = np.stack(emb.loc[paths, "embedding"].to_numpy()).astype(np.float64)
+    assert got.shape == (18, 24)
+    assert np.sum(expected * got, axis=1).min() >= 0.999
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["config"]["model"]["path"] == model_path
+    assert manifest["counts"]["errors"] == 1
 
 
 def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog, first_run, tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ from neardup_core.embed import ModelError, get_embedder, prepare_model
 from neardup_core.embed.models import resolve_model_path
 from neardup_core.embed.onnx_export import export_key, onnx_model_path, run_onnx, to_fp16
 
+from .conftest import export_user_model
+
 pytestmark = pytest.mark.model
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -77,24 +79,8 @@ def test_export_is_cached_and_keyed_by_model_and_options(default_model):
     assert len(keys) == 3
 
 
-def _user_model(tmp_path, input_shape=(None, None, 3), pooled=True, seed=3):
-    """A small seeded Keras CNN exported as a SavedModel, as a user would export theirs."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(input_shape, name="image")
-    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
-    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
-    if pooled:
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        x = keras.layers.Dense(24, name="embedding")(x)
-    path = str(tmp_path / "user.savedmodel")
-    keras.Model(inputs, x).export(path, verbose=False)
-    return path
-
-
 def test_user_saved_model_runs_on_onnx_runtime_like_tensorflow(tmp_path, photos):
-    path = _user_model(tmp_path)
+    path = export_user_model(tmp_path)
     model = ModelConfig(path=path, preprocess="unit", cache_dir=str(tmp_path / "cache"))
     prepared = prepare_model(model, EmbedConfig())
     assert prepared.file.endswith(".onnx") and prepared.dim == 24
@@ -107,7 +93,7 @@ def test_user_saved_model_runs_on_onnx_runtime_like_tensorflow(tmp_path, photos)
 
 
 def test_model_for_another_input_size_fails_before_spark(tmp_path):
-    path = _user_model(tmp_path, input_shape=(160, 160, 3))
+    path = export_user_model(tmp_path, input_shape=(160, 160, 3))
     model = ModelConfig(path=path, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ModelError, match=f"model.input_size is 224 but model {path} takes 160x160 images; "
                                          "set model.input_size=160"):
@@ -117,7 +103,7 @@ def test_model_for_another_input_size_fails_before_spark(tmp_path):
 
 @pytest.mark.parametrize("backend", ["tensorflow", "auto"])
 def test_model_whose_output_is_not_a_vector_fails_before_spark(tmp_path, backend):
-    path = _user_model(tmp_path, pooled=False)
+    path = export_user_model(tmp_path, pooled=False)
     model = ModelConfig(path=path, cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ModelError, match=r"has shape \(1, 55, 55, 32\), expected \(1, dim\)"):
         prepare_model(model, EmbedConfig(backend=backend))
@@ -181,3 +167,14 @@ def test_tensorrt_engine_matches_tensorflow_on_real_photos(default_model, photos
     assert len(os.listdir(tmp_path)) >= 1
     tf_vectors = _embedder(saved, "tensorflow", model).embed(photos)
     assert cosines(tf_vectors, engine.embed(photos)).min() >= PARITY  # 12 photos: two chunks of 8 and 4
+
+
+def test_build_engine_without_tensorrt_exits_2_with_what_to_install(capsys):
+    if _tensorrt_available() is None:
+        pytest.skip("TensorRT and a GPU are present: the engine would really be built")
+    from neardup_core import cli
+
+    assert cli.main(["build-engine", "--set", "embed.precision=fp32"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("neardup: error: ")
+    assert "tensorrt" in err and ("pip install 'neardup[gpu]'" in err or "CUDA device 0" in err)
