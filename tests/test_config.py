@@ -44,10 +44,17 @@ def test_config_file_then_set_in_that_order(tmp_path):
     ("output.overwrite=maybe", "output.overwrite must be true or false, got 'maybe'"),
     ("num_tables=3", "expected SECTION.KEY=VALUE"),
     ("input.extensions=[.jpg]", "bare extensions like 'jpg'"),
+    ("embed.backend=cuda", "embed.backend must be one of"),
+    ("embed.precision=int8", "embed.precision must be one of"),
 ])
 def test_bad_values_name_the_key_and_the_value(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         load_config(overrides=[override])
+
+
+def test_model_path_and_name_exclude_each_other():
+    with pytest.raises(ConfigError, match="set either model.path or model.name, not both"):
+        load_config(overrides=["model.path=/m.keras", "model.name=ResNet50"])
 
 
 def test_unreadable_or_malformed_config_file(tmp_path):
