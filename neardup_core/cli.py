@@ -1,6 +1,8 @@
 """Command line.
 
     neardup run --input PATH --output DIR [--config FILE] [--set K=V ...] [--overwrite]
+    neardup pairs --embeddings PATH --output DIR [--config FILE] [--set K=V ...] [--overwrite]
+    neardup plan --embeddings PATH [--config FILE] [--set K=V ...]
     neardup build-engine [--config FILE] [--set K=V ...] [--device N]
 
 Exit codes: 0 success, 2 bad invocation (config, input, output, model; one message on
@@ -34,6 +36,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="directory of images, or a Parquet/CSV manifest")
     run.add_argument("--output", required=True, help="where results go")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    pairs = sub.add_parser("pairs", parents=[config],
+                           help="hash, pair and score embeddings made elsewhere (Parquet: id + embedding)")
+    pairs.add_argument("--embeddings", required=True,
+                       help="Parquet file or folder with input.id_column and input.embedding_column")
+    pairs.add_argument("--output", required=True, help="where results go")
+    pairs.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    plan = sub.add_parser("plan", parents=[config],
+                          help="print the LSH tables that `pairs`/`run` would choose, and their expected cost")
+    plan.add_argument("--embeddings", required=True, help="Parquet file or folder, e.g. a run's embeddings/")
     engine = sub.add_parser(
         "build-engine", parents=[config],
         help="build the TensorRT plan for the configured model on this machine's GPU (into embed.engine_dir)")
@@ -49,22 +60,46 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     if args.command == "build-engine":
         return _build_engine(args)
+    if args.command == "plan":
+        return _plan(args)
     try:
         cfg = load_config(args.config, args.set)
         # Paths are taken verbatim, not parsed as YAML like --set values.
         cfg = cfg.replace(
-            input=dataclasses.replace(cfg.input, path=args.input),
+            input=dataclasses.replace(cfg.input, path=getattr(args, "input", None)),
             output=dataclasses.replace(cfg.output, path=args.output,
                                        overwrite=args.overwrite or cfg.output.overwrite),
         )
         from . import job  # Spark and TensorFlow load only once the invocation is valid
 
-        result = job.run(cfg, launched_by_spark_submit=launched_by_spark_submit)
+        if args.command == "pairs":
+            result = job.run_pairs(cfg, args.embeddings, launched_by_spark_submit=launched_by_spark_submit)
+        else:
+            result = job.run(cfg, launched_by_spark_submit=launched_by_spark_submit)
     except USAGE_ERRORS as err:
         print(f"neardup: error: {err}", file=sys.stderr)
         return 2
     print(f"neardup: {result.images} images, {result.errors} errors, "
           f"{result.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}) -> {result.output}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from .plan import describe_plan, sample_parquet_embeddings
+    from .tuning import plan_from_sample
+
+    try:
+        cfg = load_config(args.config, args.set)
+        items, sample = sample_parquet_embeddings(args.embeddings, cfg.input.embedding_column, cfg.lsh.sample_size,
+                                                  cfg.lsh.seed)
+        try:
+            plan = plan_from_sample(cfg.lsh, cfg.pairs.cosine_threshold, sample, items, sample.shape[1])
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+    except USAGE_ERRORS as err:
+        print(f"neardup: error: {err}", file=sys.stderr)
+        return 2
+    print(describe_plan(cfg, plan, items, sample))
     return 0
 
 

@@ -13,9 +13,10 @@ naming the key and the value.
 from __future__ import annotations
 
 import dataclasses
+import types
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -33,6 +34,7 @@ class InputConfig:
     format: Literal["auto", "directory", "parquet", "csv"] = "auto"
     id_column: str = "id"
     path_column: str = "path"
+    embedding_column: str = "embedding"
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     max_file_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
@@ -81,15 +83,32 @@ class EmbedConfig:
                  "must not be empty (null means {model.cache_dir}/engines)")
 
 
+# A bucket key holds k bits plus up to MAX_SPLIT_BITS split bits and the split depth in
+# one int64 (see lsh.effective_keys); tables are numbered in 8 bits.
+MAX_TABLES = 256
+MAX_BITS_PER_TABLE = 48
+MAX_SPLIT_BITS = 10
+
+
 @dataclass(frozen=True)
 class LshConfig:
-    num_tables: int = 32
-    bits_per_table: int = 9
+    num_tables: int | Literal["auto"] = "auto"
+    bits_per_table: int | Literal["auto"] = "auto"
+    target_recall: float = 0.99
+    sample_size: int = 2000
+    max_bucket_size: int = 2000
+    split_bits: int = 8
     seed: int = 20261122
 
     def validate(self) -> None:
-        _in_range("lsh.num_tables", self.num_tables, 1, 256)
-        _in_range("lsh.bits_per_table", self.bits_per_table, 1, 63)
+        if self.num_tables != "auto":
+            _in_range("lsh.num_tables", self.num_tables, 1, MAX_TABLES)
+        if self.bits_per_table != "auto":
+            _in_range("lsh.bits_per_table", self.bits_per_table, 1, MAX_BITS_PER_TABLE)
+        _in_range("lsh.target_recall", self.target_recall, 0.5, 0.999999)
+        _in_range("lsh.sample_size", self.sample_size, 100, 100_000)
+        _in_range("lsh.max_bucket_size", self.max_bucket_size, 2, 1_000_000)
+        _in_range("lsh.split_bits", self.split_bits, 0, MAX_SPLIT_BITS)
         _in_range("lsh.seed", self.seed, 0, 2**63 - 1)
 
 
@@ -208,6 +227,16 @@ def _section(cls: type, section: str, values: dict[str, Any]) -> Any:
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin, args = get_origin(hint), get_args(hint)
+    options = [a for a in args if a is not type(None)]
+    if origin in (Union, types.UnionType) and len(options) > 1:  # e.g. int | Literal["auto"]
+        if value is None and type(None) in args:
+            return None
+        for option in options:
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} must be {' or '.join(_describe(o) for o in options)}, got {value!r}")
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
@@ -244,6 +273,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
     raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def _describe(hint: Any) -> str:
+    if get_origin(hint) is Literal:
+        return " or ".join(map(repr, get_args(hint)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def _merge(base: dict, update: dict, source: str) -> None:

@@ -14,11 +14,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from . import __version__, lsh, pipeline
+from . import __version__, lsh, pipeline, tuning
+from .buckets import split_depths
 from .config import Config, ConfigError
-from .embed import PreparedModel, prepare_model
+from .embed import prepare_model
 from .output import OutputDir, check_output, local_entries
 from .sources import InputError, is_local, resolve_format
 
@@ -81,33 +85,86 @@ class RunResult:
 
 
 def run(cfg: Config, launched_by_spark_submit: bool = False) -> RunResult:
-    """Run the job end to end.
+    """Run the job end to end: list, embed, then :func:`_pair_and_write`.
 
     Raises:
         ConfigError, InputError, ModelError, OutputError: bad invocation, before any
             Spark job runs.
     """
-    started = dt.datetime.now(dt.timezone.utc)
-    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     fmt = resolve_format(cfg.input)
-    if cfg.output.path is None:
-        raise InputError("--output is required")
-    if is_local(cfg.output.path):
-        check_output(local_entries(cfg.output.path), cfg.output.path, cfg.output.overwrite)
     progress = Progress()
-
+    _check_local_output(cfg)
     with progress.stage("load-model") as record:
         prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
         record["dim"] = prepared.dim
         record["model_file"] = prepared.file
-    planes = lsh.hyperplanes(cfg.lsh.seed, cfg.lsh.num_tables, cfg.lsh.bits_per_table, prepared.dim)
 
+    def produce(spark) -> tuple[DataFrame, int]:
+        with progress.stage("list") as record:
+            listing = pipeline.list_inputs(spark, cfg.input, fmt)
+            images = record["rows"] = listing.count()
+            if images == 0:
+                kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
+                raise InputError(f"--input {cfg.input.path}: no {kind} found")
+            if fmt != "directory":
+                problem = pipeline.manifest_id_problem(listing)
+                if problem:
+                    raise InputError(f"--input {cfg.input.path}: {problem} (column {cfg.input.id_column!r})")
+                partitions = max(spark.sparkContext.defaultParallelism, -(-images // cfg.input.rows_per_partition))
+                listing = listing.repartition(partitions)
+        with progress.stage("embed", images=images) as record:
+            rows = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input, prepared.file)
+            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            record["rows"] = rows.count()
+            progress.errors = record["errors"] = rows.filter("error_stage is not null").count()
+        return rows, images
+
+    return _run_session(cfg, launched_by_spark_submit, progress, produce, check_gpus=True)
+
+
+def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = False) -> RunResult:
+    """Hash, pair and score embeddings made elsewhere (``neardup pairs``): the full job's
+    outputs from a Parquet table of ids and vectors.
+
+    Raises:
+        ConfigError, InputError, OutputError: bad invocation, before the pairing runs.
+    """
+    progress = Progress()
+    _check_local_output(cfg)
+
+    def produce(spark) -> tuple[DataFrame, int]:
+        with progress.stage("read-embeddings") as record:
+            rows = pipeline.read_embeddings(spark, embeddings, cfg.input.id_column, cfg.input.embedding_column)
+            problem = pipeline.manifest_id_problem(rows)
+            if problem:
+                raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
+            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            images = record["rows"] = rows.count()
+            progress.errors = record["errors"] = rows.filter("error_stage is not null").count()
+        return rows, images
+
+    return _run_session(cfg, launched_by_spark_submit, progress, produce, check_gpus=False)
+
+
+def _check_local_output(cfg: Config) -> None:
+    if cfg.output.path is None:
+        raise InputError("--output is required")
+    if is_local(cfg.output.path):
+        check_output(local_entries(cfg.output.path), cfg.output.path, cfg.output.overwrite)
+
+
+def _run_session(cfg: Config, launched_by_spark_submit: bool, progress: Progress, produce, check_gpus: bool
+                 ) -> RunResult:
+    started = dt.datetime.now(dt.timezone.utc)
+    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spark = progress.spark = pipeline.build_session(cfg.spark, cfg.embed, launched_by_spark_submit)
-    _check_gpu_resources(spark, cfg)
+    if check_gpus:
+        _check_gpu_resources(spark, cfg)
     out = OutputDir(spark, cfg.output.path, run_id)
     check_output(out.entries(), cfg.output.path, cfg.output.overwrite)
     try:
-        result = _run_stages(spark, cfg, fmt, out, planes, prepared, progress)
+        rows, images = produce(spark)
+        result = _pair_and_write(spark, cfg, rows, images, out, progress)
         manifest = _manifest(cfg, run_id, started, spark, progress, result)
         out.commit(manifest)
     except BaseException:
@@ -127,67 +184,136 @@ def _check_gpu_resources(spark, cfg: Config) -> None:
         )
 
 
-def _run_stages(spark, cfg: Config, fmt: str, out: OutputDir, planes, prepared: PreparedModel,
-                progress: Progress) -> dict:
-    with progress.stage("list") as record:
-        listing = pipeline.list_inputs(spark, cfg.input, fmt)
-        images = record["rows"] = listing.count()
-        if images == 0:
-            kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
-            raise InputError(f"--input {cfg.input.path}: no {kind} found")
-        if fmt != "directory":
-            problem = pipeline.manifest_id_problem(listing)
-            if problem:
-                raise InputError(f"--input {cfg.input.path}: {problem} (column {cfg.input.id_column!r})")
-            partitions = max(spark.sparkContext.defaultParallelism, -(-images // cfg.input.rows_per_partition))
-            listing = listing.repartition(partitions)
-
-    with progress.stage("embed", images=images) as record:
-        broadcast = spark.sparkContext.broadcast(planes)
-        rows = pipeline.embed(listing, cfg.model, cfg.embed, cfg.input, prepared.file, broadcast,
-                              cfg.lsh.num_tables)
-        rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-        record["rows"] = rows.count()
-        errors = rows.filter("error_stage is not null").select(
-            "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
-        embedded = rows.filter("error_stage is null").select("id", "path", "embedding", "keys")
-        progress.errors = record["errors"] = errors.count()
-        embedded_count = record["rows"] - progress.errors
-
+def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: OutputDir, progress: Progress) -> dict:
+    """From the embed stage's rows (id, path, embedding | error): plan the LSH tables,
+    hash, split oversized buckets, pair, score, and stage every output."""
+    errors = rows.filter("error_stage is not null").select(
+        "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
+    embedded = rows.filter("error_stage is null").select("id", "path", "embedding")
+    embedded_count = images - progress.errors
     # Rows from here on are small (vectors, keys, ids); the low Arrow batch size set for
     # images would only add per-batch overhead.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+    lsh_cfg = cfg.lsh
+
+    with progress.stage("plan") as record:
+        sample = pipeline.sample_embeddings(embedded, embedded_count, lsh_cfg.sample_size, lsh_cfg.seed)
+        dim = sample.shape[1] if len(sample) else 0
+        plan = _plan(cfg, sample, embedded_count, dim) if len(sample) else None
+        if plan is not None:
+            record.update(_plan_record(plan, len(sample)))
+            log.info("LSH plan: %d tables of %d bits; recall %.4f at cosine %.3f; about %.0f candidate pairs",
+                     plan.num_tables, plan.bits_per_table, plan.recall_at_threshold, cfg.pairs.cosine_threshold,
+                     plan.expected_candidates)
+
+    tables = plan.num_tables if plan else 1
     with progress.stage("pairs") as record:
-        # Size the shuffles by the data, not Spark's default of 200, which on a small
-        # catalog is 200 near-empty Python tasks per shuffle.
         if not cfg.spark.shuffle_partitions:
-            spark.conf.set("spark.sql.shuffle.partitions", str(_shuffle_partitions(spark, embedded_count, cfg)))
-        scored = pipeline.score_pairs(
-            pipeline.candidate_pairs(embedded, cfg.lsh.num_tables), embedded, cfg.lsh.num_tables
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        candidates = record["candidate_pairs"] = scored.count()
-        near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold).orderBy("id_a", "id_b")
-        near.write.parquet(out.staged("pairs"))
+            spark.conf.set("spark.sql.shuffle.partitions",
+                           str(_shuffle_partitions(spark, embedded_count * tables, cfg)))
+        shuffle_before = _shuffle_bytes(spark)
+        if plan is None:  # nothing embedded: no pairs, and no dimension to hash in
+            keyed = embedded.select(F.lit(0).cast("bigint").alias("row"), "id", "path", "embedding",
+                                    F.array().cast("array<bigint>").alias("keys"))
+            scored = None
+            buckets = {"oversized": 0}
+        else:
+            planes = lsh.hyperplanes(lsh_cfg.seed, tables, plan.bits_per_table + lsh_cfg.split_bits, dim)
+            planes_bc = spark.sparkContext.broadcast(planes)
+            hashed = pipeline.hash_rows(embedded, planes_bc, tables, lsh_cfg.split_bits)
+            hashed = hashed.persist(StorageLevel.MEMORY_AND_DISK)
+            oversized = pipeline.oversized_buckets(hashed, lsh_cfg.max_bucket_size)
+            split, buckets = _split_plan(hashed, oversized, lsh_cfg)
+            keyed = pipeline.apply_splits(hashed, spark.sparkContext.broadcast(split), lsh_cfg.split_bits)
+            scored = pipeline.score_pairs(
+                pipeline.candidate_pairs(keyed, tables, lsh_cfg.max_bucket_size), keyed, tables
+            ).persist(StorageLevel.MEMORY_AND_DISK)
+        record["buckets"] = buckets
+        if scored is None:
+            candidates = 0
+            spark.createDataFrame([], pipeline.PAIR_SCHEMA).write.parquet(out.staged("pairs"))
+        else:
+            candidates = scored.count()
+            near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold).orderBy("id_a", "id_b")
+            near.write.parquet(out.staged("pairs"))
+        record["candidate_pairs"] = candidates
         pairs = record["rows"] = spark.read.parquet(out.staged("pairs")).count()
+        shuffled = _shuffle_bytes(spark) - shuffle_before
+        if shuffle_before >= 0 and shuffled >= 0:
+            record["shuffle_bytes"] = shuffled
+            record["shuffle_bytes_per_image"] = round(shuffled / max(embedded_count, 1), 1)
 
     with progress.stage("write") as record:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
-            embedded.write.parquet(out.staged("embeddings"))
+            keyed.select("id", "path", "embedding", "keys").write.parquet(out.staged("embeddings"))
         record["rows"] = embedded_count + progress.errors
 
     by_stage = errors.groupBy("stage").count().collect() if progress.errors else []
-    for frame in (scored, rows):
-        frame.unpersist()
-    broadcast.destroy()
+    if scored is not None:
+        scored.unpersist()
+        hashed.unpersist()
+    rows.unpersist()
     return {"images": images, "embedded": embedded_count, "errors": progress.errors,
             "errors_by_stage": {row["stage"]: row["count"] for row in by_stage},
-            "candidate_pairs": candidates, "pairs": pairs, "dim": prepared.dim}
+            "candidate_pairs": candidates, "pairs": pairs, "dim": dim,
+            "lsh": None if plan is None else {**_plan_record(plan, len(sample)), "buckets": buckets}}
 
 
-def _shuffle_partitions(spark, rows: int, cfg: Config) -> int:
+def _plan(cfg: Config, sample, items: int, dim: int) -> tuning.LshPlan:
+    try:
+        return tuning.plan_from_sample(cfg.lsh, cfg.pairs.cosine_threshold, sample, items, dim)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
+def _plan_record(plan: tuning.LshPlan, sample_size: int) -> dict:
+    return {"bits_per_table": plan.bits_per_table, "num_tables": plan.num_tables,
+            "recall_at_threshold": round(plan.recall_at_threshold, 5),
+            "expected_candidate_pairs": round(plan.expected_candidates),
+            "expected_shuffle_bytes": round(plan.cost), "sample_size": sample_size}
+
+
+def _split_plan(hashed: DataFrame, oversized: list, lsh_cfg) -> tuple[tuple, dict]:
+    """What to split: (tables, keys, depths) for lsh.effective_keys, and counts for the manifest."""
+    empty = np.zeros(0, dtype=np.int64)
+    if not oversized:
+        return (empty, empty, empty), {"oversized": 0}
+    counts = pipeline.sub_bucket_counts(hashed, oversized)
+    plan = split_depths(counts.column("table").to_numpy(), counts.column("key").to_numpy(),
+                        counts.column("subkey").to_numpy(), counts.column("count").to_numpy(),
+                        lsh_cfg.split_bits, lsh_cfg.max_bucket_size)
+    still = plan.still_oversized
+    log.info("%d buckets over lsh.max_bucket_size=%d (largest %d rows): split by up to %d more bits; "
+             "%d still over it are paired within a window", len(oversized), lsh_cfg.max_bucket_size,
+             max(c for _, _, c in oversized), int(plan.depth.max()), int(still.sum()))
+    return (plan.table, plan.key, plan.depth), {
+        "oversized": len(oversized),
+        "largest_rows": int(max(c for _, _, c in oversized)),
+        "split": int((~still).sum()),
+        "max_split_depth": int(plan.depth.max()),
+        "windowed": int(still.sum()),
+        "windowed_largest_rows": int(plan.largest_after[still].max()) if still.any() else 0,
+    }
+
+
+def _shuffle_bytes(spark) -> int:
+    """Shuffle bytes written by all stages so far (Spark's status store), or -1."""
+    try:
+        sc = spark.sparkContext
+        no_quantiles = sc._gateway.new_array(sc._gateway.jvm.double, 0)
+        stages = sc._jsc.sc().statusStore().stageList(None, False, False, no_quantiles, None)
+        total = 0
+        iterator = stages.iterator()
+        while iterator.hasNext():
+            total += iterator.next().shuffleWriteBytes()
+        return int(total)
+    except Exception:  # noqa: BLE001 - a diagnostic; the status store API is internal
+        return -1
+
+
+def _shuffle_partitions(spark, bucket_rows: int, cfg: Config) -> int:
     """About 500k bucket rows per shuffle partition, at least one per core."""
-    bucket_rows = rows * cfg.lsh.num_tables
     return max(spark.sparkContext.defaultParallelism, -(-bucket_rows // 500_000))
 
 
@@ -208,6 +334,7 @@ def _manifest(cfg: Config, run_id: str, started: dt.datetime, spark, progress: P
             "pairs": result["pairs"],
         },
         "embedding_dim": result["dim"],
+        "lsh": result["lsh"],
         "stages": progress.stages,
         "config": cfg.to_dict(),
     }

@@ -19,11 +19,10 @@ from pyspark.sql import functions as F
 from .config import EmbedConfig, InputConfig, ModelConfig, SparkConfig
 from .sources import InputError, extension_glob, is_local, local_path
 
-EMBEDDED_SCHEMA = (
-    "id string, path string, embedding array<float>, keys array<bigint>, "
-    "error_stage string, error_message string"
-)
-CANDIDATE_SCHEMA = "id_a string, id_b string, tables_matched int"
+EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
+HASHED_SCHEMA = "row bigint, id string, path string, embedding array<float>, keys array<bigint>, subkeys array<bigint>"
+KEYED_SCHEMA = "row bigint, id string, path string, embedding array<float>, keys array<bigint>"
+CANDIDATE_SCHEMA = "row_a bigint, row_b bigint, tables_matched int"
 PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
     "cosine double, jaccard double, tables_matched int"
@@ -141,16 +140,16 @@ def manifest_id_problem(listing: DataFrame, limit: int = 5) -> str | None:
 
 
 def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_cfg: InputConfig,
-          model_file: str, planes_broadcast, num_tables: int) -> DataFrame:
-    """Read, decode, embed and hash each file.
+          model_file: str) -> DataFrame:
+    """Read, decode and embed each file.
 
     ``model_file`` is the driver's prepared model (:func:`embed.prepare_model`): an ONNX
     file is shipped to the executors with ``SparkContext.addFile``; for the TensorFlow
     backend each worker resolves ``model`` itself. Each task picks its backend and device
     from the GPUs Spark assigned it (:func:`embed.choose_backend`).
 
-    Returns id, path, embedding, keys (one LSH key per table), and for files that failed,
-    error_stage and error_message instead of embedding and keys.
+    Returns id, path, embedding, and for files that failed, error_stage and
+    error_message instead of embedding.
     """
     shipped = None
     if embed_cfg.backend != "tensorflow":
@@ -161,13 +160,12 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
         from pyspark import SparkFiles
 
         from neardup_core.embed import get_embedder
-        from neardup_core.embed.batch import embed_batch, keys_for_rows
+        from neardup_core.embed.batch import embed_batch
         from neardup_core.embed.models import resolve_model_path
 
         backend, device = task_backend(embed_cfg.backend)
         local_file = resolve_model_path(model) if shipped is None else SparkFiles.get(shipped)
         embedder = get_embedder(local_file, backend, device, model, embed_cfg)
-        planes = planes_broadcast.value
         for batch in batches:
             result = embed_batch(
                 paths=batch.column("path").to_pylist(),
@@ -177,17 +175,15 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
                 input_cfg=input_cfg,
                 size=model.input_size,
             )
-            keys = keys_for_rows(result.embeddings, planes, num_tables)
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("id"),
                     batch.column("path"),
                     pa.array(result.embeddings, type=pa.list_(pa.float32())),
-                    pa.array(keys, type=pa.list_(pa.int64())),
                     pa.array(result.error_stage, type=pa.string()),
                     pa.array(result.error_message, type=pa.string()),
                 ],
-                names=["id", "path", "embedding", "keys", "error_stage", "error_message"],
+                names=["id", "path", "embedding", "error_stage", "error_message"],
             )
 
     return listing.mapInArrow(run, EMBEDDED_SCHEMA)
@@ -203,11 +199,124 @@ def task_backend(configured: str) -> tuple[str, int | None]:
     return choose_backend(configured, gpus.addresses if gpus else [])
 
 
-def candidate_pairs(embedded: DataFrame, num_tables: int) -> DataFrame:
-    """Each pair of rows sharing a bucket in any table, once: id_a < id_b, tables_matched.
+def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str) -> DataFrame:
+    """Embeddings made elsewhere: a Parquet table with an id column and an embedding
+    column (list of floats, or fixed-size binary holding little-endian float32).
 
-    Only (table, key, id, keys) are shuffled, never the embeddings. Rows are sorted by
-    bucket inside each partition, so one pass finds every bucket's pairs.
+    Returns the embed stage's schema (id, path, embedding, error_stage, error_message);
+    a row whose vector is missing, empty, of another length than the first good row's,
+    or not finite becomes an error row (stage ``embedding``). ``path`` is the table's
+    ``path`` column where it has one, else the id.
+
+    Raises:
+        InputError: unreadable table or missing columns.
+    """
+    try:
+        table = spark.read.parquet(path)
+    except Exception as err:  # AnalysisException and friends: no such path, not Parquet
+        raise InputError(f"--embeddings {path}: cannot read as Parquet: {str(err).splitlines()[0]}") from err
+    missing = [c for c in (id_column, embedding_column) if c not in table.columns]
+    if missing:
+        raise InputError(f"--embeddings {path}: no column {', '.join(map(repr, missing))} "
+                         f"(columns: {', '.join(table.columns)}); set input.id_column / input.embedding_column")
+    kind = table.schema[embedding_column].dataType.simpleString()
+    if kind not in ("binary", "array<float>", "array<double>"):
+        raise InputError(f"--embeddings {path}: column {embedding_column!r} is {kind}; expected a list of "
+                         "floats or binary float32")
+    path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
+    rows = table.select(F.col(id_column).cast("string").alias("id"), path_col.alias("path"),
+                        F.col(embedding_column).alias("vector"))
+    first = rows.filter(F.col("vector").isNotNull()).select("vector").first()
+    if first is None:
+        raise InputError(f"--embeddings {path}: no rows with an embedding")
+    dim = len(first["vector"]) // 4 if kind == "binary" else len(first["vector"])
+    if dim == 0:
+        raise InputError(f"--embeddings {path}: the first embedding is empty")
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.embed.batch import check_vectors
+
+        for batch in batches:
+            vectors, stages, messages = check_vectors(batch.column("vector").to_pylist(), dim)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), batch.column("path"), pa.array(vectors, type=pa.list_(pa.float32())),
+                 pa.array(stages, pa.string()), pa.array(messages, pa.string())],
+                names=["id", "path", "embedding", "error_stage", "error_message"])
+
+    return rows.mapInArrow(run, EMBEDDED_SCHEMA)
+
+
+def sample_embeddings(embedded: DataFrame, rows: int, size: int, seed: int) -> np.ndarray:
+    """About ``size`` embeddings drawn at random from ``rows`` rows, as (n, dim) float32."""
+    fraction = min(1.0, 1.2 * size / max(rows, 1))
+    picked = embedded.select("embedding").sample(fraction=fraction, seed=seed).limit(size).toArrow()
+    return _matrix(picked.column("embedding").combine_chunks()).astype(np.float32)
+
+
+def hash_rows(embedded: DataFrame, planes_broadcast, num_tables: int, split_bits: int) -> DataFrame:
+    """Adds ``row`` (a unique int64 that stands for the id in the shuffles), ``keys``
+    (one bucket key per table) and ``subkeys`` (split bits per table)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.lsh import signature_keys
+
+        planes = planes_broadcast.value
+        for batch in batches:
+            vectors = _matrix(batch.column("embedding"), planes.shape[1])
+            keys, subkeys = signature_keys(vectors, planes, num_tables, split_bits)
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("row"), batch.column("id"), batch.column("path"), batch.column("embedding"),
+                 _list_column(keys), _list_column(subkeys)],
+                names=["row", "id", "path", "embedding", "keys", "subkeys"])
+
+    return (embedded.select("id", "path", "embedding").withColumn("row", F.monotonically_increasing_id())
+            .select("row", "id", "path", "embedding").mapInArrow(run, HASHED_SCHEMA))
+
+
+def oversized_buckets(hashed: DataFrame, max_bucket_size: int) -> list[tuple[int, int, int]]:
+    """(table, key, rows) of every bucket with more than ``max_bucket_size`` rows.
+    Aggregated map-side, so only distinct keys per partition are shuffled."""
+    counts = (hashed.select(F.posexplode("keys").alias("table", "key")).groupBy("table", "key").count()
+              .filter(F.col("count") > max_bucket_size).collect())
+    return [(row["table"], row["key"], row["count"]) for row in counts]
+
+
+def sub_bucket_counts(hashed: DataFrame, oversized: list[tuple[int, int, int]]) -> pa.Table:
+    """Row counts per (table, key, subkey) inside the given buckets (a broadcast join
+    keeps everything else out of the shuffle)."""
+    spark = hashed.sparkSession
+    wanted = spark.createDataFrame([(t, k) for t, k, _ in oversized], "table int, key bigint")
+    entries = hashed.select(F.posexplode(F.arrays_zip("keys", "subkeys")).alias("table", "ks")).select(
+        "table", F.col("ks.keys").alias("key"), F.col("ks.subkeys").alias("subkey"))
+    return (entries.join(F.broadcast(wanted), ["table", "key"]).groupBy("table", "key", "subkey").count()
+            .toArrow())
+
+
+def apply_splits(hashed: DataFrame, split_broadcast, split_bits: int) -> DataFrame:
+    """Replaces ``keys`` by the keys that rows are bucketed by (:func:`lsh.effective_keys`)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.lsh import effective_keys
+
+        split_table, split_key, split_depth = split_broadcast.value
+        for batch in batches:
+            keys = _matrix(batch.column("keys"))
+            subkeys = _matrix(batch.column("subkeys"), keys.shape[1])
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("row"), batch.column("id"), batch.column("path"), batch.column("embedding"),
+                 _list_column(effective_keys(keys, subkeys, split_bits, split_table, split_key, split_depth))],
+                names=["row", "id", "path", "embedding", "keys"])
+
+    return hashed.mapInArrow(run, KEYED_SCHEMA)
+
+
+def candidate_pairs(keyed: DataFrame, num_tables: int, max_bucket_size: int) -> DataFrame:
+    """Each pair of rows sharing a bucket in any table, once: row_a < row_b, tables_matched.
+
+    Only (table, key, row, keys) are shuffled, never ids or embeddings. Rows are sorted by
+    bucket inside each partition, so one pass finds every bucket's pairs; a bucket still
+    over ``max_bucket_size`` after splitting pairs each row with the next
+    ``max_bucket_size - 1`` rows only (bounded work, counted in the manifest).
     """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -217,29 +326,30 @@ def candidate_pairs(embedded: DataFrame, num_tables: int) -> DataFrame:
             SortedBuckets(
                 table=batch.column("table").to_numpy(),
                 key=batch.column("key").to_numpy(),
-                ids=batch.column("id").to_numpy(zero_copy_only=False),
+                ids=batch.column("row").to_numpy(),
                 keys=_matrix(batch.column("keys"), num_tables),
             )
             for batch in batches
         )
-        for found in candidates_from_sorted_chunks(chunks):
+        for found in candidates_from_sorted_chunks(chunks, window=max_bucket_size):
             yield pa.RecordBatch.from_arrays(
-                [pa.array(found.id_a, pa.string()), pa.array(found.id_b, pa.string()),
+                [pa.array(found.id_a, pa.int64()), pa.array(found.id_b, pa.int64()),
                  pa.array(found.tables_matched, pa.int32())],
-                names=["id_a", "id_b", "tables_matched"],
+                names=["row_a", "row_b", "tables_matched"],
             )
 
-    exploded = embedded.select("id", "keys", F.posexplode("keys").alias("table", "key"))
+    exploded = keyed.select("row", "keys", F.posexplode("keys").alias("table", "key"))
     return (
         exploded.repartition("table", "key")
-        .sortWithinPartitions("table", "key", "id")
-        .select(F.col("table").cast("int"), "key", "id", "keys")
+        .sortWithinPartitions("table", "key", "row")
+        .select(F.col("table").cast("int"), "key", "row", "keys")
         .mapInArrow(run, CANDIDATE_SCHEMA)
     )
 
 
-def score_pairs(candidates: DataFrame, embedded: DataFrame, num_tables: int) -> DataFrame:
-    """Joins each candidate with both embeddings; adds exact cosine and LSH Jaccard."""
+def score_pairs(candidates: DataFrame, keyed: DataFrame, num_tables: int) -> DataFrame:
+    """Joins each candidate with both rows; adds exact cosine and LSH Jaccard; orders
+    each pair so that id_a < id_b."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.pairing import jaccard, rowwise_cosine
@@ -249,20 +359,34 @@ def score_pairs(candidates: DataFrame, embedded: DataFrame, num_tables: int) -> 
                 continue
             a = _matrix(batch.column("embedding_a"))
             b = _matrix(batch.column("embedding_b"), a.shape[1])
+            ids_a, ids_b = batch.column("id_a").to_numpy(zero_copy_only=False), batch.column("id_b").to_numpy(
+                zero_copy_only=False)
+            paths_a, paths_b = batch.column("path_a").to_numpy(zero_copy_only=False), batch.column(
+                "path_b").to_numpy(zero_copy_only=False)
+            swap = ids_a > ids_b
             matched = batch.column("tables_matched")
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id_a"), batch.column("id_b"), batch.column("path_a"), batch.column("path_b"),
+                [pa.array(np.where(swap, ids_b, ids_a), pa.string()), pa.array(np.where(swap, ids_a, ids_b), pa.string()),
+                 pa.array(np.where(swap, paths_b, paths_a), pa.string()),
+                 pa.array(np.where(swap, paths_a, paths_b), pa.string()),
                  pa.array(rowwise_cosine(a, b)), pa.array(jaccard(matched.to_numpy(), num_tables)), matched],
                 names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"],
             )
 
-    side = embedded.select("id", "path", "embedding")
-    a = side.toDF("id_a", "path_a", "embedding_a")
-    b = side.toDF("id_b", "path_b", "embedding_b")
-    joined = candidates.join(a, "id_a").join(b, "id_b")
+    side = keyed.select("row", "id", "path", "embedding")
+    a = side.toDF("row_a", "id_a", "path_a", "embedding_a")
+    b = side.toDF("row_b", "id_b", "path_b", "embedding_b")
+    joined = candidates.join(a, "row_a").join(b, "row_b")
     return joined.select(
         "id_a", "id_b", "path_a", "path_b", "embedding_a", "embedding_b", "tables_matched"
     ).mapInArrow(run, PAIR_SCHEMA)
+
+
+def _list_column(matrix: np.ndarray) -> pa.Array:
+    """An (n, width) array as an Arrow list column, without per-row Python."""
+    n, width = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix).reshape(-1)))
 
 
 def _matrix(column: pa.Array, width: int | None = None) -> np.ndarray:

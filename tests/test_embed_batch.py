@@ -54,15 +54,22 @@ def test_a_batch_with_nothing_decodable_never_calls_the_model():
     assert out.error_message == ["empty file"]
 
 
-def test_keys_for_rows_match_hashing_the_good_rows_alone():
-    from neardup_core.embed.batch import keys_for_rows
-    from neardup_core.lsh import bucket_keys, hyperplanes
+def test_user_vectors_are_checked_row_by_row():
+    from neardup_core.embed.batch import check_vectors
 
-    rng = np.random.default_rng(5)
-    vectors = [rng.standard_normal(6), None, rng.standard_normal(6), None]
-    planes = hyperplanes(1, num_tables=3, bits_per_table=4, dim=6)
-    keys = keys_for_rows(vectors, planes, 3)
-    assert keys[1] is None and keys[3] is None
-    np.testing.assert_array_equal(np.stack([keys[0], keys[2]]),
-                                  bucket_keys(np.stack([vectors[0], vectors[2]]), planes, 3))
-    assert keys_for_rows([None, None], planes, 3) == [None, None]
+    good = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+    values = [list(map(float, good)), good.astype("<f4").tobytes(), None, [1.0, 2.0], [1.0, float("nan"), 0.0],
+              [1.0, None, 0.0], b"\x00\x00\x80"]
+    vectors, stages, messages = check_vectors(values, 3)
+    np.testing.assert_array_equal(vectors[0], good)
+    np.testing.assert_array_equal(vectors[1], good)
+    assert vectors[2:] == [None] * 5
+    assert stages == [None, None] + ["embedding"] * 5
+    assert messages[2:] == [
+        "no embedding",
+        "embedding has 2 values, expected 3 like the first row",
+        "embedding has a missing, NaN or infinite value",
+        "embedding has a missing, NaN or infinite value",
+        "binary embedding of 3 bytes is not float32 values",
+    ]
+

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..config import InputConfig
 from ..decode import DecodeError, decode_image
-from ..lsh import bucket_keys
 from ..sources import ReadError, read_bytes
 from . import Embedder
 
@@ -72,12 +71,32 @@ def embed_batch(
     return EmbeddedBatch(embeddings, stages, messages)
 
 
-def keys_for_rows(embeddings: list[np.ndarray | None], planes: np.ndarray, num_tables: int) -> list[np.ndarray | None]:
-    """LSH keys aligned with ``embeddings``: one (num_tables,) int64 array per embedded
-    row, None where the row failed. The good rows are hashed in one matrix product."""
-    good = [i for i, v in enumerate(embeddings) if v is not None]
-    keys: list[np.ndarray | None] = [None] * len(embeddings)
-    if good:
-        for i, row_keys in zip(good, bucket_keys(np.stack([embeddings[i] for i in good]), planes, num_tables)):
-            keys[i] = row_keys
-    return keys
+def check_vectors(values: Sequence[Sequence[float] | bytes | None], dim: int
+                  ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
+    """Embeddings read from a user's table, checked: each value is a list of numbers or
+    little-endian float32 bytes of length ``dim``, all finite. A bad row gets stage
+    ``embedding`` and the reason instead of a vector."""
+    vectors: list[np.ndarray | None] = []
+    stages: list[str | None] = []
+    messages: list[str | None] = []
+    for value in values:
+        problem = None
+        vector = None
+        if value is None:
+            problem = "no embedding"
+        else:
+            if isinstance(value, (bytes, bytearray)):
+                if len(value) % 4:
+                    problem = f"binary embedding of {len(value)} bytes is not float32 values"
+                else:
+                    vector = np.frombuffer(value, dtype="<f4")
+            else:
+                vector = np.asarray([np.nan if v is None else v for v in value], dtype=np.float64)
+            if problem is None and len(vector) != dim:
+                problem = f"embedding has {len(vector)} values, expected {dim} like the first row"
+            elif problem is None and not np.isfinite(vector).all():
+                problem = "embedding has a missing, NaN or infinite value"
+        vectors.append(None if problem else vector.astype(np.float32))
+        stages.append("embedding" if problem else None)
+        messages.append(problem)
+    return vectors, stages, messages

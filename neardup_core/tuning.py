@@ -1,0 +1,175 @@
+"""Choosing LSH parameters from what a user knows: a cosine threshold and a recall target.
+
+Random-hyperplane hashing (Charikar 2002): a random hyperplane separates two vectors at
+angle theta with probability theta / pi. A table of k bits puts a pair in one bucket when
+all k agree; a pair is a candidate when it shares a bucket in at least one of L tables.
+One small function per formula; everything here is pure NumPy.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+from .config import MAX_BITS_PER_TABLE, MAX_TABLES, LshConfig
+
+# Plans are priced in bytes shuffled, the cost that grows with the catalog: bucket
+# entries go through one shuffle and sort; each candidate through the two joins that
+# bring its embeddings (the second join moves the candidate with its first embedding).
+CANDIDATE_BASE_BYTES = 60
+# Bytes shuffled per bucket entry besides the row's keys: table (4), key (8), row index
+# (8), Spark's row overhead (about 16).
+BUCKET_ENTRY_BYTES = 36
+
+
+def bit_collision_probability(cosine: np.ndarray | float) -> np.ndarray:
+    """P(one random hyperplane puts both vectors on the same side) = 1 - theta / pi."""
+    return 1.0 - np.arccos(np.clip(cosine, -1.0, 1.0)) / np.pi
+
+
+def table_collision_probability(cosine: np.ndarray | float, bits: int) -> np.ndarray:
+    """P(a pair shares the bucket of one table of ``bits`` hyperplanes) = p ** k."""
+    return bit_collision_probability(cosine) ** bits
+
+
+def candidate_probability(cosine: np.ndarray | float, bits: int, tables: int) -> np.ndarray:
+    """P(a pair shares a bucket in at least one of ``tables`` tables) = 1 - (1 - p**k) ** L."""
+    return -np.expm1(tables * np.log1p(-np.minimum(table_collision_probability(cosine, bits), 1 - 1e-16)))
+
+
+def tables_for_recall(cosine: float, bits: int, target_recall: float) -> int:
+    """The fewest tables at which a pair at ``cosine`` is a candidate with probability
+    >= ``target_recall``: L = ceil(log(1 - recall) / log(1 - p**k))."""
+    p = float(table_collision_probability(cosine, bits))
+    if p >= 1.0:
+        return 1
+    if p <= 0.0:
+        return math.inf
+    return max(1, math.ceil(math.log1p(-target_recall) / math.log1p(-p) - 1e-9))
+
+
+def sample_pair_cosines(sample: np.ndarray, max_pairs: int = 2_000_000, seed: int = 0,
+                        block: int = 100_000) -> np.ndarray:
+    """Cosines of the pairs of a sample of embeddings (rows of unit length): all pairs, or
+    ``max_pairs`` of them drawn at random. They stand for the catalog's pair distribution.
+
+    Memory: the result plus O(block * dim) floats at a time.
+    """
+    n = len(sample)
+    if n < 2:
+        return np.zeros(0)
+    x = np.asarray(sample, dtype=np.float64)
+    if n * (n - 1) // 2 <= max_pairs:
+        rows = max(1, block // n)
+        parts = []
+        for start in range(0, n - 1, rows):
+            gram = x[start:start + rows] @ x.T  # (rows, n)
+            i, j = np.nonzero(np.arange(n)[None, :] > np.arange(start, start + len(gram))[:, None])
+            parts.append(gram[i, j])
+        return np.concatenate(parts)
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, max_pairs)
+    j = (i + rng.integers(1, n, max_pairs)) % n
+    return np.concatenate([np.einsum("ij,ij->i", x[i[s:s + block]], x[j[s:s + block]])
+                           for s in range(0, max_pairs, block)])
+
+
+def expected_candidates(pair_cosines: np.ndarray, items: int, bits: int, tables: int) -> float:
+    """Expected candidate pairs among ``items`` vectors whose pairs' cosines are
+    distributed like ``pair_cosines``: C(items, 2) * mean P(candidate)."""
+    if len(pair_cosines) == 0:
+        return 0.0
+    return items * (items - 1) / 2 * float(np.mean(candidate_probability(pair_cosines, bits, tables)))
+
+
+def shuffle_bytes_per_item(tables: int) -> float:
+    """Bytes the bucketing shuffle moves per item, before compression: one entry per
+    table, each carrying all ``tables`` int64 keys of the item (for the first-shared-table
+    rule). Embeddings and ids are never in this shuffle."""
+    return tables * (BUCKET_ENTRY_BYTES + 8 * tables)
+
+
+def candidate_shuffle_bytes(candidates: float, dim: int) -> float:
+    """Bytes the scoring joins move for ``candidates`` pairs of ``dim``-float32 embeddings."""
+    return candidates * (CANDIDATE_BASE_BYTES + 4 * dim)
+
+
+class LshPlan(NamedTuple):
+    bits_per_table: int
+    num_tables: int
+    recall_at_threshold: float  # P(candidate) for a pair exactly at the threshold
+    expected_candidates: float
+    bucket_shuffle_bytes: float  # items * shuffle_bytes_per_item
+    candidate_shuffle_bytes: float
+    cost: float  # total bytes shuffled: what the plan minimises
+
+
+def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.ndarray, items: int, dim: int,
+             bits: int | None = None, tables: int | None = None, max_tables: int = 256,
+             max_bits: int = 48) -> LshPlan:
+    """The cheapest (bits, tables) whose recall at ``cosine_threshold`` is >= ``target_recall``.
+
+    For each k, the fewest tables that reach the recall (:func:`tables_for_recall`); the
+    cost of a choice is the bytes it shuffles: bucket entries (:func:`shuffle_bytes_per_item`)
+    plus candidates (:func:`candidate_shuffle_bytes`), the expected candidates estimated
+    from ``pair_cosines`` (a sample of the catalog's pairs, so clustered real embeddings
+    are priced as they are). A given ``bits`` or
+    ``tables`` is kept and only the other is chosen; with both given, the plan just
+    prices them (its recall may then fall short of the target).
+
+    Raises:
+        ValueError: no choice within the limits reaches the target.
+    """
+    def priced(k: int, n_tables: int) -> LshPlan:
+        candidates = expected_candidates(pair_cosines, items, k, n_tables)
+        buckets, scoring = items * shuffle_bytes_per_item(n_tables), candidate_shuffle_bytes(candidates, dim)
+        return LshPlan(k, n_tables, float(candidate_probability(cosine_threshold, k, n_tables)), candidates,
+                       buckets, scoring, buckets + scoring)
+
+    if bits is not None and tables is not None:
+        return priced(bits, tables)
+    if tables is not None:
+        # More bits, fewer candidates: the most bits that still reach the recall.
+        reaching = [k for k in range(1, max_bits + 1)
+                    if candidate_probability(cosine_threshold, k, tables) >= target_recall]
+        if not reaching:
+            raise ValueError(f"lsh.num_tables={tables} cannot reach lsh.target_recall={target_recall} at "
+                             f"pairs.cosine_threshold={cosine_threshold} with any bits_per_table; use more tables")
+        return priced(max(reaching), tables)
+    best: LshPlan | None = None
+    for k in [bits] if bits is not None else range(1, max_bits + 1):
+        n_tables = tables_for_recall(cosine_threshold, k, target_recall)
+        if n_tables > max_tables:
+            if bits is not None:
+                raise ValueError(f"lsh.bits_per_table={bits} needs {n_tables} tables for lsh.target_recall="
+                                 f"{target_recall} at pairs.cosine_threshold={cosine_threshold}; "
+                                 f"the limit is {max_tables}")
+            break  # more bits need still more tables
+        plan = priced(k, n_tables)
+        if best is None or plan.cost < best.cost:
+            best = plan
+    if best is None:
+        raise ValueError(
+            f"no LSH plan reaches lsh.target_recall={target_recall} at pairs.cosine_threshold="
+            f"{cosine_threshold} with at most {max_tables} tables; lower one of them"
+        )
+    return best
+
+
+def plan_from_sample(lsh: LshConfig, cosine_threshold: float, sample: np.ndarray, items: int,
+                     dim: int) -> LshPlan:
+    """The plan for ``items`` embeddings of which ``sample`` (rows, any length) is a
+    random sample: ``auto`` keys of ``lsh`` chosen by :func:`plan_lsh`, given ones kept.
+
+    Raises:
+        ValueError: no plan reaches ``lsh.target_recall`` within the limits.
+    """
+    x = np.asarray(sample, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    cosines = sample_pair_cosines(x / np.where(norms > 0, norms, 1.0))
+    return plan_lsh(cosine_threshold, lsh.target_recall, cosines, items, dim,
+                    bits=None if lsh.bits_per_table == "auto" else lsh.bits_per_table,
+                    tables=None if lsh.num_tables == "auto" else lsh.num_tables,
+                    max_tables=MAX_TABLES, max_bits=MAX_BITS_PER_TABLE)
