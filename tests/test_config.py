@@ -34,10 +34,13 @@ def test_config_file_then_set_in_that_order(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("lsh.bits_per_table=80", "lsh.bits_per_table must be in 1..63, got 80"),
+    ("lsh.bits_per_table=80", "lsh.bits_per_table must be in 1..48, got 80"),
+    ("lsh.bits_per_table=many", "lsh.bits_per_table must be an integer or 'auto', got 'many'"),
+    ("lsh.target_recall=1", "lsh.target_recall must be in 0.5..0.999999, got 1"),
+    ("lsh.split_bits=11", "lsh.split_bits must be in 0..10, got 11"),
     ("lsh.num_tables=0", "lsh.num_tables must be in 1..256, got 0"),
     ("pairs.cosine_threshold=1.5", "pairs.cosine_threshold must be in -1.0..1.0, got 1.5"),
-    ("lsh.num_tables=many", "lsh.num_tables must be an integer, got 'many'"),
+    ("lsh.num_tables=many", "lsh.num_tables must be an integer or 'auto', got 'many'"),
     ("lsh.tables=3", "unknown configuration key lsh.tables"),
     ("hashing.num_tables=3", "unknown configuration section 'hashing'"),
     ("input.format=zip", "input.format must be one of"),

@@ -22,7 +22,6 @@ SCRIPT = textwrap.dedent("""
     from pyspark.sql import SparkSession
     from neardup_core import pipeline
     from neardup_core.config import EmbedConfig, InputConfig, ModelConfig
-    from neardup_core.lsh import hyperplanes
 
     discovery, catalog, onnx = sys.argv[1:4]
     builder = SparkSession.builder.master("local-cluster[1,2,1024]").config("spark.ui.enabled", "false")
@@ -39,9 +38,8 @@ SCRIPT = textwrap.dedent("""
     forced_cpu = spark.sparkContext.parallelize(range(2), 2).mapPartitions(
         lambda _: [pipeline.task_backend("onnxruntime")]).collect()
     listing = pipeline.list_inputs(spark, InputConfig(path=catalog), "directory").limit(2)
-    planes = spark.sparkContext.broadcast(hyperplanes(1, 4, 8, 1280))
     try:
-        pipeline.embed(listing, ModelConfig(), EmbedConfig(), InputConfig(), onnx, planes, 4).collect()
+        pipeline.embed(listing, ModelConfig(), EmbedConfig(), InputConfig(), onnx).collect()
         embed_error = None
     except Exception as err:
         embed_error = str(err)

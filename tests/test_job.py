@@ -107,7 +107,7 @@ def test_pair_scores_agree_with_the_embeddings(first_run):
         assert row.cosine >= cfg.pairs.cosine_threshold
         m = int((np.asarray(emb.loc[row.id_a, "keys"]) == np.asarray(emb.loc[row.id_b, "keys"])).sum())
         assert row.tables_matched == m >= 1
-        assert row.jaccard == pytest.approx(m / (2 * cfg.lsh.num_tables - m))
+        assert row.jaccard == pytest.approx(m / (2 * len(emb.loc[row.id_a, "keys"]) - m))
         assert row.path_a == row.id_a and row.path_b == row.id_b
     assert len(emb) == len(DUPLICATED) * 4 + len(UNRELATED)
     norms = np.linalg.norm(np.stack(emb.embedding.to_numpy()), axis=1)
@@ -138,8 +138,14 @@ def test_manifest_and_success_marker(first_run):
     assert manifest["counts"]["pairs"] == 6 * len(DUPLICATED)
     assert manifest["counts"]["candidate_pairs"] >= manifest["counts"]["pairs"]
     assert manifest["config"]["input"]["max_file_bytes"] == 2000000
-    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "pairs", "write"]
+    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "plan", "pairs", "write"]
     assert all(s["seconds"] >= 0 for s in manifest["stages"])
+    lsh = manifest["lsh"]  # auto: chosen for the default threshold and recall target
+    assert lsh["recall_at_threshold"] >= 0.99
+    assert lsh["sample_size"] == manifest["counts"]["embedded"]  # small catalog: all of it
+    assert lsh["buckets"] == {"oversized": 0}
+    pairs_stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
+    assert pairs_stage["shuffle_bytes_per_image"] > 0
 
 
 def test_rerun_gives_identical_pairs(catalog, first_run, tmp_path):
@@ -220,7 +226,7 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     ("bad_manifest", ["--input", "{tmp}/m.parquet"], "manifest has no column 'path'"),
     ("dup_ids", ["--input", "{tmp}/m.csv"], "ids occur more than once, e.g. 'a' (column 'id')"),
     ("null_ids", ["--input", "{tmp}/m.csv"], "1 rows have no id (column 'id')"),
-    ("none", ["--input", "{tmp}", "--set", "lsh.bits_per_table=80"], "lsh.bits_per_table must be in 1..63, got 80"),
+    ("none", ["--input", "{tmp}", "--set", "lsh.bits_per_table=80"], "lsh.bits_per_table must be in 1..48, got 80"),
     ("none", ["--input", "{tmp}", "--set", "lsh.tabels=4"], "unknown configuration key lsh.tabels"),
     ("finished", ["--input", "{tmp}"], "holds a finished run (_SUCCESS); pass --overwrite"),
     ("foreign", ["--input", "{tmp}"], "holds files this job did not write (thesis.docx)"),

@@ -1,0 +1,119 @@
+"""LSH planning formulas against simulation and brute force, on seeded data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from neardup_core import lsh, tuning
+
+
+def pairs_at_cosine(rng, n: int, dim: int, cosine: float) -> tuple[np.ndarray, np.ndarray]:
+    """n random unit vectors a and n unit vectors b with a_i . b_i == cosine exactly."""
+    a = rng.standard_normal((n, dim))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    r = rng.standard_normal((n, dim))
+    r -= np.sum(r * a, axis=1, keepdims=True) * a
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    return a, cosine * a + math.sqrt(1 - cosine**2) * r
+
+
+def collides(a: np.ndarray, b: np.ndarray, planes: np.ndarray, tables: int) -> np.ndarray:
+    return (lsh.bucket_keys(a, planes, tables) == lsh.bucket_keys(b, planes, tables)).any(axis=1)
+
+
+@pytest.mark.parametrize("cosine, bits, tables", [(0.5, 3, 4), (0.8, 6, 8), (0.9, 12, 20), (0.97, 20, 6)])
+def test_candidate_probability_matches_simulation(cosine, bits, tables):
+    rng = np.random.default_rng(11)
+    trials = 4000
+    a, b = pairs_at_cosine(rng, trials, 48, cosine)
+    # Fresh hyperplanes per trial would be slow; 40 draws of planes x 100 pairs each.
+    hits = [collides(a[i::40], b[i::40], lsh.hyperplanes(i, tables, bits, 48), tables) for i in range(40)]
+    observed = np.concatenate(hits).mean()
+    expected = float(tuning.candidate_probability(cosine, bits, tables))
+    se = math.sqrt(expected * (1 - expected) / trials)
+    assert abs(observed - expected) <= 4 * se + 0.01
+
+
+def test_tables_for_recall_is_the_fewest_that_reach_it():
+    for cosine in (0.7, 0.85, 0.95):
+        for bits in (4, 10, 20):
+            tables = tuning.tables_for_recall(cosine, bits, 0.99)
+            assert tuning.candidate_probability(cosine, bits, tables) >= 0.99
+            if tables > 1:
+                assert tuning.candidate_probability(cosine, bits, tables - 1) < 0.99
+
+
+def clustered(rng, n: int, dim: int, clusters: int, spread: float) -> np.ndarray:
+    centres = rng.standard_normal((clusters, dim))
+    x = centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, dim))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_sample_pair_cosines_are_all_pairs_or_a_fair_draw():
+    rng = np.random.default_rng(5)
+    x = clustered(rng, 301, 16, 4, 0.8)
+    i, j = np.triu_indices(301, 1)
+    exact = np.einsum("ij,ij->i", x[i], x[j])
+    np.testing.assert_allclose(np.sort(tuning.sample_pair_cosines(x, block=1000)), np.sort(exact), atol=1e-12)
+    drawn = tuning.sample_pair_cosines(x, max_pairs=20_000, block=3000)
+    assert len(drawn) == 20_000
+    assert abs(drawn.mean() - exact.mean()) < 0.02
+
+
+def test_expected_candidates_predict_the_real_count_on_clustered_data():
+    rng = np.random.default_rng(8)
+    x = clustered(rng, 2000, 32, 10, 0.9)
+    bits, tables = 8, 6
+    keys = lsh.bucket_keys(x, lsh.hyperplanes(3, tables, bits, 32), tables)
+    i, j = np.triu_indices(len(x), 1)
+    actual = int((keys[i] == keys[j]).any(axis=1).sum())
+    predicted = tuning.expected_candidates(np.einsum("ij,ij->i", x[i], x[j]), len(x), bits, tables)
+    assert actual == pytest.approx(predicted, rel=0.15)
+
+
+def test_plan_is_the_cheapest_choice_that_reaches_the_recall():
+    rng = np.random.default_rng(2)
+    cosines = tuning.sample_pair_cosines(clustered(rng, 200, 64, 20, 1.0))
+    plan = tuning.plan_lsh(0.85, 0.99, cosines, 100_000, 64)
+    assert plan.recall_at_threshold >= 0.99
+    # Oracle: every (k, L) up to the limits, priced the same way.
+    best = min(
+        (tuning.plan_lsh(0.85, 0.99, cosines, 100_000, 64, bits=k, tables=n).cost, k, n)
+        for k in range(1, 49) for n in range(1, 257)
+        if tuning.candidate_probability(0.85, k, n) >= 0.99
+    )
+    assert (plan.cost, plan.bits_per_table, plan.num_tables) == pytest.approx(best)
+
+
+def test_planned_recall_holds_in_simulation():
+    """The stated tolerance: observed recall at the threshold within 4 binomial standard
+    errors of the plan's prediction, and at least the target minus that."""
+    rng = np.random.default_rng(4)
+    plan = tuning.plan_lsh(0.9, 0.99, tuning.sample_pair_cosines(clustered(rng, 500, 32, 5, 1.0)), 50_000, 32)
+    a, b = pairs_at_cosine(rng, 3000, 32, 0.9)
+    hits = np.concatenate([collides(a[i::30], b[i::30],
+                                    lsh.hyperplanes(100 + i, plan.num_tables, plan.bits_per_table, 32),
+                                    plan.num_tables) for i in range(30)])
+    se = math.sqrt(plan.recall_at_threshold * (1 - plan.recall_at_threshold) / len(hits))
+    assert abs(hits.mean() - plan.recall_at_threshold) <= 4 * se + 1e-3
+    assert hits.mean() >= 0.99 - 4 * se - 1e-3
+
+
+def test_given_bits_or_tables_are_kept():
+    cosines = np.linspace(-0.2, 0.6, 1000)
+    assert tuning.plan_lsh(0.8, 0.99, cosines, 10_000, 8, bits=10).bits_per_table == 10
+    fixed = tuning.plan_lsh(0.8, 0.99, cosines, 10_000, 8, tables=30)
+    assert fixed.num_tables == 30 and fixed.recall_at_threshold >= 0.99
+    assert tuning.candidate_probability(0.8, fixed.bits_per_table + 1, 30) < 0.99  # the most bits that reach it
+    priced = tuning.plan_lsh(0.8, 0.99, cosines, 10_000, 8, bits=20, tables=2)
+    assert priced.recall_at_threshold < 0.99  # both given: priced as they are
+
+
+def test_unreachable_targets_say_what_to_change():
+    with pytest.raises(ValueError, match="lsh.num_tables=1 cannot reach"):
+        tuning.plan_lsh(0.5, 0.999, np.zeros(10), 100, 8, tables=1)
+    with pytest.raises(ValueError, match="lsh.bits_per_table=40 needs .* tables"):
+        tuning.plan_lsh(0.5, 0.99, np.zeros(10), 100, 8, bits=40)
