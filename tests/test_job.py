@@ -265,3 +265,16 @@ def test_spark_submit_entry_point_takes_the_same_arguments(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     # spark-submit merges the Python driver's stderr into its own stdout.
     assert f"neardup: error: --input {tmp_path}/nope: no such file or directory" in proc.stdout + proc.stderr
+
+
+def test_catalog_where_every_image_fails_gives_errors_and_no_pairs(spark, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "in" / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--input", str(tmp_path / "in"), "--output", str(out)]) == 0
+    assert len(pd.read_parquet(out / "pairs")) == 0
+    assert len(pd.read_parquet(out / "errors")) == 2
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["embedded"] == 0 and manifest["lsh"] is None
+    assert (out / "_SUCCESS").exists()

@@ -1,0 +1,179 @@
+"""The pairing stage at scale, against exact search and Spark MLlib, on the same data.
+
+    python benchmarks/pairing_scale.py [--sizes 20000 100000] [--dim 256] [--threshold 0.9]
+                                       [--mllib-max 20000] [--exact-max 200000]
+
+Data: seeded synthetic unit vectors in clusters (real embeddings are not uniform), plus
+planted near-duplicates at known cosines 0.85..0.99 (see `synthetic`). For each N it runs,
+one after the other:
+  - `neardup pairs` on the Parquet table (Spark local mode, defaults: auto LSH plan),
+    reporting the pairs stage's wall time, shuffle bytes per item, candidate pairs, and
+    the peak resident memory of the driver's process tree;
+  - exact blocked brute force in NumPy (float32 matrix products in blocks of 4096 rows),
+    whose pair set is the truth for recall;
+  - MLlib BucketedRandomProjectionLSH.approxSimilarityJoin (Euclidean distance on unit
+    vectors: cosine >= t  <=>  distance <= sqrt(2 - 2t)), up to --mllib-max.
+Prints measured numbers; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+
+
+def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """n unit vectors: 2% planted copies of other rows at cosines uniform in 0.85..0.99;
+    the rest around n/50 cluster centres (spread so that clusters overlap)."""
+    rng = np.random.default_rng(seed)
+    planted = n // 50
+    base = n - planted
+    centres = rng.standard_normal((max(1, base // 50), dim))
+    x = centres[rng.integers(0, len(centres), base)] + 1.5 * rng.standard_normal((base, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    src = rng.integers(0, base, planted)
+    cos = rng.uniform(0.85, 0.99, planted)
+    r = rng.standard_normal((planted, dim))
+    r -= np.sum(r * x[src], axis=1, keepdims=True) * x[src]
+    r /= np.linalg.norm(r, axis=1, keepdims=True)
+    copies = cos[:, None] * x[src] + np.sqrt(1 - cos**2)[:, None] * r
+    return np.vstack([x, copies]).astype(np.float32)
+
+
+def exact_pairs(x: np.ndarray, threshold: float, block: int = 4096) -> np.ndarray:
+    """Codes i * n + j (i < j) of all pairs with cosine >= threshold. Memory O(block * n)."""
+    n = len(x)
+    found = []
+    for start in range(0, n, block):
+        gram = x[start:start + block] @ x.T
+        i, j = np.nonzero(gram >= threshold)
+        i += start
+        keep = j > i
+        found.append(i[keep].astype(np.int64) * n + j[keep])
+    return np.sort(np.concatenate(found))
+
+
+def tree_rss(root: int) -> int:
+    """Summed resident memory (bytes) of a process and its descendants, from /proc (Linux)."""
+    parent, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as fh:
+                rss[int(entry)] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [p for p, pp in parent.items() if pp in frontier and p not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(rss.get(p, 0) for p in tree)
+
+
+def peak_rss_of_tree(pid: int, stop: threading.Event, out: list) -> None:
+    """Poll the summed RSS of a process and its descendants (JVM and Python workers)."""
+    peak = 0
+    while not stop.is_set():
+        peak = max(peak, tree_rss(pid))
+        time.sleep(0.5)
+    out.append(peak)
+
+
+def run_job(table: str, out: str, threshold: float) -> tuple[dict, float, int]:
+    cmd = [sys.executable, "-m", "neardup_core.cli", "pairs", "--embeddings", table, "--output", out,
+           "--set", f"pairs.cosine_threshold={threshold}", "--set", "spark.conf={spark.driver.memory: 8g}"]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop, peak = threading.Event(), []
+    watcher = threading.Thread(target=peak_rss_of_tree, args=(proc.pid, stop, peak))
+    watcher.start()
+    log = proc.communicate()[0]
+    stop.set()
+    watcher.join()
+    if proc.returncode != 0:
+        sys.exit(f"neardup pairs failed:\n{log[-3000:]}")
+    with open(os.path.join(out, "_manifest.json")) as fh:
+        return json.load(fh), time.perf_counter() - start, peak[0] if peak else -1
+
+
+def mllib(table: str, threshold: float, tables: int, bucket_length: float) -> tuple[np.ndarray, float]:
+    from pyspark.ml.feature import BucketedRandomProjectionLSH
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    spark = (SparkSession.builder.master("local[*]").config("spark.driver.memory", "8g")
+             .config("spark.ui.showConsoleProgress", "false").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    df = spark.read.parquet(table).select(F.col("i"), array_to_vector("embedding").alias("v")).cache()
+    df.count()
+    start = time.perf_counter()
+    model = BucketedRandomProjectionLSH(inputCol="v", outputCol="h", bucketLength=bucket_length,
+                                        numHashTables=tables, seed=1).fit(df)
+    joined = model.approxSimilarityJoin(df, df, math.sqrt(2 - 2 * threshold), distCol="d")
+    rows = joined.select(F.col("datasetA.i").alias("a"), F.col("datasetB.i").alias("b")).filter("a < b").toPandas()
+    seconds = time.perf_counter() - start
+    spark.stop()
+    return rows, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000])
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--threshold", type=float, default=0.9)
+    ap.add_argument("--exact-max", type=int, default=200_000)
+    ap.add_argument("--mllib-max", type=int, default=20_000)
+    ap.add_argument("--mllib-tables", type=int, default=10)
+    ap.add_argument("--mllib-bucket-length", type=float, default=0.02)
+    args = ap.parse_args()
+    print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores")
+    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak RSS GB | plan |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    for n in args.sizes:
+        x = synthetic(n, args.dim)
+        with tempfile.TemporaryDirectory(prefix="neardup-scale-") as work:
+            table = os.path.join(work, "emb.parquet")
+            pd.DataFrame({"id": [f"{i:08d}" for i in range(n)], "i": np.arange(n),
+                          "embedding": list(x)}).to_parquet(table)
+            truth = None
+            if n <= args.exact_max:
+                start = time.perf_counter()
+                truth = exact_pairs(x, args.threshold)
+                print(f"| {n:,} | exact NumPy, blocked | {time.perf_counter() - start:.1f} | 1 | {len(truth):,} "
+                      f"| {n * (n - 1) // 2:,} | - | - | - |", flush=True)
+            manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold)
+            stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
+            found = pd.read_parquet(os.path.join(work, "out", "pairs"))
+            codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
+            recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
+            lsh = manifest["lsh"]
+            print(f"| {n:,} | neardup pairs stage (whole command {wall:.0f} s) | {stage['seconds']:.1f} | {recall} "
+                  f"| {len(found):,} | {stage['candidate_pairs']:,} | {stage.get('shuffle_bytes_per_image', '-')} "
+                  f"| {peak / 1e9:.1f} | k={lsh['bits_per_table']} L={lsh['num_tables']}, "
+                  f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
+            if n <= args.mllib_max:
+                rows, seconds = mllib(table, args.threshold, args.mllib_tables, args.mllib_bucket_length)
+                codes = np.sort(rows.a.to_numpy(np.int64) * n + rows.b.to_numpy(np.int64))
+                recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
+                print(f"| {n:,} | MLlib BRP approxSimilarityJoin | {seconds:.1f} | {recall} | {len(rows):,} | - | - | - "
+                      f"| L={args.mllib_tables}, bucketLength={args.mllib_bucket_length} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
