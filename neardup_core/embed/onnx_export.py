@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from importlib.metadata import version
 
 import numpy as np
 
 from . import ModelError, l2_normalise
-from .models import file_lock
+from .models import file_lock, write_atomically
 
 OPSET = 17
 INPUT_NAME = "images"
@@ -111,14 +110,7 @@ def export_onnx(model_path: str, output: str | None, input_size: int, target: st
             f"model {model_path}: the ONNX export disagrees with TensorFlow (worst cosine {worst:.5f} "
             f"< {PARITY_MIN_COSINE}); use embed.backend=tensorflow for this model"
         )
-    fd, tmp = tempfile.mkstemp(prefix=".export-", dir=os.path.dirname(target))
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomically(target, data)
 
 
 def probe_images(input_size: int, seed: int = 0) -> np.ndarray:

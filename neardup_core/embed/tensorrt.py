@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 
 import numpy as np
 
@@ -80,7 +79,7 @@ def ensure_plan(onnx_path: str, engine_dir: str, device: int, precision: str, ma
         ModelError: TensorRT is missing, or the ONNX model does not parse or build.
     """
     trt, _ = _import_gpu_stack()
-    from .models import file_lock
+    from .models import file_lock, write_atomically
 
     gpu_name, capability = gpu_identity(device)
     model_key = os.path.splitext(os.path.basename(onnx_path))[0]
@@ -91,15 +90,7 @@ def ensure_plan(onnx_path: str, engine_dir: str, device: int, precision: str, ma
     os.makedirs(engine_dir, exist_ok=True)
     with file_lock(plan + ".lock"):
         if not os.path.exists(plan):
-            data = build_plan(onnx_path, device, precision, max_batch, input_size)
-            fd, tmp = tempfile.mkstemp(prefix=".build-", dir=engine_dir)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, plan)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            write_atomically(plan, build_plan(onnx_path, device, precision, max_batch, input_size))
     return plan
 
 
