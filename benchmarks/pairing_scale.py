@@ -1,7 +1,7 @@
 """The pairing stage at scale, against exact search and Spark MLlib, on the same data.
 
     python benchmarks/pairing_scale.py [--sizes 20000 100000] [--dim 256] [--threshold 0.9]
-                                       [--mllib-max 20000] [--exact-max 200000]
+                                       [--mllib-max 20000] [--exact-max 200000] [--set KEY=VALUE ...]
 
 Data: seeded synthetic unit vectors in clusters (real embeddings are not uniform), plus
 planted near-duplicates at known cosines 0.85..0.99 (see `synthetic`). For each N it runs,
@@ -93,9 +93,11 @@ def peak_rss_of_tree(pid: int, stop: threading.Event, out: list) -> None:
     out.append(peak)
 
 
-def run_job(table: str, out: str, threshold: float) -> tuple[dict, float, int]:
+def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tuple[dict, float, int]:
     cmd = [sys.executable, "-m", "neardup_core.cli", "pairs", "--embeddings", table, "--output", out,
            "--set", f"pairs.cosine_threshold={threshold}", "--set", "spark.conf={spark.driver.memory: 8g}"]
+    for item in overrides:
+        cmd += ["--set", item]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -141,6 +143,7 @@ def main() -> None:
     ap.add_argument("--mllib-max", type=int, default=20_000)
     ap.add_argument("--mllib-tables", type=int, default=10)
     ap.add_argument("--mllib-bucket-length", type=float, default=0.02)
+    ap.add_argument("--set", action="append", default=[], help="passed on to neardup pairs")
     args = ap.parse_args()
     print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores")
     print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak RSS GB | plan |")
@@ -157,7 +160,7 @@ def main() -> None:
                 truth = exact_pairs(x, args.threshold)
                 print(f"| {n:,} | exact NumPy, blocked | {time.perf_counter() - start:.1f} | 1 | {len(truth):,} "
                       f"| {n * (n - 1) // 2:,} | - | - | - |", flush=True)
-            manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold)
+            manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.set)
             stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
             found = pd.read_parquet(os.path.join(work, "out", "pairs"))
             codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
