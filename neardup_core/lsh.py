@@ -111,14 +111,3 @@ def effective_keys(keys: np.ndarray, subkeys: np.ndarray, split_bits: int, split
     depth = np.where(wanted[at] == token, depths[at], 0)
     prefix = np.asarray(subkeys, dtype=np.int64) >> (split_bits - depth)
     return np.where(depth > 0, (depth << DEPTH_SHIFT) | (keys << depth) | prefix, keys)
-
-
-def key_fingerprints(keys: np.ndarray) -> np.ndarray:
-    """32-bit fingerprints of int64 keys (Fibonacci hashing: the top half of key * 2^64/phi).
-
-    The pairing shuffle carries these instead of the keys to halve its bytes; two
-    different keys share a fingerprint with probability 2**-32, which at worst hides a
-    pair's first shared table or adds one to its ``tables_matched``.
-    """
-    mixed = np.asarray(keys, dtype=np.int64).astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return (mixed >> np.uint64(32)).astype(np.uint32).view(np.int32)

@@ -1,11 +1,10 @@
 """Candidate pairs inside LSH buckets and their scores. Pure NumPy.
 
-Rows arrive as (table t, bucket key, id, the row's keys of tables 0..t-1), sorted by
+Rows arrive as (table, bucket key, id, all L keys of the row), sorted by
 (table, key, id). Every pair of rows in one bucket is a candidate; a pair that collides in
 several tables is emitted only from the *first* table in which it collides, which both
-rows can tell from their earlier keys. So each pair comes out exactly once with no global
-``distinct``. (The Spark stage passes 32-bit fingerprints of the keys, and only those of
-the earlier tables: on average L/2 of them instead of L int64s.)
+rows can tell from their key vectors. So each pair comes out exactly once with no global
+``distinct``, and its ``tables_matched`` is known on the spot.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ import numpy as np
 
 
 class SortedBuckets(NamedTuple):
-    """A chunk of rows sorted by (table, key, id). ``keys`` is (n, >= max table) with each
-    row's keys of the tables before its own; what lies from column ``table`` on must be
-    equal for all rows of a table (0, or the keys themselves)."""
+    """A chunk of rows sorted by (table, key, id); ``keys`` is (n, L) int64."""
 
     table: np.ndarray
     key: np.ndarray
@@ -29,6 +26,7 @@ class SortedBuckets(NamedTuple):
 class Candidates(NamedTuple):
     id_a: np.ndarray
     id_b: np.ndarray
+    tables_matched: np.ndarray
 
 
 def run_lengths(*columns: np.ndarray) -> np.ndarray:
@@ -88,24 +86,22 @@ def candidates_in_buckets(chunk: SortedBuckets, window: int | None = None,
                           max_pairs: int = 1 << 18) -> Iterator[Candidates]:
     """Candidate pairs of one chunk whose buckets are all complete, in blocks.
 
-    A pair is emitted from table t only if no earlier table's keys agree. With a
+    A pair is emitted from table t only if t is the first table where the two rows'
+    keys agree; ``tables_matched`` counts all tables where they agree. With a
     ``window``, a bucket longer than it pairs each row only with the next window - 1.
 
     Memory: O(max_pairs * L) per block, whatever the bucket sizes.
     """
     partners = partners_per_row(run_lengths(chunk.table, chunk.key), window)
-    width = chunk.keys.shape[1]
     for left, right in pair_blocks(partners, max_pairs):
-        table = chunk.table[left]
         agree = chunk.keys[left] == chunk.keys[right]
-        earlier = agree & (np.arange(width)[None, :] < table[:, None])
-        keep = ~earlier.any(axis=1)
+        keep = agree.argmax(axis=1) == chunk.table[left]
         left, right = left[keep], right[keep]
         a, b = chunk.ids[left], chunk.ids[right]
         # Rows are sorted by id inside a bucket, so a < b already; swap defensively if the
         # caller's sort order differed (e.g. a collation unlike Python's).
         swap = a > b
-        yield Candidates(np.where(swap, b, a), np.where(swap, a, b))
+        yield Candidates(np.where(swap, b, a), np.where(swap, a, b), agree[keep].sum(axis=1).astype(np.int32))
 
 
 def candidates_from_sorted_chunks(chunks: Iterable[SortedBuckets], window: int | None = None

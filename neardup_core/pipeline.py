@@ -21,10 +21,8 @@ from .sources import InputError, extension_glob, is_local, local_path
 
 EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
 HASHED_SCHEMA = "row bigint, id string, path string, embedding array<float>, keys array<bigint>, subkeys array<bigint>"
-KEYED_SCHEMA = (
-    "row bigint, id string, path string, embedding array<float>, keys array<bigint>, fingerprints array<int>"
-)
-CANDIDATE_SCHEMA = "row_a bigint, row_b bigint"
+KEYED_SCHEMA = "row bigint, id string, path string, embedding array<float>, keys array<bigint>"
+CANDIDATE_SCHEMA = "row_a bigint, row_b bigint, tables_matched int"
 PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
     "cosine double, jaccard double, tables_matched int"
@@ -295,31 +293,28 @@ def sub_bucket_counts(hashed: DataFrame, oversized: list[tuple[int, int, int]]) 
 
 
 def apply_splits(hashed: DataFrame, split_broadcast, split_bits: int) -> DataFrame:
-    """Replaces ``keys`` by the keys that rows are bucketed by (:func:`lsh.effective_keys`)
-    and adds their 32-bit ``fingerprints`` (:func:`lsh.key_fingerprints`)."""
+    """Replaces ``keys`` by the keys that rows are bucketed by (:func:`lsh.effective_keys`)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.lsh import effective_keys, key_fingerprints
+        from neardup_core.lsh import effective_keys
 
         split_table, split_key, split_depth = split_broadcast.value
         for batch in batches:
             keys = _matrix(batch.column("keys"))
             subkeys = _matrix(batch.column("subkeys"), keys.shape[1])
-            keys = effective_keys(keys, subkeys, split_bits, split_table, split_key, split_depth)
             yield pa.RecordBatch.from_arrays(
                 [batch.column("row"), batch.column("id"), batch.column("path"), batch.column("embedding"),
-                 _list_column(keys), _list_column(key_fingerprints(keys))],
-                names=["row", "id", "path", "embedding", "keys", "fingerprints"])
+                 _list_column(effective_keys(keys, subkeys, split_bits, split_table, split_key, split_depth))],
+                names=["row", "id", "path", "embedding", "keys"])
 
     return hashed.mapInArrow(run, KEYED_SCHEMA)
 
 
 def candidate_pairs(keyed: DataFrame, num_tables: int, max_bucket_size: int) -> DataFrame:
-    """Each pair of rows sharing a bucket in any table, once: row_a < row_b.
+    """Each pair of rows sharing a bucket in any table, once: row_a < row_b, tables_matched.
 
-    Only (table, key, row, fingerprints of the row's keys in the tables before this one)
-    are shuffled, never ids or embeddings: on average 36 + 2L bytes per entry. Rows are
-    sorted by bucket inside each partition, so one pass finds every bucket's pairs; a bucket still
+    Only (table, key, row, keys) are shuffled, never ids or embeddings. Rows are sorted by
+    bucket inside each partition, so one pass finds every bucket's pairs; a bucket still
     over ``max_bucket_size`` after splitting pairs each row with the next
     ``max_bucket_size - 1`` rows only (bounded work, counted in the manifest).
     """
@@ -332,27 +327,29 @@ def candidate_pairs(keyed: DataFrame, num_tables: int, max_bucket_size: int) -> 
                 table=batch.column("table").to_numpy(),
                 key=batch.column("key").to_numpy(),
                 ids=batch.column("row").to_numpy(),
-                keys=_ragged_matrix(batch.column("earlier"), num_tables),
+                keys=_matrix(batch.column("keys"), num_tables),
             )
             for batch in batches
         )
         for found in candidates_from_sorted_chunks(chunks, window=max_bucket_size):
             yield pa.RecordBatch.from_arrays(
-                [pa.array(found.id_a, pa.int64()), pa.array(found.id_b, pa.int64())], names=["row_a", "row_b"])
+                [pa.array(found.id_a, pa.int64()), pa.array(found.id_b, pa.int64()),
+                 pa.array(found.tables_matched, pa.int32())],
+                names=["row_a", "row_b", "tables_matched"],
+            )
 
-    exploded = keyed.select("row", "fingerprints", F.posexplode("keys").alias("table", "key"))
+    exploded = keyed.select("row", "keys", F.posexplode("keys").alias("table", "key"))
     return (
-        exploded.select(F.col("table").cast("int"), "key", "row",
-                        F.slice("fingerprints", F.lit(1), F.col("table")).alias("earlier"))
-        .repartition("table", "key")
+        exploded.repartition("table", "key")
         .sortWithinPartitions("table", "key", "row")
+        .select(F.col("table").cast("int"), "key", "row", "keys")
         .mapInArrow(run, CANDIDATE_SCHEMA)
     )
 
 
 def score_pairs(candidates: DataFrame, keyed: DataFrame, num_tables: int) -> DataFrame:
-    """Joins each candidate with both rows; adds exact cosine, the tables in which the two
-    share a bucket, and LSH Jaccard; orders each pair so that id_a < id_b."""
+    """Joins each candidate with both rows; adds exact cosine and LSH Jaccard; orders
+    each pair so that id_a < id_b."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.pairing import jaccard, rowwise_cosine
@@ -367,38 +364,22 @@ def score_pairs(candidates: DataFrame, keyed: DataFrame, num_tables: int) -> Dat
             paths_a, paths_b = batch.column("path_a").to_numpy(zero_copy_only=False), batch.column(
                 "path_b").to_numpy(zero_copy_only=False)
             swap = ids_a > ids_b
-            matched = (_matrix(batch.column("fingerprints_a"), num_tables)
-                       == _matrix(batch.column("fingerprints_b"), num_tables)).sum(axis=1).astype(np.int32)
+            matched = batch.column("tables_matched")
             yield pa.RecordBatch.from_arrays(
                 [pa.array(np.where(swap, ids_b, ids_a), pa.string()), pa.array(np.where(swap, ids_a, ids_b), pa.string()),
                  pa.array(np.where(swap, paths_b, paths_a), pa.string()),
                  pa.array(np.where(swap, paths_a, paths_b), pa.string()),
-                 pa.array(rowwise_cosine(a, b)), pa.array(jaccard(matched, num_tables)), pa.array(matched)],
+                 pa.array(rowwise_cosine(a, b)), pa.array(jaccard(matched.to_numpy(), num_tables)), matched],
                 names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"],
             )
 
-    side = keyed.select("row", "id", "path", "embedding", "fingerprints")
-    a = side.toDF("row_a", "id_a", "path_a", "embedding_a", "fingerprints_a")
-    b = side.toDF("row_b", "id_b", "path_b", "embedding_b", "fingerprints_b")
+    side = keyed.select("row", "id", "path", "embedding")
+    a = side.toDF("row_a", "id_a", "path_a", "embedding_a")
+    b = side.toDF("row_b", "id_b", "path_b", "embedding_b")
     joined = candidates.join(a, "row_a").join(b, "row_b")
     return joined.select(
-        "id_a", "id_b", "path_a", "path_b", "embedding_a", "embedding_b", "fingerprints_a", "fingerprints_b"
+        "id_a", "id_b", "path_a", "path_b", "embedding_a", "embedding_b", "tables_matched"
     ).mapInArrow(run, PAIR_SCHEMA)
-
-
-def _ragged_matrix(column: pa.Array, width: int) -> np.ndarray:
-    """A list column of rows of varying length as an (n, width) array, zero-padded."""
-    n = len(column)
-    out = np.zeros((n, width), dtype=np.int32)
-    if n:
-        column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        offsets = column.offsets.to_numpy()
-        lengths = np.diff(offsets)
-        values = column.flatten().to_numpy(zero_copy_only=False)
-        rows = np.repeat(np.arange(n), lengths)
-        cols = np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-        out[rows, cols] = values
-    return out
 
 
 def _list_column(matrix: np.ndarray) -> pa.Array:

@@ -86,16 +86,14 @@ def expected_candidates(pair_cosines: np.ndarray, items: int, bits: int, tables:
 
 def shuffle_bytes_per_item(tables: int) -> float:
     """Bytes the bucketing shuffle moves per item, before compression: one entry per
-    table, the entry of table t carrying the item's 32-bit key fingerprints of tables
-    0..t-1 (for the first-shared-table rule), so 2 (L - 1) bytes of them on average.
-    Embeddings and ids are never in this shuffle."""
-    return tables * (BUCKET_ENTRY_BYTES + 2 * (tables - 1))
+    table, each carrying all ``tables`` int64 keys of the item (for the first-shared-table
+    rule). Embeddings and ids are never in this shuffle."""
+    return tables * (BUCKET_ENTRY_BYTES + 8 * tables)
 
 
-def candidate_shuffle_bytes(candidates: float, dim: int, tables: int) -> float:
-    """Bytes the scoring joins move for ``candidates`` pairs of ``dim``-float32 embeddings
-    (with the first row's ``tables`` key fingerprints, for ``tables_matched``)."""
-    return candidates * (CANDIDATE_BASE_BYTES + 4 * dim + 4 * tables)
+def candidate_shuffle_bytes(candidates: float, dim: int) -> float:
+    """Bytes the scoring joins move for ``candidates`` pairs of ``dim``-float32 embeddings."""
+    return candidates * (CANDIDATE_BASE_BYTES + 4 * dim)
 
 
 class LshPlan(NamedTuple):
@@ -126,7 +124,7 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
     """
     def priced(k: int, n_tables: int) -> LshPlan:
         candidates = expected_candidates(pair_cosines, items, k, n_tables)
-        buckets, scoring = items * shuffle_bytes_per_item(n_tables), candidate_shuffle_bytes(candidates, dim, n_tables)
+        buckets, scoring = items * shuffle_bytes_per_item(n_tables), candidate_shuffle_bytes(candidates, dim)
         return LshPlan(k, n_tables, float(candidate_probability(cosine_threshold, k, n_tables)), candidates,
                        buckets, scoring, buckets + scoring)
 

@@ -65,16 +65,3 @@ def test_bit_collision_rate_follows_angle():
 def test_bits_out_of_range_rejected(bits):
     with pytest.raises(ValueError, match=f"bits_per_table must be in 1..63, got {bits}"):
         lsh.hyperplanes(0, 2, bits, 8)
-
-
-def test_key_fingerprints_are_deterministic_and_separate_distinct_keys():
-    rng = np.random.default_rng(0)
-    keys = np.unique(rng.integers(0, 2**62, 200_000, dtype=np.int64))
-    fps = lsh.key_fingerprints(keys)
-    assert fps.dtype == np.int32
-    assert len(np.unique(fps)) >= len(keys) - 20  # 2**-32 per pair: ~5 collisions expected
-    np.testing.assert_array_equal(fps, lsh.key_fingerprints(keys.copy()))
-    # small keys (a few bits per table) must still spread over all 32 bits
-    small = lsh.key_fingerprints(np.arange(1 << 12))
-    assert len(np.unique(small)) == 1 << 12
-
