@@ -68,6 +68,7 @@ def main() -> None:
             print(f"{stage['name']:<12}{stage['seconds']:>9.1f}{rate:>10.1f}")
         print(f"{'whole run':<12}{wall:>9.1f}{args.images / wall:>10.1f}")
         print("counts:", manifest["counts"])
+        print("lsh:", manifest.get("lsh"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
