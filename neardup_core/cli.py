@@ -77,45 +77,47 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         else:
             result = job.run(cfg, launched_by_spark_submit=launched_by_spark_submit)
     except USAGE_ERRORS as err:
-        print(f"neardup: error: {err}", file=sys.stderr)
-        return 2
+        return _usage_error(err)
     print(f"neardup: {result.images} images, {result.errors} errors, "
           f"{result.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}) -> {result.output}")
     return 0
 
 
+def _usage_error(err: Exception) -> int:
+    print(f"neardup: error: {err}", file=sys.stderr)
+    return 2
+
+
 def _plan(args: argparse.Namespace) -> int:
     from .plan import describe_plan, sample_parquet_embeddings
-    from .tuning import plan_from_sample
+    from .tuning import plan_for, unit_pair_cosines
 
     try:
         cfg = load_config(args.config, args.set)
         items, sample = sample_parquet_embeddings(args.embeddings, cfg.input.embedding_column, cfg.lsh.sample_size,
                                                   cfg.lsh.seed)
+        cosines = unit_pair_cosines(sample)
         try:
-            plan = plan_from_sample(cfg.lsh, cfg.pairs.cosine_threshold, sample, items, sample.shape[1])
+            plan = plan_for(cfg.lsh, cfg.pairs.cosine_threshold, cosines, items, sample.shape[1])
         except ValueError as err:
             raise ConfigError(str(err)) from err
     except USAGE_ERRORS as err:
-        print(f"neardup: error: {err}", file=sys.stderr)
-        return 2
-    print(describe_plan(cfg, plan, items, sample))
+        return _usage_error(err)
+    print(describe_plan(cfg, plan, items, sample, cosines))
     return 0
 
 
 def _build_engine(args: argparse.Namespace) -> int:
-    from .embed import prepare_model
+    from .embed import engine_dir, prepare_model
     from .embed.tensorrt import ensure_plan
 
     try:
         cfg = load_config(args.config, args.set)
         prepared = prepare_model(cfg.model, dataclasses.replace(cfg.embed, backend="onnxruntime"))
-        engine_dir = os.path.expanduser(cfg.embed.engine_dir or os.path.join(cfg.model.cache_dir, "engines"))
-        plan = ensure_plan(prepared.file, engine_dir, args.device, cfg.embed.precision, cfg.embed.batch_size,
-                           cfg.model.input_size)
+        plan = ensure_plan(prepared.file, engine_dir(cfg.model, cfg.embed), args.device, cfg.embed.precision,
+                           cfg.embed.batch_size, cfg.model.input_size)
     except USAGE_ERRORS as err:
-        print(f"neardup: error: {err}", file=sys.stderr)
-        return 2
+        return _usage_error(err)
     print(plan)
     return 0
 

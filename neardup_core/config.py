@@ -13,8 +13,8 @@ naming the key and the value.
 from __future__ import annotations
 
 import dataclasses
-import types
 import math
+import types
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 

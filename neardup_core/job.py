@@ -262,7 +262,7 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
 
 def _plan(cfg: Config, sample, items: int, dim: int) -> tuning.LshPlan:
     try:
-        return tuning.plan_from_sample(cfg.lsh, cfg.pairs.cosine_threshold, sample, items, dim)
+        return tuning.plan_for(cfg.lsh, cfg.pairs.cosine_threshold, tuning.unit_pair_cosines(sample), items, dim)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
@@ -284,12 +284,13 @@ def _split_plan(hashed: DataFrame, oversized: list, lsh_cfg) -> tuple[tuple, dic
                         counts.column("subkey").to_numpy(), counts.column("count").to_numpy(),
                         lsh_cfg.split_bits, lsh_cfg.max_bucket_size)
     still = plan.still_oversized
+    largest = max(c for _, _, c in oversized)
     log.info("%d buckets over lsh.max_bucket_size=%d (largest %d rows): split by up to %d more bits; "
              "%d still over it are paired within a window", len(oversized), lsh_cfg.max_bucket_size,
-             max(c for _, _, c in oversized), int(plan.depth.max()), int(still.sum()))
+             largest, int(plan.depth.max()), int(still.sum()))
     return (plan.table, plan.key, plan.depth), {
         "oversized": len(oversized),
-        "largest_rows": int(max(c for _, _, c in oversized)),
+        "largest_rows": int(largest),
         "split": int((~still).sum()),
         "max_split_depth": int(plan.depth.max()),
         "windowed": int(still.sum()),

@@ -50,14 +50,9 @@ def bucket_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int) -> 
         int64 array (n, num_tables); bit j of key t is 1 when the projection on plane
         ``t * bits_per_table + j`` is positive. Memory: O(n * L * k) booleans.
     """
-    n_planes, dim = planes.shape
-    if n_planes % num_tables:
-        raise ValueError(f"{n_planes} planes do not split into {num_tables} tables")
-    x = np.asarray(embeddings, dtype=np.float64).reshape(-1, dim)
-    bits = (x @ planes.T) > 0
-    k = n_planes // num_tables
-    weights = np.left_shift(np.int64(1), np.arange(k, dtype=np.int64))
-    return bits.reshape(len(x), num_tables, k).astype(np.int64) @ weights
+    if planes.shape[0] % num_tables:
+        raise ValueError(f"{planes.shape[0]} planes do not split into {num_tables} tables")
+    return signature_keys(embeddings, planes, num_tables, split_bits=0)[0]
 
 
 def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int,

@@ -8,7 +8,7 @@ import numpy as np
 from .config import Config
 from .embed.batch import check_vectors
 from .sources import InputError
-from .tuning import LshPlan, candidate_probability, expected_candidates, plan_lsh, sample_pair_cosines
+from .tuning import LshPlan, candidate_probability, plan_lsh
 
 
 def sample_parquet_embeddings(path: str, column: str, size: int, seed: int) -> tuple[int, np.ndarray]:
@@ -44,8 +44,9 @@ def sample_parquet_embeddings(path: str, column: str, size: int, seed: int) -> t
     return rows, np.stack(good).astype(np.float64)
 
 
-def describe_plan(cfg: Config, plan: LshPlan, items: int, sample: np.ndarray) -> str:
-    """The report `neardup plan` prints: the choice, and its neighbours for comparison."""
+def describe_plan(cfg: Config, plan: LshPlan, items: int, sample: np.ndarray, pair_cosines: np.ndarray) -> str:
+    """The report `neardup plan` prints: the choice, and its neighbours for comparison
+    (priced on the same ``pair_cosines`` of the ``sample``)."""
     t = cfg.pairs.cosine_threshold
     lines = [
         f"items: {items:,}, dimension {sample.shape[1]}, sample of {len(sample):,} "
@@ -61,13 +62,12 @@ def describe_plan(cfg: Config, plan: LshPlan, items: int, sample: np.ndarray) ->
         "",
         "  bits  tables  recall@t  candidates  shuffle GB",
     ]
-    cosines = sample_pair_cosines(sample / np.linalg.norm(sample, axis=1, keepdims=True))
     for k in range(max(1, plan.bits_per_table - 3), plan.bits_per_table + 4):
         try:
-            alt = plan_lsh(t, cfg.lsh.target_recall, cosines, items, sample.shape[1], bits=k)
+            alt = plan_lsh(t, cfg.lsh.target_recall, pair_cosines, items, sample.shape[1], bits=k)
         except ValueError:
             continue
         mark = "  <- chosen" if (alt.bits_per_table, alt.num_tables) == (plan.bits_per_table, plan.num_tables) else ""
         lines.append(f"  {k:4d}  {alt.num_tables:6d}  {alt.recall_at_threshold:8.4f}  "
-                     f"{expected_candidates(cosines, items, k, alt.num_tables):10,.0f}  {alt.cost / 1e9:10.3f}{mark}")
+                     f"{alt.expected_candidates:10,.0f}  {alt.cost / 1e9:10.3f}{mark}")
     return "\n".join(lines)

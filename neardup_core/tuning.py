@@ -158,18 +158,23 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
     return best
 
 
-def plan_from_sample(lsh: LshConfig, cosine_threshold: float, sample: np.ndarray, items: int,
-                     dim: int) -> LshPlan:
-    """The plan for ``items`` embeddings of which ``sample`` (rows, any length) is a
-    random sample: ``auto`` keys of ``lsh`` chosen by :func:`plan_lsh`, given ones kept.
+def unit_pair_cosines(sample: np.ndarray) -> np.ndarray:
+    """:func:`sample_pair_cosines` of a sample whose rows may be of any length."""
+    x = np.asarray(sample, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return sample_pair_cosines(x / np.where(norms > 0, norms, 1.0))
+
+
+def plan_for(lsh: LshConfig, cosine_threshold: float, pair_cosines: np.ndarray, items: int,
+             dim: int) -> LshPlan:
+    """The plan for ``items`` embeddings whose pairs' cosines are distributed like
+    ``pair_cosines`` (:func:`unit_pair_cosines` of a random sample): ``auto`` keys of
+    ``lsh`` chosen by :func:`plan_lsh`, given ones kept.
 
     Raises:
         ValueError: no plan reaches ``lsh.target_recall`` within the limits.
     """
-    x = np.asarray(sample, dtype=np.float64)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    cosines = sample_pair_cosines(x / np.where(norms > 0, norms, 1.0))
-    return plan_lsh(cosine_threshold, lsh.target_recall, cosines, items, dim,
+    return plan_lsh(cosine_threshold, lsh.target_recall, pair_cosines, items, dim,
                     bits=None if lsh.bits_per_table == "auto" else lsh.bits_per_table,
                     tables=None if lsh.num_tables == "auto" else lsh.num_tables,
                     max_tables=MAX_TABLES, max_bits=MAX_BITS_PER_TABLE)

@@ -88,14 +88,20 @@ def get_embedder(model_file: str, backend: str, device: int | None, model: Model
 
         return OnnxRuntimeEmbedder(model_file, model.input_size, model.preprocess, embed.threads_per_task)
     if backend == "tensorrt":
-        import os
-
         from .tensorrt import TensorRTEmbedder, ensure_plan
 
-        engine_dir = os.path.expanduser(embed.engine_dir or os.path.join(model.cache_dir, "engines"))
-        plan = ensure_plan(model_file, engine_dir, device, embed.precision, embed.batch_size, model.input_size)
+        plan = ensure_plan(model_file, engine_dir(model, embed), device, embed.precision, embed.batch_size,
+                           model.input_size)
         return TensorRTEmbedder(plan, device, embed.batch_size, model.input_size, model.preprocess)
     raise ValueError(f"unknown backend {backend!r}")
+
+
+def engine_dir(model: ModelConfig, embed: EmbedConfig) -> str:
+    """Where TensorRT plans are looked up and built: ``embed.engine_dir``, or
+    ``{model.cache_dir}/engines``."""
+    import os
+
+    return os.path.expanduser(embed.engine_dir or os.path.join(model.cache_dir, "engines"))
 
 
 class PreparedModel(NamedTuple):

@@ -17,6 +17,7 @@ import re
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
+from typing import Callable
 
 from ..config import ModelConfig
 from . import ModelError
@@ -123,11 +124,7 @@ def _cached_saved_model(target: str, build) -> str:
     workers build it once and never load a half-written one."""
     if os.path.exists(os.path.join(target, "saved_model.pb")):
         return target
-    cache_dir = os.path.dirname(target)
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-    except OSError as err:
-        raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
+    cache_dir = _make_cache_dir(os.path.dirname(target))
     with file_lock(target + ".lock"):
         if not os.path.exists(os.path.join(target, "saved_model.pb")):  # another worker may have won
             staging = tempfile.mkdtemp(prefix=".convert-", dir=cache_dir)
@@ -137,6 +134,27 @@ def _cached_saved_model(target: str, build) -> str:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def cached_file(target: str, make: Callable[[], bytes], setting: str = "model.cache_dir") -> str:
+    """``target``, writing ``make()`` there first unless the file exists: under a file lock
+    and through a rename, so concurrent workers make it once and never read half of it."""
+    if os.path.exists(target):
+        return target
+    _make_cache_dir(os.path.dirname(target), setting)
+    with file_lock(target + ".lock"):
+        if not os.path.exists(target):  # another worker may have won
+            write_atomically(target, make())
+    return target
+
+
+def _make_cache_dir(path: str, setting: str = "model.cache_dir") -> str:
+    """Create the cache folder ``path``; ``setting`` is the key that chose it, for the error."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"{setting} {path}: cannot create: {err.strerror}") from err
+    return path
 
 
 def write_atomically(path: str, data: bytes) -> None:

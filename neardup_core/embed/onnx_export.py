@@ -18,7 +18,7 @@ from importlib.metadata import version
 import numpy as np
 
 from . import ModelError, l2_normalise
-from .models import file_lock, write_atomically
+from .models import cached_file
 
 OPSET = 17
 INPUT_NAME = "images"
@@ -43,16 +43,7 @@ def onnx_model_path(model_path: str, output: str | None, input_size: int, cache_
     key = export_key(model_path, output, input_size)
     stem = os.path.basename(os.path.normpath(model_path)).split(".")[0]
     target = os.path.join(cache_dir, "onnx", f"{stem}-{key}.onnx")
-    if os.path.exists(target):
-        return target
-    try:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-    except OSError as err:
-        raise ModelError(f"model.cache_dir {cache_dir}: cannot create: {err.strerror}") from err
-    with file_lock(target + ".lock"):
-        if not os.path.exists(target):
-            export_onnx(model_path, output, input_size, target)
-    return target
+    return cached_file(target, lambda: export_onnx(model_path, output, input_size))
 
 
 def export_key(model_path: str, output: str | None, input_size: int) -> str:
@@ -78,8 +69,8 @@ def _model_files(model_path: str) -> list[str]:
     )
 
 
-def export_onnx(model_path: str, output: str | None, input_size: int, target: str) -> None:
-    """Convert with tf2onnx, check parity with TensorFlow, write ``target`` atomically.
+def export_onnx(model_path: str, output: str | None, input_size: int) -> bytes:
+    """Convert with tf2onnx and check parity with TensorFlow; the ONNX model's bytes.
 
     Raises:
         ModelError: conversion failed or the result disagrees with TensorFlow.
@@ -110,7 +101,7 @@ def export_onnx(model_path: str, output: str | None, input_size: int, target: st
             f"model {model_path}: the ONNX export disagrees with TensorFlow (worst cosine {worst:.5f} "
             f"< {PARITY_MIN_COSINE}); use embed.backend=tensorflow for this model"
         )
-    write_atomically(target, data)
+    return data
 
 
 def probe_images(input_size: int, seed: int = 0) -> np.ndarray:

@@ -79,19 +79,14 @@ def ensure_plan(onnx_path: str, engine_dir: str, device: int, precision: str, ma
         ModelError: TensorRT is missing, or the ONNX model does not parse or build.
     """
     trt, _ = _import_gpu_stack()
-    from .models import file_lock, write_atomically
+    from .models import cached_file
 
     gpu_name, capability = gpu_identity(device)
     model_key = os.path.splitext(os.path.basename(onnx_path))[0]
     plan = os.path.join(engine_dir, plan_filename(model_key, gpu_name, capability, trt.__version__,
                                                   precision, max_batch, input_size))
-    if os.path.exists(plan):
-        return plan
-    os.makedirs(engine_dir, exist_ok=True)
-    with file_lock(plan + ".lock"):
-        if not os.path.exists(plan):
-            write_atomically(plan, build_plan(onnx_path, device, precision, max_batch, input_size))
-    return plan
+    return cached_file(plan, lambda: build_plan(onnx_path, device, precision, max_batch, input_size),
+                       setting="embed.engine_dir")
 
 
 def build_plan(onnx_path: str, device: int, precision: str, max_batch: int, input_size: int) -> bytes:
