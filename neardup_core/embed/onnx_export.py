@@ -41,7 +41,7 @@ def onnx_model_path(model_path: str, output: str | None, input_size: int, cache_
     if model_path.endswith(".onnx"):
         return model_path
     key = export_key(model_path, output, input_size)
-    stem = os.path.basename(os.path.normpath(model_path)).split(".")[0]
+    stem = os.path.splitext(os.path.basename(os.path.normpath(model_path)))[0]  # keeps "w0.1.0"
     target = os.path.join(cache_dir, "onnx", f"{stem}-{key}.onnx")
     return cached_file(target, lambda: export_onnx(model_path, output, input_size))
 
