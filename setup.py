@@ -26,6 +26,8 @@ setup(
     extras_require={
         # fp16 graphs for TensorRT; also tested on the CPU with ONNX Runtime.
         "test": ["pytest>=8", "onnxconverter-common>=1.14,<2"],
+        # benchmarks/quality: the PHash peer and the precision-recall plot.
+        "bench": ["imagehash>=4.3,<5", "matplotlib>=3.8,<4"],
         # GPU executors: TensorRT engines. The tensorrt metapackage picks the CUDA 13 build;
         # on CUDA 12 drivers install tensorrt-cu12 and cuda-python<13 instead (README).
         "gpu": ["tensorrt>=10.8,<12", "cuda-python>=12.6,<14", "onnxconverter-common>=1.14,<2"],
