@@ -60,6 +60,8 @@ class ModelConfig:
     preprocess: Literal["none", "unit", "tf", "torch"] = "none"
     output: str | None = None
     cache_dir: str = "~/.cache/neardup"
+    trim_borders: bool = True
+    colour: Literal["grayscale", "rgb"] = "grayscale"
 
     def validate(self) -> None:
         _in_range("model.input_size", self.input_size, 16, 2048)
@@ -114,7 +116,7 @@ class LshConfig:
 
 @dataclass(frozen=True)
 class PairsConfig:
-    cosine_threshold: float = 0.80
+    cosine_threshold: float = 0.70
 
     def validate(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)

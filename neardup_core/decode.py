@@ -3,6 +3,11 @@
 The cheap path: JPEG files are decoded at a reduced DCT scale (Pillow's ``draft``) to
 the smallest size that is still at least the model input, which roughly halves decode
 time on catalogue photos and costs nothing visible after the final antialiased resize.
+
+Two preparations make copies look alike to the model, both chosen on the quality
+benchmark (benchmarks/quality, README "Detection quality"): uniform borders (padding,
+letterboxing, frames) are cut off, and the image is turned to grayscale, so a recoloured
+or grayscale copy meets its original. Neither costs a model call.
 """
 
 from __future__ import annotations
@@ -18,7 +23,17 @@ class DecodeError(ValueError):
     """The bytes are not an image this job can use; the message says why."""
 
 
-def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+# A border line is one whose pixels all lie within BORDER_TOLERANCE (per channel, 0..255)
+# of the corner's colour, bar BORDER_NOISE of them (JPEG ringing, a stray mark).
+BORDER_TOLERANCE = 12
+BORDER_NOISE = 0.02
+# Trimming never keeps less than this share of the area: a photo of a small object on a
+# plain studio background stays whole instead of being cut down to the object.
+MIN_TRIMMED_AREA = 0.3
+
+
+def decode_image(data: bytes, size: int, max_pixels: int, trim_borders: bool = False,
+                 grayscale: bool = False) -> np.ndarray:
     """Decode, orient, convert and resize one image.
 
     Args:
@@ -26,6 +41,8 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         size: side of the square model input.
         max_pixels: images with more pixels than this are refused before decoding
             (decompression bombs).
+        trim_borders: cut uniform borders first (:func:`content_box`).
+        grayscale: give the model the image's luminance in all three channels.
 
     Returns:
         uint8 array of shape (size, size, 3), RGB, EXIF orientation applied.
@@ -50,6 +67,10 @@ def decode_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
                     im.draft("RGB", (size, size))
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
+                if trim_borders:
+                    rgb = rgb.crop(_content_box_at(rgb, size))
+                if grayscale:
+                    rgb = rgb.convert("L").convert("RGB")
                 return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
     except DecodeError:
         raise
@@ -79,3 +100,52 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return im.convert("RGB")
+
+
+def _content_box_at(im: Image.Image, probe_side: int) -> tuple[int, int, int, int]:
+    """:func:`content_box` found on a copy reduced to about ``probe_side`` (a PNG is never
+    drafted smaller, and the box needs no more detail), scaled back to ``im``. A cut edge
+    moves one reduced pixel inward, since that pixel mixes border and content."""
+    factor = max(1, min(im.size) // probe_side)
+    if factor == 1:
+        return content_box(np.asarray(im))
+    small = im.reduce(factor)
+    left, top, right, bottom = content_box(np.asarray(small))
+    left, top = left + (left > 0), top + (top > 0)
+    right, bottom = right - (right < small.width), bottom - (bottom < small.height)
+    return left * factor, top * factor, min(im.width, right * factor), min(im.height, bottom * factor)
+
+
+def content_box(rgb: np.ndarray, tolerance: int = BORDER_TOLERANCE, noise: float = BORDER_NOISE,
+                min_area: float = MIN_TRIMMED_AREA) -> tuple[int, int, int, int]:
+    """The image without its uniform borders, as a (left, top, right, bottom) box.
+
+    The border colour is read at the top-left corner and lines at the edges whose pixels
+    nearly all match it are cut; then the same again with the bottom-right corner of what
+    is left (a caption band and a frame each have a colour of their own). A box smaller
+    than ``min_area`` of the image is not taken.
+
+    Args:
+        rgb: uint8 (height, width, 3).
+
+    Returns:
+        The box for ``PIL.Image.crop``; the whole image when there is no border.
+
+    Cost: two passes over the pixels in int16.
+    """
+    height, width = rgb.shape[:2]
+    left, top, right, bottom = 0, 0, width, height
+    for corner in ((0, 0), (-1, -1)):
+        kept = rgb[top:bottom, left:right]
+        colour = kept[corner].astype(np.int16)
+        differs = np.zeros(kept.shape[:2], dtype=bool)
+        for channel in range(3):  # per channel: much faster than a max over the last axis
+            differs |= np.abs(kept[..., channel].astype(np.int16) - colour[channel]) > tolerance
+        rows = np.flatnonzero(differs.mean(axis=1) > noise)
+        cols = np.flatnonzero(differs.mean(axis=0) > noise)
+        if len(rows) == 0 or len(cols) == 0:  # one flat colour, or specks below the noise level
+            continue
+        box = (left + int(cols[0]), top + int(rows[0]), left + int(cols[-1]) + 1, top + int(rows[-1]) + 1)
+        if (box[2] - box[0]) * (box[3] - box[1]) >= min_area * width * height:
+            left, top, right, bottom = box
+    return left, top, right, bottom

@@ -173,7 +173,7 @@ def embed(listing: DataFrame, model: ModelConfig, embed_cfg: EmbedConfig, input_
                 prior_errors=batch.column("error_message").to_pylist(),
                 embedder=embedder,
                 input_cfg=input_cfg,
-                size=model.input_size,
+                model_cfg=model,
             )
             yield pa.RecordBatch.from_arrays(
                 [

@@ -84,3 +84,81 @@ def test_first_frame_of_animated_gif():
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
     out = decode_image(data, size=8, max_pixels=10**6)
     assert out[..., 0].mean() > 200 and out[..., 2].mean() < 50
+
+
+def content_box_reference(rgb, tolerance, noise, min_area):
+    """The same rule written line by line: walk in from each edge while the line matches
+    the corner colour, first of the top-left corner, then of what is left's bottom-right."""
+    h, w = rgb.shape[:2]
+    box = [0, 0, w, h]
+    for which in (0, -1):
+        left, top, right, bottom = box
+        corner = rgb[top:bottom, left:right][which, which].astype(int)
+
+        def plain(line):
+            return np.mean(np.abs(line.astype(int) - corner).max(axis=-1) > tolerance) <= noise
+
+        while top < bottom and plain(rgb[top, box[0]:box[2]]):
+            top += 1
+        while left < right and plain(rgb[box[1]:box[3], left]):
+            left += 1
+        if top == bottom or left == right:
+            continue
+        while plain(rgb[bottom - 1, box[0]:box[2]]):
+            bottom -= 1
+        while plain(rgb[box[1]:box[3], right - 1]):
+            right -= 1
+        if (right - left) * (bottom - top) >= min_area * w * h:
+            box = [left, top, right, bottom]
+    return tuple(box)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_content_box_matches_the_line_by_line_rule(seed):
+    from neardup_core.decode import content_box
+
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(3, 60)), int(rng.integers(3, 60))
+    fill = rng.integers(0, 256, 3)
+    rgb = np.broadcast_to(fill, (h, w, 3)).astype(np.uint8).copy()
+    top, left = int(rng.integers(0, h)), int(rng.integers(0, w))
+    bottom, right = int(rng.integers(top + 1, h + 1)), int(rng.integers(left + 1, w + 1))
+    rgb[top:bottom, left:right] = rng.integers(0, 256, (bottom - top, right - left, 3))
+    if seed % 3 == 0:  # a caption band of another colour at the bottom
+        rgb[-max(1, h // 5):] = 255 - fill
+    for min_area in (0.0, 0.3):
+        assert content_box(rgb, 12, 0.02, min_area) == content_box_reference(rgb, 12, 0.02, min_area)
+
+
+def test_padding_frame_and_band_are_cut_and_a_plain_photo_is_kept_whole():
+    from neardup_core.decode import content_box
+
+    photo = np.asarray(gradient(120, 80))
+    assert content_box(photo) == (0, 0, 120, 80)
+    framed = np.full((100, 160, 3), 255, np.uint8)
+    framed[10:90, 20:140] = photo
+    assert content_box(framed) == (20, 10, 140, 90)
+    banded = np.zeros((110, 120, 3), np.uint8)  # black caption band on top, white frame below
+    banded[:30] = 0
+    banded[30:] = 255
+    banded[30:105, 5:115] = photo[:75, :110]
+    assert content_box(banded) == (5, 30, 115, 105)
+    flat = np.full((50, 50, 3), 7, np.uint8)
+    assert content_box(flat) == (0, 0, 50, 50)
+    small = np.full((100, 100, 3), 255, np.uint8)  # an object on a studio background
+    small[40:60, 40:60] = 0
+    assert content_box(small) == (0, 0, 100, 100)
+
+
+def test_a_padded_grayscale_copy_decodes_like_its_original():
+    photo = gradient(120, 80)
+    padded = Image.new("RGB", (160, 120), (0, 0, 0))
+    padded.paste(photo.convert("L").convert("RGB"), (20, 20))
+    kw = dict(size=32, max_pixels=10**6, trim_borders=True, grayscale=True)
+    a = decode_image(encode(photo, "PNG"), **kw).astype(int)
+    b = decode_image(encode(padded, "PNG"), **kw).astype(int)
+    # The box is found at about model size, so an edge may cut a pixel or so of the photo.
+    assert np.abs(a - b).max() <= 8 and np.abs(a - b).mean() <= 2
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()
+    untrimmed = decode_image(encode(padded, "PNG"), size=32, max_pixels=10**6, grayscale=True).astype(int)
+    assert np.abs(a - untrimmed).max() > 50

@@ -5,8 +5,11 @@ import io
 import numpy as np
 from PIL import Image
 
-from neardup_core.config import InputConfig
+from neardup_core.config import InputConfig, ModelConfig
 from neardup_core.embed.batch import embed_batch
+
+
+RGB_8PX = ModelConfig(input_size=8, colour="rgb")
 
 
 class MeanColourEmbedder:
@@ -31,7 +34,7 @@ def test_each_row_gets_an_embedding_or_a_reason(tmp_path):
     paths = ["a.png", str(tmp_path / "on_disk.png"), str(tmp_path / "missing.png"), "big.png", "bad.png", "red.png"]
     contents = [png((0, 255, 0)), None, None, None, b"garbage", png((255, 0, 0))]
     prior = [None, None, None, "file is 99 bytes, above input.max_file_bytes=10", None, None]
-    out = embed_batch(paths, contents, prior, MeanColourEmbedder(), InputConfig(), size=8)
+    out = embed_batch(paths, contents, prior, MeanColourEmbedder(), InputConfig(), RGB_8PX)
     assert out.error_stage == [None, None, "read", "read", "decode", "embed"]
     assert out.error_message[2] == "no such file"
     assert out.error_message[3] == prior[3]
@@ -49,7 +52,7 @@ def test_a_batch_with_nothing_decodable_never_calls_the_model():
         def embed(self, pixels):
             raise AssertionError("called")
 
-    out = embed_batch(["x"], [b""], [None], Exploding(), InputConfig(), size=8)
+    out = embed_batch(["x"], [b""], [None], Exploding(), InputConfig(), RGB_8PX)
     assert out.error_stage == ["decode"]
     assert out.error_message == ["empty file"]
 

@@ -189,7 +189,8 @@ def test_user_saved_model_end_to_end(spark, tmp_path, backend):
     reference = get_embedder(model_path, "tensorflow", None, ModelConfig(path=model_path, preprocess="unit"),
                              EmbedConfig())
     paths = sorted(emb.index)
-    pixels = np.stack([decode_image(open(p.removeprefix("file:"), "rb").read(), 224, 10**8) for p in paths])
+    pixels = np.stack([decode_image(open(p.removeprefix("file:"), "rb").read(), 224, 10**8, trim_borders=True,
+                                    grayscale=True) for p in paths])
     expected = reference.embed(pixels).astype(np.float64)
     got = np.stack(emb.loc[paths, "embedding"].to_numpy()).astype(np.float64)
     assert got.shape == (18, 24)

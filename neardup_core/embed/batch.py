@@ -6,7 +6,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ..config import InputConfig
+from ..config import InputConfig, ModelConfig
 from ..decode import DecodeError, decode_image
 from ..sources import ReadError, read_bytes
 from . import Embedder
@@ -26,7 +26,7 @@ def embed_batch(
     prior_errors: Sequence[str | None],
     embedder: Embedder,
     input_cfg: InputConfig,
-    size: int,
+    model_cfg: ModelConfig,
 ) -> EmbeddedBatch:
     """Read (where ``contents`` is None), decode and embed a batch of files.
 
@@ -53,7 +53,8 @@ def embed_batch(
             stages[i], messages[i] = "read", str(err)
             continue
         try:
-            pixels.append(decode_image(data, size, input_cfg.max_pixels))
+            pixels.append(decode_image(data, model_cfg.input_size, input_cfg.max_pixels,
+                                       model_cfg.trim_borders, model_cfg.colour == "grayscale"))
             good.append(i)
         except DecodeError as err:
             stages[i], messages[i] = "decode", str(err)
