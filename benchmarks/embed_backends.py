@@ -4,7 +4,9 @@
 
 One process, like one Spark task that has the whole machine: "model only" feeds decoded
 224x224 pixels; "decode + model" starts from JPEG bytes of about 1000 px (see
-job_throughput.build_catalog) and includes Pillow decoding and resizing on one core.
+job_throughput.build_catalog) and includes Pillow decoding, the default border trimming
+and grayscale, and resizing on one core. A first line gives decoding alone, with and
+without trimming and grayscale.
 Each cell is the best of --repeats timed passes over --images images, after a warm-up
 batch. Prints measured numbers; it is not a test.
 """
@@ -59,6 +61,14 @@ def main() -> None:
         return decode_image(blob, size, 64_000_000, model.trim_borders, model.colour == "grayscale")
 
     pixels = np.stack([decode(b) for b in blobs])
+
+    def decode_only(**options):
+        return best_rate(lambda: [decode_image(b, size, 64_000_000, **options) for b in blobs], len(blobs),
+                         args.repeats)
+
+    plain, prepared = decode_only(), decode_only(trim_borders=True, grayscale=True)
+    print(f"decode only, one core: {plain:.1f} images/s plain (RGB, no trimming), {prepared:.1f} images/s with "
+          f"the default trimming and grayscale ({1000 / prepared - 1000 / plain:+.2f} ms per image)")
 
     print(f"{args.images} JPEGs of ~1000 px, default model (EfficientNet-Lite0, {size} px), "
           f"{args.threads} intra-op threads, {os.cpu_count()} cores; images/s, best of {args.repeats}")

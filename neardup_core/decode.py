@@ -68,7 +68,7 @@ def decode_image(data: bytes, size: int, max_pixels: int, trim_borders: bool = F
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
                 if trim_borders:
-                    rgb = rgb.crop(_content_box_at(rgb, size))
+                    rgb = rgb.crop(_content_box_at(rgb, max(16, size // 2)))
                 if grayscale:
                     rgb = rgb.convert("L").convert("RGB")
                 return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)

@@ -9,9 +9,9 @@ embedded defaults (plus any --set), and scores, on the same images:
   tools (imagededup's default), over all pairs;
 and the precision-recall curve over `cosine`, read from `neardup pairs` rerun on the
 job's embeddings with a low threshold. Prints tables; writes results.json, curve.csv and
-curve.png into --work.
+curve.png into {--work}/seed-{--seed}/, beside the set and the job's outputs.
 
-    python benchmarks/quality/run.py [--work bench-quality] [--set KEY=VALUE ...]
+    python benchmarks/quality/run.py [--work bench-quality] [--seed 4] [--set KEY=VALUE ...]
 
 Prints measured numbers; it is not a test.
 """
@@ -145,19 +145,20 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override for the job (default: none, the embedded defaults)")
     args = parser.parse_args()
-    set_dir = os.path.join(args.work, "set")
+    work = os.path.join(args.work, f"seed-{args.seed}")
+    set_dir = os.path.join(work, "set")
     if args.rebuild or not os.path.exists(os.path.join(set_dir, "set.json")):
         print(json.dumps(build_set.build(set_dir, args.seed, build_set.default_cache())))
     truth, rows = load_truth(set_dir)
     hard = hard_negative_pairs(set_dir)
     overrides = [x for kv in args.set for x in ("--set", kv)]
-    out = os.path.join(args.work, "run")
+    out = os.path.join(work, "run")
     run_seconds = neardup(["run", "--input", os.path.join(set_dir, "images"), "--output", out, "--overwrite",
                            *overrides])
     with open(os.path.join(out, "_manifest.json")) as f:
         manifest = json.load(f)
     threshold = manifest["config"]["pairs"]["cosine_threshold"]
-    curve_out = os.path.join(args.work, "curve-run")
+    curve_out = os.path.join(work, "curve-run")
     neardup(["pairs", "--embeddings", os.path.join(out, "embeddings"), "--output", curve_out, "--overwrite",
              *overrides, "--set", f"pairs.cosine_threshold={CURVE_FLOOR}"])
 
@@ -192,18 +193,18 @@ def main() -> None:
     print(f"{'cosine >=':>9} {'pairs':>6} {'precision':>9} {'recall':>7} {'F1':>6}")
     for p in sorted(curve):
         print(f"{p.threshold:9.3f} {p.reported:6d} {p.precision:9.3f} {p.recall:7.3f} {p.f1:6.3f}")
-    with open(os.path.join(args.work, "curve.csv"), "w", newline="") as f:
+    with open(os.path.join(work, "curve.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["cosine_threshold", "pairs", "precision", "recall", "f1"])
         w.writerows(sorted(curve))
     results["curve"] = [p._asdict() for p in sorted(curve)]
-    with open(os.path.join(args.work, "results.json"), "w") as f:
+    with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plot(sorted(curve), threshold, os.path.join(args.work, "curve.png"), {
+    plot(sorted(curve), threshold, os.path.join(work, "curve.png"), {
         f"neardup default (cosine >= {threshold:g})": (results["job"]["recall"], results["job"]["precision"], "r*"),
         f"PHash, Hamming <= {PHASH_MAX_DISTANCE}": (results["phash"]["recall"], results["phash"]["precision"], "ks"),
     })
-    print(f"\nwrote {args.work}/results.json, curve.csv, curve.png")
+    print(f"\nwrote {work}/results.json, curve.csv, curve.png")
 
 
 if __name__ == "__main__":
