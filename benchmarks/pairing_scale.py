@@ -2,6 +2,7 @@
 
     python benchmarks/pairing_scale.py [--sizes 20000 100000] [--dim 256] [--threshold 0.9]
                                        [--mllib-max 20000] [--exact-max 200000] [--set KEY=VALUE ...]
+                                       [--plot growth.png]
 
 Data: seeded synthetic unit vectors in clusters (real embeddings are not uniform), plus
 planted near-duplicates at known cosines 0.85..0.99 (see `synthetic`). For each N it runs,
@@ -13,7 +14,8 @@ one after the other:
     whose pair set is the truth for recall;
   - MLlib BucketedRandomProjectionLSH.approxSimilarityJoin (Euclidean distance on unit
     vectors: cosine >= t  <=>  distance <= sqrt(2 - 2t)), up to --mllib-max.
-Prints measured numbers; it is not a test.
+Prints measured numbers, and with --plot draws seconds against N for each method (log-log).
+It is not a test.
 """
 
 from __future__ import annotations
@@ -144,7 +146,9 @@ def main() -> None:
     ap.add_argument("--mllib-tables", type=int, default=10)
     ap.add_argument("--mllib-bucket-length", type=float, default=0.02)
     ap.add_argument("--set", action="append", default=[], help="passed on to neardup pairs")
+    ap.add_argument("--plot", help="write a PNG of seconds against N for each method here")
     args = ap.parse_args()
+    times: dict[str, list[tuple[int, float]]] = {}
     print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores")
     print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak RSS GB | plan |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
@@ -158,6 +162,7 @@ def main() -> None:
             if n <= args.exact_max:
                 start = time.perf_counter()
                 truth = exact_pairs(x, args.threshold)
+                times.setdefault("exact NumPy, blocked", []).append((n, time.perf_counter() - start))
                 print(f"| {n:,} | exact NumPy, blocked | {time.perf_counter() - start:.1f} | 1 | {len(truth):,} "
                       f"| {n * (n - 1) // 2:,} | - | - | - |", flush=True)
             manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.set)
@@ -166,16 +171,40 @@ def main() -> None:
             codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
             recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
             lsh = manifest["lsh"]
+            times.setdefault("neardup pairs stage", []).append((n, stage["seconds"]))
             print(f"| {n:,} | neardup pairs stage (whole command {wall:.0f} s) | {stage['seconds']:.1f} | {recall} "
                   f"| {len(found):,} | {stage['candidate_pairs']:,} | {stage.get('shuffle_bytes_per_image', '-')} "
                   f"| {peak / 1e9:.1f} | k={lsh['bits_per_table']} L={lsh['num_tables']}, "
                   f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
             if n <= args.mllib_max:
                 rows, seconds = mllib(table, args.threshold, args.mllib_tables, args.mllib_bucket_length)
+                times.setdefault("MLlib BRP approxSimilarityJoin", []).append((n, seconds))
                 codes = np.sort(rows.a.to_numpy(np.int64) * n + rows.b.to_numpy(np.int64))
                 recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
                 print(f"| {n:,} | MLlib BRP approxSimilarityJoin | {seconds:.1f} | {recall} | {len(rows):,} | - | - | - "
                       f"| L={args.mllib_tables}, bucketLength={args.mllib_bucket_length} |", flush=True)
+    if args.plot:
+        plot(times, args.threshold, args.dim, args.plot)
+
+
+def plot(times: dict[str, list[tuple[int, float]]], threshold: float, dim: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    for method, points in times.items():
+        ax.plot([n for n, _ in points], [t for _, t in points], "-o", label=method)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("items (N)")
+    ax.set_ylabel("seconds")
+    ax.set_title(f"Pairs at cosine >= {threshold:g}, {dim}-d, {os.cpu_count()} cores")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 if __name__ == "__main__":
