@@ -113,6 +113,8 @@ def _content_box_at(im: Image.Image, probe_side: int) -> tuple[int, int, int, in
     left, top, right, bottom = content_box(np.asarray(small))
     left, top = left + (left > 0), top + (top > 0)
     right, bottom = right - (right < small.width), bottom - (bottom < small.height)
+    if right <= left or bottom <= top:  # cannot happen above min_area; never crop to nothing
+        return 0, 0, im.width, im.height
     return left * factor, top * factor, min(im.width, right * factor), min(im.height, bottom * factor)
 
 
