@@ -9,7 +9,7 @@ planted near-duplicates at known cosines 0.85..0.99 (see `synthetic`). For each 
 one after the other:
   - `neardup pairs` on the Parquet table (Spark local mode, defaults: auto LSH plan),
     reporting the pairs stage's wall time, shuffle bytes per item, candidate pairs, and
-    the peak resident memory of the driver's process tree;
+    the peak memory (PSS) of the command's process tree, JVM and Python apart;
   - exact blocked brute force in NumPy (float32 matrix products in blocks of 4096 rows),
     whose pair set is the truth for recall;
   - MLlib BucketedRandomProjectionLSH.approxSimilarityJoin (Euclidean distance on unit
@@ -65,37 +65,48 @@ def exact_pairs(x: np.ndarray, threshold: float, block: int = 4096) -> np.ndarra
     return np.sort(np.concatenate(found))
 
 
-def tree_rss(root: int) -> int:
-    """Summed resident memory (bytes) of a process and its descendants, from /proc (Linux)."""
-    parent, rss = {}, {}
+def tree_memory(root: int) -> dict[str, int]:
+    """Proportional set size (bytes) of a process and its descendants, from /proc (Linux),
+    by kind: the JVM, Python (the driver and Spark's forked workers). PSS splits pages that
+    forked workers share with their daemon, so the sum does not count them twice, as a sum
+    of RSS would."""
+    parent, pss, kind = {}, {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
+        pid = int(entry)
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/statm") as fh:
-                rss[int(entry)] = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/stat") as fh:
+                parent[pid] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                pss[pid] = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                kind[pid] = "jvm" if b"java" in fh.read().split(b"\0")[0] else "python"
+        except (OSError, ValueError, IndexError, StopIteration):
             continue
     tree, frontier = {root}, [root]
     while frontier:
         children = [p for p, pp in parent.items() if pp in frontier and p not in tree]
         tree.update(children)
         frontier = children
-    return sum(rss.get(p, 0) for p in tree)
+    out = {"jvm": 0, "python": 0}
+    for p in tree:
+        if p in pss:
+            out[kind[p]] += pss[p]
+    return out
 
 
-def peak_rss_of_tree(pid: int, stop: threading.Event, out: list) -> None:
-    """Poll the summed RSS of a process and its descendants (JVM and Python workers)."""
-    peak = 0
+def peak_memory_of_tree(pid: int, stop: threading.Event, out: list) -> None:
+    """Poll the tree's memory; keep the peak of the total and of each kind."""
+    peak = {"total": 0, "jvm": 0, "python": 0}
     while not stop.is_set():
-        peak = max(peak, tree_rss(pid))
+        now = tree_memory(pid)
+        peak = {"total": max(peak["total"], sum(now.values())), **{k: max(peak[k], v) for k, v in now.items()}}
         time.sleep(0.5)
     out.append(peak)
 
 
-def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tuple[dict, float, int]:
+def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tuple[dict, float, dict]:
     cmd = [sys.executable, "-m", "neardup_core.cli", "pairs", "--embeddings", table, "--output", out,
            "--set", f"pairs.cosine_threshold={threshold}", "--set", "spark.conf={spark.driver.memory: 8g}"]
     for item in overrides:
@@ -104,7 +115,7 @@ def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tup
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stop, peak = threading.Event(), []
-    watcher = threading.Thread(target=peak_rss_of_tree, args=(proc.pid, stop, peak))
+    watcher = threading.Thread(target=peak_memory_of_tree, args=(proc.pid, stop, peak))
     watcher.start()
     log = proc.communicate()[0]
     stop.set()
@@ -112,7 +123,7 @@ def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tup
     if proc.returncode != 0:
         sys.exit(f"neardup pairs failed:\n{log[-3000:]}")
     with open(os.path.join(out, "_manifest.json")) as fh:
-        return json.load(fh), time.perf_counter() - start, peak[0] if peak else -1
+        return json.load(fh), time.perf_counter() - start, peak[0]
 
 
 def mllib(table: str, threshold: float, tables: int, bucket_length: float) -> tuple[np.ndarray, float]:
@@ -150,7 +161,7 @@ def main() -> None:
     args = ap.parse_args()
     times: dict[str, list[tuple[int, float]]] = {}
     print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores")
-    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak RSS GB | plan |")
+    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak PSS GB (JVM + Python) | plan |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for n in args.sizes:
         x = synthetic(n, args.dim)
@@ -174,7 +185,8 @@ def main() -> None:
             times.setdefault("neardup pairs stage", []).append((n, stage["seconds"]))
             print(f"| {n:,} | neardup pairs stage (whole command {wall:.0f} s) | {stage['seconds']:.1f} | {recall} "
                   f"| {len(found):,} | {stage['candidate_pairs']:,} | {stage.get('shuffle_bytes_per_image', '-')} "
-                  f"| {peak / 1e9:.1f} | k={lsh['bits_per_table']} L={lsh['num_tables']}, "
+                  f"| {peak['total'] / 1e9:.1f} ({peak['jvm'] / 1e9:.1f} + {peak['python'] / 1e9:.1f}) "
+                  f"| k={lsh['bits_per_table']} L={lsh['num_tables']}, "
                   f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
             if n <= args.mllib_max:
                 rows, seconds = mllib(table, args.threshold, args.mllib_tables, args.mllib_bucket_length)
