@@ -28,6 +28,7 @@ from job_throughput import build_catalog  # noqa: E402
 from neardup_core.config import EmbedConfig, ModelConfig  # noqa: E402
 from neardup_core.decode import decode_image  # noqa: E402
 from neardup_core.embed import get_embedder  # noqa: E402
+from neardup_core.embed.batch import decode_for_model  # noqa: E402
 from neardup_core.embed.models import resolve_model_path  # noqa: E402
 from neardup_core.embed.onnx_export import onnx_model_path  # noqa: E402
 
@@ -58,7 +59,7 @@ def main() -> None:
     size = model.input_size
 
     def decode(blob):  # as the job does with the default configuration
-        return decode_image(blob, size, 64_000_000, model.trim_borders, model.colour == "grayscale")
+        return decode_for_model(blob, model, 64_000_000)
 
     pixels = np.stack([decode(b) for b in blobs])
 

@@ -173,8 +173,9 @@ def main() -> None:
             if n <= args.exact_max:
                 start = time.perf_counter()
                 truth = exact_pairs(x, args.threshold)
-                times.setdefault("exact NumPy, blocked", []).append((n, time.perf_counter() - start))
-                print(f"| {n:,} | exact NumPy, blocked | {time.perf_counter() - start:.1f} | 1 | {len(truth):,} "
+                seconds = time.perf_counter() - start
+                times.setdefault("exact NumPy, blocked", []).append((n, seconds))
+                print(f"| {n:,} | exact NumPy, blocked | {seconds:.1f} | 1 | {len(truth):,} "
                       f"| {n * (n - 1) // 2:,} | - | - | - |", flush=True)
             manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.set)
             stage = next(s for s in manifest["stages"] if s["name"] == "pairs")

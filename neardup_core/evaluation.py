@@ -28,6 +28,11 @@ def pair(a: str, b: str) -> Pair:
     return (a, b) if a <= b else (b, a)
 
 
+def pairs_within(sets: Iterable[Sequence[str]]) -> set[Pair]:
+    """Every pair of two different members of one set, in canonical order."""
+    return {pair(a, b) for members in sets for i, a in enumerate(members) for b in members[i + 1:] if a != b}
+
+
 @dataclass(frozen=True)
 class Truth:
     """Labels of a benchmark set.
@@ -47,8 +52,7 @@ class Truth:
         for image, g in self.group.items():
             if g is not None:
                 members[g].append(image)
-        positives = {pair(a, b) for m in members.values() for i, a in enumerate(m) for b in m[i + 1:]}
-        object.__setattr__(self, "positives", frozenset(positives))
+        object.__setattr__(self, "positives", frozenset(pairs_within(members.values())))
 
     @classmethod
     def from_rows(cls, rows: Iterable[Sequence[str | None]]) -> "Truth":
@@ -92,8 +96,14 @@ class Scores(NamedTuple):
     f1: float
 
 
-def f1_score(precision: float, recall: float) -> float:
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+def precision_recall_f1(true_positives: int, false_positives: int, positives: int) -> tuple[float, float, float]:
+    """Precision (1.0 when nothing is reported: no wrong answer was given), recall (1.0 when
+    there is nothing to find) and their harmonic mean."""
+    reported = true_positives + false_positives
+    precision = true_positives / reported if reported else 1.0
+    recall = true_positives / positives if positives else 1.0
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return precision, recall, f1
 
 
 def score_pairs(reported: Iterable[Pair], truth: Truth) -> Scores:
@@ -116,9 +126,7 @@ def score_pairs(reported: Iterable[Pair], truth: Truth) -> Scores:
         else:
             fp += 1
     fn = len(truth.positives) - tp
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / len(truth.positives) if truth.positives else 1.0
-    return Scores(len(seen), tp, fp, fn, amb, precision, recall, f1_score(precision, recall))
+    return Scores(len(seen), tp, fp, fn, amb, *precision_recall_f1(tp, fp, len(truth.positives)))
 
 
 class CurvePoint(NamedTuple):
@@ -159,9 +167,7 @@ def pr_curve(scored: Iterable[tuple[str, str, float]], truth: Truth,
     for t in sorted(thresholds, reverse=True):
         n = int(np.searchsorted(-score, -t, side="right"))  # pairs with score >= t
         tpn, fpn = (int(tp[n - 1]), int(fp[n - 1])) if n else (0, 0)
-        precision = tpn / (tpn + fpn) if n else 1.0
-        recall = tpn / len(truth.positives) if truth.positives else 1.0
-        points.append(CurvePoint(float(t), n, precision, recall, f1_score(precision, recall)))
+        points.append(CurvePoint(float(t), n, *precision_recall_f1(tpn, fpn, len(truth.positives))))
     return points
 
 

@@ -177,7 +177,7 @@ def test_manifest_input_with_relative_paths_and_custom_columns(catalog, first_ru
 def test_user_saved_model_end_to_end(spark, tmp_path, backend):
     """The job's embeddings are the user's model's, on the CPU default and on TensorFlow."""
     from neardup_core.config import EmbedConfig, ModelConfig
-    from neardup_core.decode import decode_image
+    from neardup_core.embed.batch import decode_for_model
     from neardup_core.embed import get_embedder
 
     model_path = export_user_model(tmp_path)
@@ -189,8 +189,8 @@ def test_user_saved_model_end_to_end(spark, tmp_path, backend):
     reference = get_embedder(model_path, "tensorflow", None, ModelConfig(path=model_path, preprocess="unit"),
                              EmbedConfig())
     paths = sorted(emb.index)
-    pixels = np.stack([decode_image(open(p.removeprefix("file:"), "rb").read(), 224, 10**8, trim_borders=True,
-                                    grayscale=True) for p in paths])
+    pixels = np.stack([decode_for_model(open(p.removeprefix("file:"), "rb").read(), ModelConfig(), 10**8)
+                       for p in paths])
     expected = reference.embed(pixels).astype(np.float64)
     got = np.stack(emb.loc[paths, "embedding"].to_numpy()).astype(np.float64)
     assert got.shape == (18, 24)

@@ -70,7 +70,7 @@ class Transforms:
     def words(self, lo: int, hi: int) -> str:
         return " ".join(self.rng.choice(WORDS, int(self.rng.integers(lo, hi + 1))))
 
-    def colour(self) -> tuple[int, int, int]:
+    def random_colour(self) -> tuple[int, int, int]:
         return tuple(int(c) for c in self.rng.integers(0, 256, 3))
 
     def font(self, px: float) -> ImageFont.FreeTypeFont:
@@ -95,14 +95,14 @@ class Transforms:
 
     def pad(self, im):
         w, h = im.size
-        fill = [(255, 255, 255), (0, 0, 0), self.colour()][int(self.rng.integers(0, 3))]
+        fill = [(255, 255, 255), (0, 0, 0), self.random_colour()][int(self.rng.integers(0, 3))]
         if self.rng.random() < 0.5:  # letterbox to a square canvas
             side = max(w, h)
             return ImageOps.pad(im, (side, side), color=fill), "letterbox to square"
         b = self.u(0.05, 0.2)
         return ImageOps.expand(im, border=round(b * min(w, h)), fill=fill), f"border {b:.2f}"
 
-    def colour_change(self, im):
+    def colour(self, im):
         b, c, s = self.u(0.6, 1.4), self.u(0.6, 1.4), self.u(0.4, 1.6)
         im = ImageEnhance.Brightness(im).enhance(b)
         im = ImageEnhance.Contrast(im).enhance(c)
@@ -143,8 +143,8 @@ class Transforms:
             font = self.font(size)
             text = self.words(1, 4)
             x, y = self.u(0, 0.5) * w, self.u(0, 0.85) * h
-            draw.text((x, y), text, fill=self.colour(), font=font, stroke_width=max(1, int(size / 15)),
-                      stroke_fill=self.colour())
+            draw.text((x, y), text, fill=self.random_colour(), font=font, stroke_width=max(1, int(size / 15)),
+                      stroke_fill=self.random_colour())
         return im, f"{lines} lines of text, {size / h:.2f} of height"
 
     def logo(self, im):
@@ -165,7 +165,7 @@ class Transforms:
     def rotate(self, im):
         angle = self.u(2, 10) * (1 if self.rng.random() < 0.5 else -1)
         if self.rng.random() < 0.5:
-            return im.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=self.colour()), \
+            return im.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=self.random_colour()), \
                 f"rotate {angle:+.1f} with corners"
         w, h = im.size
         rotated = im.rotate(angle, Image.Resampling.BICUBIC)
@@ -186,23 +186,17 @@ class Transforms:
         return im.crop((0, (h - ch) // 2, w, (h - ch) // 2 + ch)), f"centre crop to {target:.2f}"
 
     def apply(self, name: str, im):
+        """(copy, label, description) for transform ``name``; ``combo`` chains 2-3 others."""
         self.jpeg_quality = None
         if name == "combo":
             names = list(self.rng.choice(COMBINABLE, int(self.rng.integers(2, 4)), replace=False))
             descriptions = []
             for part in names:
-                im, d = self.one(part, im)
+                im, d = getattr(self, part)(im)
                 descriptions.append(d)
             return im, "combo:" + "+".join(names), "; ".join(descriptions)
-        im, d = self.one(name, im)
+        im, d = getattr(self, name)(im)
         return im, name, d
-
-    def one(self, name, im):
-        keep = self.jpeg_quality
-        im, d = {"colour": self.colour_change}.get(name, getattr(self, name, None))(im)
-        if name != "jpeg" and keep is not None:
-            self.jpeg_quality = keep
-        return im, d
 
 
 def load_rgb(src: photos.Sources, rel: str) -> Image.Image:
@@ -272,8 +266,7 @@ def build(out: str, seed: int, cache: str) -> dict:
             rows.append((copy_original(src, rel, stem()), group, "original", "", rel))
         im = load_rgb(src, rel)
         for _ in range(n_copies):
-            name, d = TRANSFORMS[order.pop()], None
-            copy, label, d = tf.apply(name, im)
+            copy, label, d = tf.apply(TRANSFORMS[order.pop()], im)
             rows.append((save(copy, stem(), rng, tf.jpeg_quality), group, "copy", label, f"{rel}: {d}"))
         for variant in shipped.pop(rel.split("/contents/")[0], []):
             if variant != rel:

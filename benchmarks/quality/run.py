@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import os
 import subprocess
@@ -34,7 +33,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import build_set  # noqa: E402
 
-from neardup_core.evaluation import Truth, pair, pr_curve, recall_by_transform, score_pairs  # noqa: E402
+from neardup_core.evaluation import (  # noqa: E402
+    Truth, pair, pairs_within, pr_curve, recall_by_transform, score_pairs)
 
 PHASH_MAX_DISTANCE = 10
 CURVE_FLOOR = 0.5  # the curve's pairs run keeps cosine >= this
@@ -57,7 +57,7 @@ def hard_negative_pairs(set_dir: str) -> set:
     with open(os.path.join(set_dir, "hard_negatives.csv")) as f:
         for r in csv.DictReader(f):
             sets.setdefault(r["set"], []).append(r["file"])
-    return {pair(a, b) for m in sets.values() for i, a in enumerate(m) for b in m[i + 1:] if a != b}
+    return pairs_within(sets.values())
 
 
 def neardup(args: list[str]) -> float:

@@ -20,6 +20,15 @@ class EmbeddedBatch(NamedTuple):
     error_message: list[str | None]
 
 
+def decode_for_model(data: bytes, model: ModelConfig, max_pixels: int) -> np.ndarray:
+    """:func:`decode_image` prepared as ``model`` says: input size, border trimming, colour.
+
+    Raises:
+        DecodeError: see :func:`decode_image`.
+    """
+    return decode_image(data, model.input_size, max_pixels, model.trim_borders, model.colour == "grayscale")
+
+
 def embed_batch(
     paths: Sequence[str],
     contents: Sequence[bytes | None],
@@ -53,8 +62,7 @@ def embed_batch(
             stages[i], messages[i] = "read", str(err)
             continue
         try:
-            pixels.append(decode_image(data, model_cfg.input_size, input_cfg.max_pixels,
-                                       model_cfg.trim_borders, model_cfg.colour == "grayscale"))
+            pixels.append(decode_for_model(data, model_cfg, input_cfg.max_pixels))
             good.append(i)
         except DecodeError as err:
             stages[i], messages[i] = "decode", str(err)
