@@ -1,9 +1,9 @@
 """Oversized buckets: how deep to split each one. Pure NumPy.
 
 A bucket with more than ``max_bucket_size`` rows would cost quadratic work. Given, for
-each oversized bucket, the row counts of its sub-buckets at the full ``split_bits``
-(one Spark aggregation), the smallest depth d whose 2**d sub-buckets all fit is found
-here by summing counts over sub-key prefixes; no second pass over the data is needed.
+each oversized bucket, the row counts of its sub-buckets at the full ``split_bits``, the
+smallest depth d whose 2**d sub-buckets all fit is found here by summing counts over
+sub-key prefixes; no second pass over the entries is needed.
 A bucket whose rows still share one sub-bucket at full depth (near-identical vectors)
 cannot be split by hashing; pairing then bounds its work with a window
 (:func:`pairing.partners_per_row`).
@@ -15,7 +15,17 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .pairing import run_lengths
+
+def run_lengths(*columns: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of consecutive equal rows over the given aligned columns."""
+    n = len(columns[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.zeros(n - 1, dtype=bool)
+    for col in columns:
+        change |= col[1:] != col[:-1]
+    bounds = np.concatenate(([0], np.flatnonzero(change) + 1, [n]))
+    return np.diff(bounds)
 
 
 class SplitPlan(NamedTuple):

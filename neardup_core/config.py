@@ -85,8 +85,8 @@ class EmbedConfig:
                  "must not be empty (null means {model.cache_dir}/engines)")
 
 
-# A bucket key holds k bits plus up to MAX_SPLIT_BITS split bits and the split depth in
-# one int64 (see lsh.effective_keys); tables are numbered in 8 bits.
+# A bucket key is k bits in an int64, summed exactly in float64 (lsh.signature_keys); a
+# packed bucket entry numbers tables and holds sub-keys in 16 bits (blocks.ENTRY).
 MAX_TABLES = 256
 MAX_BITS_PER_TABLE = 48
 MAX_SPLIT_BITS = 10
@@ -117,9 +117,11 @@ class LshConfig:
 @dataclass(frozen=True)
 class PairsConfig:
     cosine_threshold: float = 0.70
+    partition_mb: int = 64
 
     def validate(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
+        _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
 
 
 @dataclass(frozen=True)

@@ -9,21 +9,21 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
-import numpy as np
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from . import __version__, lsh, pipeline, tuning
-from .buckets import split_depths
+from . import __version__, blocks, lsh, pipeline, tuning
 from .config import Config, ConfigError
 from .embed import prepare_model
 from .output import OutputDir, check_output, local_entries
+from .pairing import BucketStats
 from .sources import InputError, is_local, resolve_format
 
 log = logging.getLogger("neardup")
@@ -208,35 +208,34 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
 
     tables = plan.num_tables if plan else 1
     with progress.stage("pairs") as record:
-        if not cfg.spark.shuffle_partitions:
-            spark.conf.set("spark.sql.shuffle.partitions",
-                           str(_shuffle_partitions(spark, embedded_count * tables, cfg)))
         shuffle_before = _shuffle_bytes(spark)
+        numbered = pipeline.number_rows(embedded)
         if plan is None:  # nothing embedded: no pairs, and no dimension to hash in
-            keyed = embedded.select(F.lit(0).cast("bigint").alias("row"), "id", "path", "embedding",
-                                    F.array().cast("array<bigint>").alias("keys"))
-            scored = None
+            scored = candidates = vectors = None
             buckets = {"oversized": 0}
         else:
-            planes = lsh.hyperplanes(lsh_cfg.seed, tables, plan.bits_per_table + lsh_cfg.split_bits, dim)
-            planes_bc = spark.sparkContext.broadcast(planes)
-            hashed = pipeline.hash_rows(embedded, planes_bc, tables, lsh_cfg.split_bits)
-            hashed = hashed.persist(StorageLevel.MEMORY_AND_DISK)
-            oversized = pipeline.oversized_buckets(hashed, lsh_cfg.max_bucket_size)
-            split, buckets = _split_plan(hashed, oversized, lsh_cfg)
-            keyed = pipeline.apply_splits(hashed, spark.sparkContext.broadcast(split), lsh_cfg.split_bits)
-            scored = pipeline.score_pairs(
-                pipeline.candidate_pairs(keyed, tables, lsh_cfg.max_bucket_size), keyed, tables
-            ).persist(StorageLevel.MEMORY_AND_DISK)
+            planes = spark.sparkContext.broadcast(
+                lsh.hyperplanes(lsh_cfg.seed, tables, plan.bits_per_table + lsh_cfg.split_bits, dim))
+            bucket_parts, row_parts = _pairing_partitions(spark, cfg, embedded_count, tables, dim,
+                                                          plan.expected_candidates)
+            record["tasks"] = {"buckets": bucket_parts, "rows": row_parts}
+            vectors = pipeline.vector_blocks(numbered, dim, row_parts).persist(StorageLevel.MEMORY_AND_DISK)
+            vectors.count()  # built once here; both scoring steps read it
+            entries = pipeline.bucket_entries(numbered, planes, tables, lsh_cfg.split_bits, bucket_parts)
+            candidates = pipeline.bucket_candidates(entries, bucket_parts, row_parts, lsh_cfg.max_bucket_size,
+                                                    lsh_cfg.split_bits).persist(StorageLevel.MEMORY_AND_DISK)
+            buckets = _bucket_record(pipeline.bucket_stats(candidates), lsh_cfg)
+            halves = pipeline.attach_first_rows(candidates, vectors, dim, row_parts)
+            scored = pipeline.score_halves(halves, vectors, dim, row_parts).persist(StorageLevel.MEMORY_AND_DISK)
         record["buckets"] = buckets
         if scored is None:
-            candidates = 0
+            candidate_count = 0
             spark.createDataFrame([], pipeline.PAIR_SCHEMA).write.parquet(out.staged("pairs"))
         else:
-            candidates = scored.count()
-            near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold).orderBy("id_a", "id_b")
-            near.write.parquet(out.staged("pairs"))
-        record["candidate_pairs"] = candidates
+            candidate_count = scored.count()
+            near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold)
+            pipeline.name_pairs(near, numbered, tables).orderBy("id_a", "id_b").write.parquet(out.staged("pairs"))
+        record["candidate_pairs"] = candidate_count
         pairs = record["rows"] = spark.read.parquet(out.staged("pairs")).count()
         shuffled = _shuffle_bytes(spark) - shuffle_before
         if shuffle_before >= 0 and shuffled >= 0:
@@ -246,17 +245,21 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
     with progress.stage("write") as record:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
-            keyed.select("id", "path", "embedding", "keys").write.parquet(out.staged("embeddings"))
+            if plan is None:
+                keyed = numbered.select("id", "path", "embedding", F.array().cast("array<bigint>").alias("keys"))
+            else:
+                keyed = pipeline.keyed_embeddings(numbered, planes, tables, lsh_cfg.split_bits)
+            keyed.write.parquet(out.staged("embeddings"))
         record["rows"] = embedded_count + progress.errors
 
     by_stage = errors.groupBy("stage").count().collect() if progress.errors else []
-    if scored is not None:
-        scored.unpersist()
-        hashed.unpersist()
+    for frame in (scored, candidates, vectors):
+        if frame is not None:
+            frame.unpersist()
     rows.unpersist()
     return {"images": images, "embedded": embedded_count, "errors": progress.errors,
             "errors_by_stage": {row["stage"]: row["count"] for row in by_stage},
-            "candidate_pairs": candidates, "pairs": pairs, "dim": dim,
+            "candidate_pairs": candidate_count, "pairs": pairs, "dim": dim,
             "lsh": None if plan is None else {**_plan_record(plan, len(sample)), "buckets": buckets}}
 
 
@@ -271,31 +274,20 @@ def _plan_record(plan: tuning.LshPlan, sample_size: int) -> dict:
     return {"bits_per_table": plan.bits_per_table, "num_tables": plan.num_tables,
             "recall_at_threshold": round(plan.recall_at_threshold, 5),
             "expected_candidate_pairs": round(plan.expected_candidates),
-            "expected_shuffle_bytes": round(plan.cost), "sample_size": sample_size}
+            "expected_shuffle_bytes": round(plan.bucket_shuffle_bytes + plan.candidate_shuffle_bytes),
+            "expected_core_seconds": round(plan.cost, 1), "sample_size": sample_size}
 
 
-def _split_plan(hashed: DataFrame, oversized: list, lsh_cfg) -> tuple[tuple, dict]:
-    """What to split: (tables, keys, depths) for lsh.effective_keys, and counts for the manifest."""
-    empty = np.zeros(0, dtype=np.int64)
-    if not oversized:
-        return (empty, empty, empty), {"oversized": 0}
-    counts = pipeline.sub_bucket_counts(hashed, oversized)
-    plan = split_depths(counts.column("table").to_numpy(), counts.column("key").to_numpy(),
-                        counts.column("subkey").to_numpy(), counts.column("count").to_numpy(),
-                        lsh_cfg.split_bits, lsh_cfg.max_bucket_size)
-    still = plan.still_oversized
-    largest = max(c for _, _, c in oversized)
-    log.info("%d buckets over lsh.max_bucket_size=%d (largest %d rows): split by up to %d more bits; "
-             "%d still over it are paired within a window", len(oversized), lsh_cfg.max_bucket_size,
-             largest, int(plan.depth.max()), int(still.sum()))
-    return (plan.table, plan.key, plan.depth), {
-        "oversized": len(oversized),
-        "largest_rows": int(largest),
-        "split": int((~still).sum()),
-        "max_split_depth": int(plan.depth.max()),
-        "windowed": int(still.sum()),
-        "windowed_largest_rows": int(plan.largest_after[still].max()) if still.any() else 0,
-    }
+def _bucket_record(task_stats: list, lsh_cfg) -> dict:
+    """The pairing tasks' bucket counts, added up, for the manifest and the log."""
+    total = BucketStats()
+    for values in task_stats:
+        total = total.merge(BucketStats(*(int(v) for v in values)))
+    if total.oversized:
+        log.info("%d buckets over lsh.max_bucket_size=%d (largest %d rows): %d split by up to %d more bits; "
+                 "%d still over it are paired within a window", total.oversized, lsh_cfg.max_bucket_size,
+                 total.largest_rows, total.split, total.max_split_depth, total.windowed)
+    return total._asdict()
 
 
 def _shuffle_bytes(spark) -> int:
@@ -313,9 +305,18 @@ def _shuffle_bytes(spark) -> int:
         return -1
 
 
-def _shuffle_partitions(spark, bucket_rows: int, cfg: Config) -> int:
-    """About 500k bucket rows per shuffle partition, at least one per core."""
-    return max(spark.sparkContext.defaultParallelism, -(-bucket_rows // 500_000))
+def _pairing_partitions(spark, cfg: Config, items: int, tables: int, dim: int, expected_candidates: float
+                        ) -> tuple[int, int]:
+    """Tasks for the bucket step and for the two scoring steps, so that each task holds
+    about ``pairs.partition_mb`` of packed data (``spark.shuffle_partitions`` overrides
+    both), and at least one task per core."""
+    if cfg.spark.shuffle_partitions:
+        return cfg.spark.shuffle_partitions, cfg.spark.shuffle_partitions
+    target = cfg.pairs.partition_mb * 2**20
+    floor = spark.sparkContext.defaultParallelism
+    entry_bytes = items * tables * blocks.ENTRY.itemsize
+    row_bytes = items * blocks.vector_dtype(dim).itemsize + expected_candidates * blocks.half_dtype(dim).itemsize
+    return max(floor, math.ceil(entry_bytes / target)), max(floor, math.ceil(row_bytes / target))
 
 
 def _manifest(cfg: Config, run_id: str, started: dt.datetime, spark, progress: Progress, result: dict) -> dict:

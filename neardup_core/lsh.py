@@ -10,7 +10,7 @@ so every executor hashes with the same planes whatever NumPy version it runs.
 
 Each table may own ``split_bits`` more planes than its key uses. They give every row a
 *sub-key* per table, which splits a bucket that grew past ``lsh.max_bucket_size`` into
-smaller ones by more bits of the same signature (:func:`effective_keys`).
+smaller ones by more bits of the same signature (:func:`pairing.group_buckets`).
 """
 
 from __future__ import annotations
@@ -27,22 +27,22 @@ def hyperplanes(seed: int, num_tables: int, bits_per_table: int, dim: int) -> np
         dim: embedding dimension.
 
     Returns:
-        float64 array of shape (num_tables * bits_per_table, dim).
+        float32 array of shape (num_tables * bits_per_table, dim) (drawn in float64).
     """
     if not 1 <= bits_per_table <= 63:
         raise ValueError(f"bits_per_table must be in 1..63, got {bits_per_table}")
     if num_tables < 1 or dim < 1:
         raise ValueError(f"num_tables and dim must be positive, got {num_tables} and {dim}")
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((num_tables * bits_per_table, dim))
+    return rng.standard_normal((num_tables * bits_per_table, dim)).astype(np.float32)
 
 
 def bucket_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int) -> np.ndarray:
     """One bucket key per table for each embedding.
 
     Args:
-        embeddings: (n, dim) array, any float dtype; projections are taken in float64 so
-            that the signs do not depend on the input precision.
+        embeddings: (n, dim) array, any float dtype; projected in float32
+            (see :func:`signature_keys`).
         planes: (num_tables * bits_per_table, dim) from :func:`hyperplanes`.
         num_tables: L; the planes' rows are split into L consecutive groups.
 
@@ -55,54 +55,44 @@ def bucket_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int) -> 
     return signature_keys(embeddings, planes, num_tables, split_bits=0)[0]
 
 
-def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int,
-                   split_bits: int) -> tuple[np.ndarray, np.ndarray]:
+def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, split_bits: int,
+                   block_values: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
     """Bucket keys and split sub-keys, each (n, num_tables) int64.
 
     ``planes`` has ``num_tables * (k + split_bits)`` rows, table-major; in each table the
-    first k planes make the key and the next ``split_bits`` the sub-key.
+    first k planes make the key and the next ``split_bits`` the sub-key. Rows are
+    projected in float32 (half the time of float64; hashing is the largest cost of the
+    pairing stage) in blocks of about ``block_values`` projections, so memory stays near
+    4 * block_values bytes whatever n and the number of planes. A sign can come out
+    differently in float64, or under another BLAS build, only for a projection within
+    about 1e-6 of zero: a vector lying on the hyperplane, whose bit is a coin toss anyway.
     """
     bits_and_split = planes.shape[0] // num_tables
     k = bits_and_split - split_bits
     if k < 1:
         raise ValueError(f"{planes.shape[0]} planes leave no key bits for {num_tables} tables "
                          f"with {split_bits} split bits")
-    x = np.asarray(embeddings, dtype=np.float64).reshape(-1, planes.shape[1])
-    bits = ((x @ planes.T) > 0).reshape(len(x), num_tables, bits_and_split).astype(np.int64)
-    key_weights = np.left_shift(np.int64(1), np.arange(k, dtype=np.int64))
-    # Sub-key bits most significant first, so its top d bits are the first d split planes.
-    split_weights = np.left_shift(np.int64(1), np.arange(split_bits - 1, -1, -1, dtype=np.int64))
-    return bits[:, :, :k] @ key_weights, bits[:, :, k:] @ split_weights
+    x = np.asarray(embeddings).reshape(-1, planes.shape[1])
+    normals = np.asarray(planes, dtype=np.float32).T
+    n = len(x)
+    # Sub-key bits most significant first, so its top d bits are the first d split planes;
+    # at most 10 bits, so float32 sums them exactly.
+    split_weights = np.ldexp(np.float32(1.0), np.arange(split_bits - 1, -1, -1)).astype(np.float32)
+    keys = np.empty((n, num_tables), dtype=np.int64)
+    subkeys = np.zeros((n, num_tables), dtype=np.int64)
+    step = max(1, block_values // max(planes.shape[0], 1))
+    for start in range(0, n, step):
+        block = np.asarray(x[start:start + step], dtype=np.float32)
+        bits = ((block @ normals) > 0).reshape(len(block), num_tables, bits_and_split)
+        keys[start:start + step] = _pack_bits(bits[:, :, :k])
+        if split_bits:
+            subkeys[start:start + step] = bits[:, :, k:].astype(np.float32) @ split_weights
+    return keys, subkeys
 
 
-DEPTH_SHIFT = 58  # keys use at most 48 + 10 bits below this; the depth sits above
-
-
-def effective_keys(keys: np.ndarray, subkeys: np.ndarray, split_bits: int, split_tables: np.ndarray,
-                   split_keys: np.ndarray, split_depth: np.ndarray) -> np.ndarray:
-    """The keys rows are bucketed by: a bucket listed in (``split_tables``, ``split_keys``)
-    is split by the first ``split_depth`` bits of each row's sub-key.
-
-    A split key is ``depth << 58 | key << depth | top depth bits of the sub-key``, so it
-    can never equal an unsplit key or a key split to another depth.
-
-    Args:
-        keys, subkeys: (n, L) from :func:`signature_keys`.
-        split_tables, split_keys, split_depth: one entry per bucket to split, any order.
-
-    Returns:
-        (n, L) int64.
-    """
-    keys = np.asarray(keys, dtype=np.int64)
-    if len(split_tables) == 0:
-        return keys.copy()
-    n, tables = keys.shape
-    # Look each (table, key) up in the sorted list of split buckets.
-    token = (np.arange(tables, dtype=np.int64)[None, :] << 48) | keys  # keys < 2**48, tables < 256
-    wanted = (np.asarray(split_tables, dtype=np.int64) << 48) | np.asarray(split_keys, dtype=np.int64)
-    order = np.argsort(wanted)
-    wanted, depths = wanted[order], np.asarray(split_depth, dtype=np.int64)[order]
-    at = np.minimum(np.searchsorted(wanted, token), len(wanted) - 1)
-    depth = np.where(wanted[at] == token, depths[at], 0)
-    prefix = np.asarray(subkeys, dtype=np.int64) >> (split_bits - depth)
-    return np.where(depth > 0, (depth << DEPTH_SHIFT) | (keys << depth) | prefix, keys)
+def _pack_bits(bits: np.ndarray) -> np.ndarray:
+    """(..., k) booleans, k <= 63, as int64 with bit j set when bits[..., j] is True."""
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    wide = np.zeros(packed.shape[:-1] + (8,), dtype=np.uint8)
+    wide[..., :packed.shape[-1]] = packed
+    return wide.view("<u8")[..., 0].astype(np.int64)

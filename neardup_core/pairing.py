@@ -1,44 +1,44 @@
-"""Candidate pairs inside LSH buckets and their scores. Pure NumPy.
+"""Candidate pairs inside LSH buckets, and their scores. Pure NumPy.
 
-Rows arrive as (table, bucket key, id, all L keys of the row), sorted by
-(table, key, id). Every pair of rows in one bucket is a candidate; a pair that collides in
-several tables is emitted only from the *first* table in which it collides, which both
-rows can tell from their key vectors. So each pair comes out exactly once with no global
-``distinct``, and its ``tables_matched`` is known on the spot.
+A pairing task holds every entry (table, bucket key, split sub-key, row) of the buckets
+that hash to its partition, in any order. :func:`bucket_pairs` sorts them into buckets,
+splits a bucket over ``max_bucket_size`` rows by the first bits of its rows' sub-keys
+(the smallest depth at which every part fits, :func:`buckets.split_depths`), pairs each
+row of a part that still does not fit only with its next ``max_bucket_size - 1`` rows,
+and emits every pair of every bucket.
+
+A pair that shares buckets in m tables is emitted m times, from m tasks. Its copies meet
+in one partition at the first scoring step, which routes each pair by its first row (the
+step must fetch that row's vector anyway); :func:`merge_copies` keeps one and counts m.
+So each pair is scored once without a separate ``distinct`` pass, and no bucket entry
+carries the other tables' keys (which would make the shuffle grow as N * L^2).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
-
-class SortedBuckets(NamedTuple):
-    """A chunk of rows sorted by (table, key, id); ``keys`` is (n, L) int64."""
-
-    table: np.ndarray
-    key: np.ndarray
-    ids: np.ndarray
-    keys: np.ndarray
+from .buckets import run_lengths, split_depths
 
 
-class Candidates(NamedTuple):
-    id_a: np.ndarray
-    id_b: np.ndarray
-    tables_matched: np.ndarray
+class BucketStats(NamedTuple):
+    """What one pairing task found; :meth:`merge` adds up tasks."""
 
+    buckets: int = 0  # buckets of two rows or more
+    oversized: int = 0  # buckets over max_bucket_size
+    split: int = 0  # of those, split until every part fits
+    windowed: int = 0  # of those, with a part still over it at full depth: paired within a window
+    largest_rows: int = 0  # rows in the largest bucket before splitting
+    max_split_depth: int = 0
+    windowed_largest_rows: int = 0  # rows in the largest part paired within a window
+    pair_copies: int = 0  # pairs emitted, counting each table a pair collides in
 
-def run_lengths(*columns: np.ndarray) -> np.ndarray:
-    """Lengths of the runs of consecutive equal rows over the given aligned columns."""
-    n = len(columns[0])
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.zeros(n - 1, dtype=bool)
-    for col in columns:
-        change |= col[1:] != col[:-1]
-    bounds = np.concatenate(([0], np.flatnonzero(change) + 1, [n]))
-    return np.diff(bounds)
+    def merge(self, other: "BucketStats") -> "BucketStats":
+        sums = ("buckets", "oversized", "split", "windowed", "pair_copies")
+        return BucketStats(*(a + b if name in sums else max(a, b)
+                             for name, a, b in zip(self._fields, self, other)))
 
 
 def partners_per_row(lengths: np.ndarray, window: int | None = None) -> np.ndarray:
@@ -82,51 +82,88 @@ def pair_blocks(partners: np.ndarray, max_pairs: int) -> Iterator[tuple[np.ndarr
         start = stop
 
 
-def candidates_in_buckets(chunk: SortedBuckets, window: int | None = None,
-                          max_pairs: int = 1 << 18) -> Iterator[Candidates]:
-    """Candidate pairs of one chunk whose buckets are all complete, in blocks.
+def group_buckets(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, max_bucket_size: int,
+                  split_bits: int) -> tuple[np.ndarray, np.ndarray, BucketStats]:
+    """Sort bucket entries into buckets, oversized ones split by sub-key prefix.
 
-    A pair is emitted from table t only if t is the first table where the two rows'
-    keys agree; ``tables_matched`` counts all tables where they agree. With a
-    ``window``, a bucket longer than it pairs each row only with the next window - 1.
+    Args:
+        table, key, subkey: one entry per (row, table), any order; every entry of a bucket
+            must be present (a task holds whole buckets).
+        max_bucket_size: the most rows a bucket may keep.
+        split_bits: bits in a sub-key; 0 turns splitting off.
 
-    Memory: O(max_pairs * L) per block, whatever the bucket sizes.
+    Returns:
+        (order, lengths, stats): ``order`` sorts the entries bucket by bucket (split
+        buckets part by part); ``lengths`` are the sizes of those groups in that order.
+        Time O(n log n), memory O(n).
     """
-    partners = partners_per_row(run_lengths(chunk.table, chunk.key), window)
-    for left, right in pair_blocks(partners, max_pairs):
-        agree = chunk.keys[left] == chunk.keys[right]
-        keep = agree.argmax(axis=1) == chunk.table[left]
-        left, right = left[keep], right[keep]
-        a, b = chunk.ids[left], chunk.ids[right]
-        # Rows are sorted by id inside a bucket, so a < b already; swap defensively if the
-        # caller's sort order differed (e.g. a collation unlike Python's).
-        swap = a > b
-        yield Candidates(np.where(swap, b, a), np.where(swap, a, b), agree[keep].sum(axis=1).astype(np.int32))
+    if len(key) and int(key.min()) >= 0 and int(key.max()) < 1 << 48:
+        order = np.argsort((np.asarray(table, np.int64) << 48) | key)  # one sort key: faster than lexsort
+    else:
+        order = np.lexsort((key, table))
+    t, k = table[order], key[order]
+    lengths = run_lengths(t, k)
+    big = lengths > max_bucket_size
+    stats = BucketStats(buckets=int((lengths > 1).sum()), oversized=int(big.sum()),
+                        largest_rows=int(lengths.max()) if len(lengths) else 0)
+    if not big.any():
+        return order, lengths, stats
+    if split_bits == 0:
+        return order, lengths, stats._replace(windowed=stats.oversized, windowed_largest_rows=stats.largest_rows)
+    # Entries of the oversized buckets are contiguous runs of the sorted order.
+    in_big = np.repeat(big, lengths)
+    where = np.flatnonzero(in_big)
+    bucket = np.repeat(np.arange(int(big.sum())), lengths[big])
+    s = subkey[order[where]].astype(np.int64)
+    by_sub = np.lexsort((s, bucket))
+    runs = run_lengths(bucket[by_sub], s[by_sub])
+    first = by_sub[np.cumsum(runs) - runs]
+    plan = split_depths(bucket[first], np.zeros(len(first), np.int64), s[first], runs, split_bits, max_bucket_size)
+    depth = np.repeat(plan.depth, lengths[big])  # plan is per bucket, in bucket order
+    prefix = s >> (split_bits - depth)
+    within = np.lexsort((prefix, bucket))  # a stable reorder inside each oversized bucket
+    order[where] = order[where][within]
+    part = np.zeros(len(order), dtype=np.int64)
+    part[where] = prefix[within]
+    lengths = run_lengths(t, k, part)  # t and k are unchanged by reordering inside buckets
+    still = plan.still_oversized
+    return order, lengths, stats._replace(
+        split=int((~still).sum()), windowed=int(still.sum()), max_split_depth=int(plan.depth.max()),
+        windowed_largest_rows=int(plan.largest_after[still].max()) if still.any() else 0)
 
 
-def candidates_from_sorted_chunks(chunks: Iterable[SortedBuckets], window: int | None = None
-                                  ) -> Iterator[Candidates]:
-    """Stream candidates over chunks of one sorted partition.
+def bucket_pairs(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, row: np.ndarray, max_bucket_size: int,
+                 split_bits: int, max_pairs: int = 1 << 20
+                 ) -> tuple[BucketStats, Iterator[tuple[np.ndarray, np.ndarray]]]:
+    """Every pair of rows sharing a bucket (after splitting), as (a, b) with a < b, once per
+    bucket they share; see :func:`group_buckets` for the arguments.
 
-    A bucket may straddle two chunks (Arrow batches cut at a fixed row count), so the
-    last bucket of each chunk is held back and prepended to the next one.
+    Returns:
+        (stats, blocks): ``blocks`` yields (a, b) arrays of about ``max_pairs`` pairs, so
+        memory is O(n + max_pairs) whatever the bucket sizes; a bucket over
+        ``max_bucket_size`` costs at most rows * (max_bucket_size - 1) pairs.
     """
-    carry: SortedBuckets | None = None
-    for chunk in chunks:
-        if carry is not None:
-            chunk = SortedBuckets(*(np.concatenate((c, x)) for c, x in zip(carry, chunk)))
-        n = len(chunk.ids)
-        if n == 0:
-            continue
-        in_last = (chunk.table == chunk.table[-1]) & (chunk.key == chunk.key[-1])
-        # Sorted, so the last bucket is a suffix; its length is the count of trailing Trues.
-        tail_start = 0 if in_last.all() else n - int(np.argmin(in_last[::-1]))
-        complete = SortedBuckets(*(c[:tail_start] for c in chunk))
-        carry = SortedBuckets(*(c[tail_start:] for c in chunk))
-        if tail_start:
-            yield from candidates_in_buckets(complete, window)
-    if carry is not None and len(carry.ids):
-        yield from candidates_in_buckets(carry, window)
+    order, lengths, stats = group_buckets(table, key, subkey, max_bucket_size, split_bits)
+    partners = partners_per_row(lengths, max_bucket_size)
+    stats = stats._replace(pair_copies=int(partners.sum()))
+    rows = np.asarray(row, dtype=np.int64)[order]
+
+    def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for left, right in pair_blocks(partners, max_pairs):
+            a, b = rows[left], rows[right]
+            yield np.minimum(a, b), np.maximum(a, b)
+
+    return stats, blocks()
+
+
+def merge_copies(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One (a, b) per distinct pair, sorted, with how many copies it had: the number of
+    tables in which the pair shares a bucket (``tables_matched``)."""
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    counts = run_lengths(a, b)
+    first = np.cumsum(counts) - counts
+    return a[first], b[first], counts.astype(np.int32)
 
 
 def jaccard(tables_matched: np.ndarray, num_tables: int) -> np.ndarray:

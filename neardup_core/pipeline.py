@@ -20,9 +20,9 @@ from .config import EmbedConfig, InputConfig, ModelConfig, SparkConfig
 from .sources import InputError, extension_glob, is_local, local_path
 
 EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
-HASHED_SCHEMA = "row bigint, id string, path string, embedding array<float>, keys array<bigint>, subkeys array<bigint>"
-KEYED_SCHEMA = "row bigint, id string, path string, embedding array<float>, keys array<bigint>"
-CANDIDATE_SCHEMA = "row_a bigint, row_b bigint, tables_matched int"
+KEYED_SCHEMA = "id string, path string, embedding array<float>, keys array<bigint>"
+BLOCK_SCHEMA = "part int, kind int, blob binary"  # see neardup_core.blocks
+SCORED_SCHEMA = "row_a bigint, row_b bigint, cosine double, tables_matched int"
 PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
     "cosine double, jaccard double, tables_matched int"
@@ -253,133 +253,191 @@ def sample_embeddings(embedded: DataFrame, rows: int, size: int, seed: int) -> n
     return _matrix(picked.column("embedding").combine_chunks()).astype(np.float32)
 
 
-def hash_rows(embedded: DataFrame, planes_broadcast, num_tables: int, split_bits: int) -> DataFrame:
-    """Adds ``row`` (a unique int64 that stands for the id in the shuffles), ``keys``
-    (one bucket key per table) and ``subkeys`` (split bits per table)."""
+def number_rows(embedded: DataFrame) -> DataFrame:
+    """Adds ``row``, a unique int64 that stands for the id in the pairing stage. Stable
+    across the stage's passes as long as ``embedded`` is read from a persisted frame."""
+    return embedded.select(F.monotonically_increasing_id().alias("row"), "id", "path", "embedding")
+
+
+def bucket_entries(numbered: DataFrame, planes_broadcast, num_tables: int, split_bits: int,
+                   bucket_parts: int) -> DataFrame:
+    """Hashes each row (:func:`lsh.signature_keys`) and emits its L bucket entries
+    (table, key, sub-key, row), packed into one block per destination task; a bucket's
+    entries all go to one task (:func:`blocks.bucket_part`). Block rows: part, kind, blob."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core import blocks
+        from neardup_core.lsh import signature_keys
+
+        planes = planes_broadcast.value
+        for batch in batches:
+            keys, subkeys = signature_keys(_matrix(batch.column("embedding"), planes.shape[1]), planes,
+                                           num_tables, split_bits)
+            entries = np.empty(keys.size, dtype=blocks.ENTRY)
+            entries["table"] = np.tile(np.arange(num_tables, dtype=np.int16), len(keys))
+            entries["key"], entries["subkey"] = keys.reshape(-1), subkeys.reshape(-1)
+            entries["row"] = np.repeat(batch.column("row").to_numpy(), num_tables)
+            yield _block_batch(*blocks.route(entries, blocks.bucket_part(entries["table"], entries["key"],
+                                                                         bucket_parts)), blocks.ENTRIES)
+
+    return numbered.select("row", "embedding").mapInArrow(run, BLOCK_SCHEMA)
+
+
+def vector_blocks(numbered: DataFrame, dim: int, row_parts: int) -> DataFrame:
+    """Each row's embedding packed with its row number, one block per destination task
+    (:func:`blocks.spread` of the row number)."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core import blocks
+
+        for batch in batches:
+            records = np.empty(batch.num_rows, dtype=blocks.vector_dtype(dim))
+            records["row"] = batch.column("row").to_numpy()
+            records["vec"] = _matrix(batch.column("embedding"), dim)
+            yield _block_batch(*blocks.route(records, blocks.spread(records["row"], row_parts)), blocks.VECTORS)
+
+    return numbered.select("row", "embedding").mapInArrow(run, BLOCK_SCHEMA)
+
+
+def bucket_candidates(entries: DataFrame, bucket_parts: int, row_parts: int, max_bucket_size: int,
+                      split_bits: int) -> DataFrame:
+    """Each task takes whole buckets and pairs their rows (:func:`pairing.bucket_pairs`),
+    emitting the pairs in blocks bound for the task of their first row, and one STATS
+    block (part -1) with what it found. A pair comes once per table it collides in."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core import blocks
+        from neardup_core.pairing import bucket_pairs
+
+        found = blocks.unpack((blob for _, blob in _blocks(batches)), blocks.ENTRY)
+        stats, pair_blocks = bucket_pairs(found["table"], found["key"], found["subkey"], found["row"],
+                                          max_bucket_size, split_bits)
+        del found
+        for a, b in pair_blocks:
+            pairs = np.empty(len(a), dtype=blocks.PAIR)
+            pairs["a"], pairs["b"] = a, b
+            yield _block_batch(*blocks.route(pairs, blocks.spread(a, row_parts)), blocks.PAIRS)
+        yield _block_batch(np.array([-1], np.int32), [np.array(stats, np.int64).tobytes()], blocks.STATS)
+
+    return entries.repartitionById(bucket_parts, "part").mapInArrow(run, BLOCK_SCHEMA)
+
+
+def attach_first_rows(candidates: DataFrame, vectors: DataFrame, dim: int, row_parts: int,
+                      max_records: int = 65536) -> DataFrame:
+    """First scoring step, in the task of each pair's first row: the copies of a pair
+    (one per table it collides in) are merged and counted (:func:`pairing.merge_copies`),
+    and the first row's vector is attached. Emits blocks bound for the second row's task."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core import blocks
+        from neardup_core.pairing import merge_copies
+
+        by_kind = _blobs_by_kind(batches)
+        rows, vecs = _vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
+        pairs = blocks.unpack(by_kind.get(blocks.PAIRS, []), blocks.PAIR)
+        a, b, matched = merge_copies(pairs["a"], pairs["b"])
+        del pairs, by_kind
+        for part in blocks.chunks(len(a), max_records):
+            half = np.empty(part.stop - part.start, dtype=blocks.half_dtype(dim))
+            half["a"], half["b"], half["matched"] = a[part], b[part], matched[part]
+            half["vec_a"] = vecs[_lookup(rows, a[part])]
+            yield _block_batch(*blocks.route(half, blocks.spread(half["b"], row_parts)), blocks.HALVES)
+
+    wanted = candidates.filter(F.col("kind") == 1)  # blocks.PAIRS
+    return wanted.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, BLOCK_SCHEMA)
+
+
+def score_halves(halves: DataFrame, vectors: DataFrame, dim: int, row_parts: int) -> DataFrame:
+    """Second scoring step, in the task of each pair's second row: exact cosine (float64).
+    Returns one row per distinct candidate pair: row_a, row_b, cosine, tables_matched."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core import blocks
+        from neardup_core.pairing import rowwise_cosine
+
+        by_kind = _blobs_by_kind(batches)
+        rows, vecs = _vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
+        for blob in by_kind.get(blocks.HALVES, []):
+            half = np.frombuffer(blob, dtype=blocks.half_dtype(dim))
+            cosine = rowwise_cosine(half["vec_a"], vecs[_lookup(rows, half["b"])])
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(half["a"]), pa.array(half["b"]), pa.array(cosine), pa.array(half["matched"])],
+                names=["row_a", "row_b", "cosine", "tables_matched"])
+
+    return halves.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, SCORED_SCHEMA)
+
+
+def name_pairs(scored: DataFrame, numbered: DataFrame, num_tables: int) -> DataFrame:
+    """Scored pairs with their rows' ids and paths, ordered so that id_a < id_b, and the
+    LSH Jaccard m / (2L - m) (:func:`pairing.jaccard`)."""
+    names = numbered.select("row", "id", "path")
+    a = names.toDF("row_a", "id_x", "path_x")
+    b = names.toDF("row_b", "id_y", "path_y")
+    joined = scored.join(a, "row_a").join(b, "row_b")
+    swap = F.col("id_x") > F.col("id_y")
+    m = F.col("tables_matched")
+    return joined.select(
+        F.when(swap, F.col("id_y")).otherwise(F.col("id_x")).alias("id_a"),
+        F.when(swap, F.col("id_x")).otherwise(F.col("id_y")).alias("id_b"),
+        F.when(swap, F.col("path_y")).otherwise(F.col("path_x")).alias("path_a"),
+        F.when(swap, F.col("path_x")).otherwise(F.col("path_y")).alias("path_b"),
+        "cosine", (m.cast("double") / (2 * num_tables - m)).alias("jaccard"), "tables_matched")
+
+
+def bucket_stats(candidates: DataFrame) -> list[np.ndarray]:
+    """The STATS blocks of :func:`bucket_candidates`, one int64 array per task."""
+    rows = candidates.filter(F.col("kind") == 4).select("blob").collect()  # blocks.STATS
+    return [np.frombuffer(row["blob"], dtype=np.int64) for row in rows]
+
+
+def keyed_embeddings(numbered: DataFrame, planes_broadcast, num_tables: int, split_bits: int) -> DataFrame:
+    """id, path, embedding and the row's bucket key in each table (before splitting),
+    for the ``embeddings/`` output."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.lsh import signature_keys
 
         planes = planes_broadcast.value
         for batch in batches:
-            vectors = _matrix(batch.column("embedding"), planes.shape[1])
-            keys, subkeys = signature_keys(vectors, planes, num_tables, split_bits)
+            keys, _ = signature_keys(_matrix(batch.column("embedding"), planes.shape[1]), planes, num_tables,
+                                     split_bits)
             yield pa.RecordBatch.from_arrays(
-                [batch.column("row"), batch.column("id"), batch.column("path"), batch.column("embedding"),
-                 _list_column(keys), _list_column(subkeys)],
-                names=["row", "id", "path", "embedding", "keys", "subkeys"])
+                [batch.column("id"), batch.column("path"), batch.column("embedding"), _list_column(keys)],
+                names=["id", "path", "embedding", "keys"])
 
-    return (embedded.select("id", "path", "embedding").withColumn("row", F.monotonically_increasing_id())
-            .select("row", "id", "path", "embedding").mapInArrow(run, HASHED_SCHEMA))
+    return numbered.select("id", "path", "embedding").mapInArrow(run, KEYED_SCHEMA)
 
 
-def oversized_buckets(hashed: DataFrame, max_bucket_size: int) -> list[tuple[int, int, int]]:
-    """(table, key, rows) of every bucket with more than ``max_bucket_size`` rows.
-    Aggregated map-side, so only distinct keys per partition are shuffled."""
-    counts = (hashed.select(F.posexplode("keys").alias("table", "key")).groupBy("table", "key").count()
-              .filter(F.col("count") > max_bucket_size).collect())
-    return [(row["table"], row["key"], row["count"]) for row in counts]
+def _block_batch(parts: np.ndarray, blobs: list[bytes], kind: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(parts, pa.int32()), pa.array(np.full(len(parts), kind, np.int32)), pa.array(blobs, pa.binary())],
+        names=["part", "kind", "blob"])
 
 
-def sub_bucket_counts(hashed: DataFrame, oversized: list[tuple[int, int, int]]) -> pa.Table:
-    """Row counts per (table, key, subkey) inside the given buckets (a broadcast join
-    keeps everything else out of the shuffle)."""
-    spark = hashed.sparkSession
-    wanted = spark.createDataFrame([(t, k) for t, k, _ in oversized], "table int, key bigint")
-    entries = hashed.select(F.posexplode(F.arrays_zip("keys", "subkeys")).alias("table", "ks")).select(
-        "table", F.col("ks.keys").alias("key"), F.col("ks.subkeys").alias("subkey"))
-    return (entries.join(F.broadcast(wanted), ["table", "key"]).groupBy("table", "key", "subkey").count()
-            .toArrow())
+def _blocks(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, bytes]]:
+    for batch in batches:
+        yield from zip(batch.column("kind").to_pylist(), batch.column("blob").to_pylist())
 
 
-def apply_splits(hashed: DataFrame, split_broadcast, split_bits: int) -> DataFrame:
-    """Replaces ``keys`` by the keys that rows are bucketed by (:func:`lsh.effective_keys`)."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.lsh import effective_keys
-
-        split_table, split_key, split_depth = split_broadcast.value
-        for batch in batches:
-            keys = _matrix(batch.column("keys"))
-            subkeys = _matrix(batch.column("subkeys"), keys.shape[1])
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("row"), batch.column("id"), batch.column("path"), batch.column("embedding"),
-                 _list_column(effective_keys(keys, subkeys, split_bits, split_table, split_key, split_depth))],
-                names=["row", "id", "path", "embedding", "keys"])
-
-    return hashed.mapInArrow(run, KEYED_SCHEMA)
+def _blobs_by_kind(batches: Iterator[pa.RecordBatch]) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    for kind, blob in _blocks(batches):
+        out.setdefault(kind, []).append(blob)
+    return out
 
 
-def candidate_pairs(keyed: DataFrame, num_tables: int, max_bucket_size: int) -> DataFrame:
-    """Each pair of rows sharing a bucket in any table, once: row_a < row_b, tables_matched.
-
-    Only (table, key, row, keys) are shuffled, never ids or embeddings. Rows are sorted by
-    bucket inside each partition, so one pass finds every bucket's pairs; a bucket still
-    over ``max_bucket_size`` after splitting pairs each row with the next
-    ``max_bucket_size - 1`` rows only (bounded work, counted in the manifest).
-    """
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.pairing import SortedBuckets, candidates_from_sorted_chunks
-
-        chunks = (
-            SortedBuckets(
-                table=batch.column("table").to_numpy(),
-                key=batch.column("key").to_numpy(),
-                ids=batch.column("row").to_numpy(),
-                keys=_matrix(batch.column("keys"), num_tables),
-            )
-            for batch in batches
-        )
-        for found in candidates_from_sorted_chunks(chunks, window=max_bucket_size):
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(found.id_a, pa.int64()), pa.array(found.id_b, pa.int64()),
-                 pa.array(found.tables_matched, pa.int32())],
-                names=["row_a", "row_b", "tables_matched"],
-            )
-
-    exploded = keyed.select("row", "keys", F.posexplode("keys").alias("table", "key"))
-    return (
-        exploded.repartition("table", "key")
-        .sortWithinPartitions("table", "key", "row")
-        .select(F.col("table").cast("int"), "key", "row", "keys")
-        .mapInArrow(run, CANDIDATE_SCHEMA)
-    )
+def _vector_index(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row numbers, their vectors) for :func:`_lookup`."""
+    order = np.argsort(records["row"])
+    return records["row"][order], records["vec"][order]
 
 
-def score_pairs(candidates: DataFrame, keyed: DataFrame, num_tables: int) -> DataFrame:
-    """Joins each candidate with both rows; adds exact cosine and LSH Jaccard; orders
-    each pair so that id_a < id_b."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.pairing import jaccard, rowwise_cosine
-
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            a = _matrix(batch.column("embedding_a"))
-            b = _matrix(batch.column("embedding_b"), a.shape[1])
-            ids_a, ids_b = batch.column("id_a").to_numpy(zero_copy_only=False), batch.column("id_b").to_numpy(
-                zero_copy_only=False)
-            paths_a, paths_b = batch.column("path_a").to_numpy(zero_copy_only=False), batch.column(
-                "path_b").to_numpy(zero_copy_only=False)
-            swap = ids_a > ids_b
-            matched = batch.column("tables_matched")
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(np.where(swap, ids_b, ids_a), pa.string()), pa.array(np.where(swap, ids_a, ids_b), pa.string()),
-                 pa.array(np.where(swap, paths_b, paths_a), pa.string()),
-                 pa.array(np.where(swap, paths_a, paths_b), pa.string()),
-                 pa.array(rowwise_cosine(a, b)), pa.array(jaccard(matched.to_numpy(), num_tables)), matched],
-                names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"],
-            )
-
-    side = keyed.select("row", "id", "path", "embedding")
-    a = side.toDF("row_a", "id_a", "path_a", "embedding_a")
-    b = side.toDF("row_b", "id_b", "path_b", "embedding_b")
-    joined = candidates.join(a, "row_a").join(b, "row_b")
-    return joined.select(
-        "id_a", "id_b", "path_a", "path_b", "embedding_a", "embedding_b", "tables_matched"
-    ).mapInArrow(run, PAIR_SCHEMA)
+def _lookup(sorted_rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of ``wanted`` rows in ``sorted_rows``; every one must be there."""
+    at = np.minimum(np.searchsorted(sorted_rows, wanted), max(len(sorted_rows) - 1, 0))
+    if len(wanted) and (len(sorted_rows) == 0 or not np.array_equal(sorted_rows[at], wanted)):
+        raise RuntimeError("a candidate pair names a row whose vector is not in its partition")
+    return at
 
 
 def _list_column(matrix: np.ndarray) -> pa.Array:

@@ -59,15 +59,18 @@ def describe_plan(cfg: Config, plan: LshPlan, items: int, sample: np.ndarray, pa
         f"  expected shuffle: {plan.bucket_shuffle_bytes / 1e9:.3f} GB for buckets "
         f"({plan.bucket_shuffle_bytes / max(items, 1):,.0f} B per item), "
         f"{plan.candidate_shuffle_bytes / 1e9:.3f} GB for scoring candidates (uncompressed)",
+        f"  estimated pairing time: {plan.cost:,.0f} core-seconds (unit costs measured on a 2-core x86 machine)",
         "",
-        "  bits  tables  recall@t  candidates  shuffle GB",
+        "  bits  tables  recall@t  candidates  shuffle GB  core-s",
     ]
     for k in range(max(1, plan.bits_per_table - 3), plan.bits_per_table + 4):
         try:
-            alt = plan_lsh(t, cfg.lsh.target_recall, pair_cosines, items, sample.shape[1], bits=k)
+            alt = plan_lsh(t, cfg.lsh.target_recall, pair_cosines, items, sample.shape[1], bits=k,
+                           split_bits=cfg.lsh.split_bits)
         except ValueError:
             continue
         mark = "  <- chosen" if (alt.bits_per_table, alt.num_tables) == (plan.bits_per_table, plan.num_tables) else ""
         lines.append(f"  {k:4d}  {alt.num_tables:6d}  {alt.recall_at_threshold:8.4f}  "
-                     f"{alt.expected_candidates:10,.0f}  {alt.cost / 1e9:10.3f}{mark}")
+                     f"{alt.expected_candidates:10,.0f}  "
+                     f"{(alt.bucket_shuffle_bytes + alt.candidate_shuffle_bytes) / 1e9:10.3f}  {alt.cost:6,.0f}{mark}")
     return "\n".join(lines)

@@ -15,13 +15,22 @@ import numpy as np
 
 from .config import MAX_BITS_PER_TABLE, MAX_TABLES, LshConfig
 
-# Plans are priced in bytes shuffled, the cost that grows with the catalog: bucket
-# entries go through one shuffle and sort; each candidate through the two joins that
-# bring its embeddings (the second join moves the candidate with its first embedding).
-CANDIDATE_BASE_BYTES = 60
-# Bytes shuffled per bucket entry besides the row's keys: table (4), key (8), row index
-# (8), Spark's row overhead (about 16).
-BUCKET_ENTRY_BYTES = 36
+# Plans are priced in core-seconds of the pairing stage, from unit costs measured on the
+# development machine (x86, 2 cores, NumPy with OpenBLAS, Spark local mode; see the
+# README, "Pairing at scale"). Only their ratios steer the choice; the estimate is printed
+# by `neardup plan` and kept in the manifest beside what the run took.
+PROJECTION_SECONDS = 3.6e-11  # one multiply-add of hashing (float32, one core, packing included)
+ENTRY_SECONDS = 0.75e-6  # one bucket entry: packed, shuffled, sorted into its bucket and paired
+CANDIDATE_SECONDS = 2e-6  # one candidate pair: merged with its copies, looked up, scored
+CANDIDATE_BYTE_SECONDS = 12.5e-9  # per byte a candidate carries to its second row's task
+
+# Bytes in the packed records of neardup_core.blocks: a bucket entry is table, sub-key,
+# key, row (20); each copy of a candidate pair leaves its bucket as two row numbers (16);
+# each distinct candidate goes on to its second row's task with a count and its first
+# row's float32 vector (20 + 4 * dim).
+BUCKET_ENTRY_BYTES = 20
+PAIR_COPY_BYTES = 16
+HALF_PAIR_BYTES = 20
 
 
 def bit_collision_probability(cosine: np.ndarray | float) -> np.ndarray:
@@ -86,14 +95,22 @@ def expected_candidates(pair_cosines: np.ndarray, items: int, bits: int, tables:
 
 def shuffle_bytes_per_item(tables: int) -> float:
     """Bytes the bucketing shuffle moves per item, before compression: one entry per
-    table, each carrying all ``tables`` int64 keys of the item (for the first-shared-table
-    rule). Embeddings and ids are never in this shuffle."""
-    return tables * (BUCKET_ENTRY_BYTES + 8 * tables)
+    table. Embeddings, ids and the other tables' keys are never in this shuffle."""
+    return tables * BUCKET_ENTRY_BYTES
 
 
 def candidate_shuffle_bytes(candidates: float, dim: int) -> float:
-    """Bytes the scoring joins move for ``candidates`` pairs of ``dim``-float32 embeddings."""
-    return candidates * (CANDIDATE_BASE_BYTES + 4 * dim)
+    """Bytes the two scoring steps move for ``candidates`` pairs of ``dim``-float32
+    embeddings (copies of a pair from several tables are rare and not counted)."""
+    return candidates * (PAIR_COPY_BYTES + HALF_PAIR_BYTES + 4 * dim)
+
+
+def pairing_seconds(items: int, dim: int, bits: int, tables: int, split_bits: int, candidates: float) -> float:
+    """Estimated core-seconds of the pairing stage: hashing (items * planes * dim
+    multiply-adds), bucket entries (items * tables), and scoring candidates."""
+    planes = tables * (bits + split_bits)
+    return (items * planes * dim * PROJECTION_SECONDS + items * tables * ENTRY_SECONDS
+            + candidates * (CANDIDATE_SECONDS + (HALF_PAIR_BYTES + 4 * dim) * CANDIDATE_BYTE_SECONDS))
 
 
 class LshPlan(NamedTuple):
@@ -103,19 +120,19 @@ class LshPlan(NamedTuple):
     expected_candidates: float
     bucket_shuffle_bytes: float  # items * shuffle_bytes_per_item
     candidate_shuffle_bytes: float
-    cost: float  # total bytes shuffled: what the plan minimises
+    cost: float  # estimated core-seconds (pairing_seconds): what the plan minimises
 
 
 def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.ndarray, items: int, dim: int,
              bits: int | None = None, tables: int | None = None, max_tables: int = 256,
-             max_bits: int = 48) -> LshPlan:
+             max_bits: int = 48, split_bits: int = 0) -> LshPlan:
     """The cheapest (bits, tables) whose recall at ``cosine_threshold`` is >= ``target_recall``.
 
     For each k, the fewest tables that reach the recall (:func:`tables_for_recall`); the
-    cost of a choice is the bytes it shuffles: bucket entries (:func:`shuffle_bytes_per_item`)
-    plus candidates (:func:`candidate_shuffle_bytes`), the expected candidates estimated
-    from ``pair_cosines`` (a sample of the catalog's pairs, so clustered real embeddings
-    are priced as they are). A given ``bits`` or
+    cost of a choice is its estimated time (:func:`pairing_seconds`): hashing with
+    L * (k + ``split_bits``) planes, L bucket entries per item, and the candidates, whose
+    number is estimated from ``pair_cosines`` (a sample of the catalog's pairs, so
+    clustered real embeddings are priced as they are). A given ``bits`` or
     ``tables`` is kept and only the other is chosen; with both given, the plan just
     prices them (its recall may then fall short of the target).
 
@@ -124,9 +141,9 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
     """
     def priced(k: int, n_tables: int) -> LshPlan:
         candidates = expected_candidates(pair_cosines, items, k, n_tables)
-        buckets, scoring = items * shuffle_bytes_per_item(n_tables), candidate_shuffle_bytes(candidates, dim)
         return LshPlan(k, n_tables, float(candidate_probability(cosine_threshold, k, n_tables)), candidates,
-                       buckets, scoring, buckets + scoring)
+                       items * shuffle_bytes_per_item(n_tables), candidate_shuffle_bytes(candidates, dim),
+                       pairing_seconds(items, dim, k, n_tables, split_bits, candidates))
 
     if bits is not None and tables is not None:
         return priced(bits, tables)
@@ -177,4 +194,4 @@ def plan_for(lsh: LshConfig, cosine_threshold: float, pair_cosines: np.ndarray, 
     return plan_lsh(cosine_threshold, lsh.target_recall, pair_cosines, items, dim,
                     bits=None if lsh.bits_per_table == "auto" else lsh.bits_per_table,
                     tables=None if lsh.num_tables == "auto" else lsh.num_tables,
-                    max_tables=MAX_TABLES, max_bits=MAX_BITS_PER_TABLE)
+                    max_tables=MAX_TABLES, max_bits=MAX_BITS_PER_TABLE, split_bits=lsh.split_bits)

@@ -42,20 +42,43 @@ def test_split_depths_match_brute_force(seed):
     assert got == brute_split(table, key, subkey, count, split_bits, limit)
 
 
-def test_effective_keys_never_collide_across_depths():
-    rng = np.random.default_rng(1)
-    n, tables, split_bits = 400, 3, 6
-    keys = rng.integers(0, 8, (n, tables))
-    subkeys = rng.integers(0, 2**split_bits, (n, tables))
-    split_t, split_k, split_d = np.array([0, 1, 2, 0]), np.array([3, 3, 5, 4]), np.array([1, 6, 2, 3])
-    eff = lsh.effective_keys(keys, subkeys, split_bits, split_t, split_k, split_d)
-    depth = {(t, k): d for t, k, d in zip(split_t.tolist(), split_k.tolist(), split_d.tolist())}
+def brute_split_pairs(keys, subkeys, split_bits, limit):
+    """Pairs sharing a bucket after splitting, by the definition: a bucket over ``limit``
+    rows is split by the smallest prefix depth of the sub-key at which every part fits
+    (full depth if none does; those parts are not windowed here, so keep them small)."""
+    n, tables = keys.shape
+    out = {}
     for t in range(tables):
-        # Same effective key <=> same coarse key and, where split, same sub-key prefix.
-        for i, j in itertools.combinations(range(n), 2):
-            d = depth.get((t, keys[i, t]), 0)
-            same = keys[i, t] == keys[j, t] and (subkeys[i, t] >> (split_bits - d)) == (subkeys[j, t] >> (split_bits - d))
-            assert (eff[i, t] == eff[j, t]) == same
+        for k in set(keys[:, t].tolist()):
+            members = np.flatnonzero(keys[:, t] == k)
+            depth = 0
+            if len(members) > limit:
+                for depth in range(1, split_bits + 1):
+                    _, sizes = np.unique(subkeys[members, t] >> (split_bits - depth), return_counts=True)
+                    if sizes.max() <= limit:
+                        break
+            for i, j in itertools.combinations(members.tolist(), 2):
+                if subkeys[i, t] >> (split_bits - depth) == subkeys[j, t] >> (split_bits - depth):
+                    out[(i, j)] = out.get((i, j), 0) + 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_split_buckets_pair_as_the_definition_says(seed):
+    rng = np.random.default_rng(seed)
+    n, tables, split_bits, limit = 300, 3, 5, 40
+    keys = rng.integers(0, 4, (n, tables))  # buckets of ~75 rows: all oversized
+    subkeys = rng.integers(0, 2**split_bits, (n, tables))
+    stats, blocks = pairing.bucket_pairs(*entries_of(keys, subkeys), limit, split_bits)
+    a, b = (np.concatenate(c) for c in zip(*blocks))
+    a, b, m = pairing.merge_copies(a, b)
+    assert dict(zip(zip(a.tolist(), b.tolist()), m.tolist())) == brute_split_pairs(keys, subkeys, split_bits, limit)
+    assert stats.oversized == stats.split == 12 and stats.windowed == 0
+
+
+def entries_of(keys, subkeys):
+    n, tables = keys.shape
+    return (np.tile(np.arange(tables), n), keys.reshape(-1), subkeys.reshape(-1), np.repeat(np.arange(n), tables))
 
 
 def test_pair_blocks_and_windows_match_brute_force():
@@ -75,19 +98,13 @@ def test_pair_blocks_and_windows_match_brute_force():
             assert got == expected
 
 
-def kernel_candidates(keys: np.ndarray, window: int | None) -> np.ndarray:
-    """What the Spark stage computes: rows exploded per table, sorted, paired by the
-    kernel. Pairs as sorted codes a * n + b."""
-    n, tables = keys.shape
-    table = np.repeat(np.arange(tables), n)
-    key = keys.T.reshape(-1)
-    row = np.tile(np.arange(n), tables)
-    order = np.lexsort((row, key, table))
-    chunk = pairing.SortedBuckets(table[order], key[order], row[order], keys[row[order]])
-    found = [c.id_a * n + c.id_b for c in pairing.candidates_from_sorted_chunks([chunk], window=window)]
-    codes = np.concatenate(found)
-    assert len(np.unique(codes)) == len(codes)  # each pair once
-    return np.sort(codes)
+def kernel_candidates(keys: np.ndarray, subkeys: np.ndarray, split_bits: int, limit: int):
+    """What the pairing tasks compute, as sorted codes a * n + b of distinct pairs, and the stats."""
+    n = len(keys)
+    stats, blocks = pairing.bucket_pairs(*entries_of(keys, subkeys), limit, split_bits)
+    a, b = (np.concatenate(c) for c in zip(*blocks))
+    a, b, _ = pairing.merge_copies(a, b)
+    return np.sort(a * n + b), stats
 
 
 def test_planted_giant_bucket_is_split_and_loses_few_true_pairs():
@@ -108,22 +125,12 @@ def test_planted_giant_bucket_is_split_and_loses_few_true_pairs():
     largest = max(np.unique(keys[:, t], return_counts=True)[1].max() for t in range(tables))
     assert largest > 750  # the planted giant
 
-    tt, kk, ss = np.repeat(np.arange(tables), len(x)), keys.T.reshape(-1), subkeys.T.reshape(-1)
-    combos, counts = np.unique(np.stack([tt, kk, ss]), axis=1, return_counts=True)
-    big = {(t, k) for t in range(tables) for k, c in zip(*np.unique(keys[:, t], return_counts=True)) if c > limit}
-    mask = np.array([(t, k) in big for t, k in zip(combos[0].tolist(), combos[1].tolist())])
-    plan = split_depths(combos[0][mask], combos[1][mask], combos[2][mask], counts[mask], split_bits, limit)
-    eff = lsh.effective_keys(keys, subkeys, split_bits, plan.table, plan.key, plan.depth)
-    for t in range(tables):
-        _, sizes = np.unique(eff[:, t], return_counts=True)
-        assert sizes.max() <= max(limit, plan.largest_after.max())
-    assert plan.still_oversized.mean() < 0.25  # most giants split to size; the rest are windowed
-
     i, j = np.triu_indices(len(x), 1)
     cos = np.einsum("ij,ij->i", x[i], x[j])
     truth = i[cos >= 0.9] * len(x) + j[cos >= 0.9]
-    unsplit = kernel_candidates(keys, window=None)
-    split = kernel_candidates(eff, window=limit)
+    unsplit, _ = kernel_candidates(keys, subkeys, split_bits, limit=len(x))
+    split, stats = kernel_candidates(keys, subkeys, split_bits, limit)
+    assert stats.oversized > 0 and stats.windowed < 0.25 * stats.oversized  # most giants split to size
     assert np.isin(truth, unsplit).all()  # without a limit every true pair is a candidate here
     recall = np.isin(truth, split).mean()
     assert recall >= 0.78, recall  # measured 0.803 with these seeds
@@ -132,10 +139,9 @@ def test_planted_giant_bucket_is_split_and_loses_few_true_pairs():
 
 def test_unsplittable_bucket_is_bounded_by_the_window():
     """Identical vectors share every bit: pairing each with its next window - 1 rows."""
-    n, window, tables = 1000, 50, 2
-    chunk = pairing.SortedBuckets(table=np.zeros(n, np.int64), key=np.zeros(n, np.int64),
-                                  ids=np.arange(n, dtype=np.int64), keys=np.zeros((n, tables), np.int64))
-    found = list(pairing.candidates_from_sorted_chunks([chunk], window=window))
-    pairs = sum(len(c.id_a) for c in found)
+    n, window, split_bits = 1000, 50, 4
+    zeros = np.zeros((n, 1), np.int64)
+    stats, blocks = pairing.bucket_pairs(*entries_of(zeros, zeros), window, split_bits)
+    pairs = sum(len(a) for a, _ in blocks)
     assert pairs == sum(min(window - 1, n - 1 - i) for i in range(n))  # ~ n * window, not n^2 / 2
-    assert all((c.id_b - c.id_a < window).all() for c in found)
+    assert (stats.oversized, stats.windowed, stats.windowed_largest_rows) == (1, 1, n)

@@ -143,7 +143,9 @@ def test_manifest_and_success_marker(first_run):
     lsh = manifest["lsh"]  # auto: chosen for the default threshold and recall target
     assert lsh["recall_at_threshold"] >= 0.99
     assert lsh["sample_size"] == manifest["counts"]["embedded"]  # small catalog: all of it
-    assert lsh["buckets"] == {"oversized": 0}
+    assert lsh["buckets"]["oversized"] == 0
+    # Each distinct candidate counted once; its copies (one per table it collides in) are more.
+    assert lsh["buckets"]["pair_copies"] >= manifest["counts"]["candidate_pairs"]
     pairs_stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
     assert pairs_stage["shuffle_bytes_per_image"] > 0
 
@@ -209,7 +211,7 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     def explode(*args, **kwargs):
         raise RuntimeError("executor lost")
 
-    monkeypatch.setattr(pipeline, "score_pairs", explode)
+    monkeypatch.setattr(pipeline, "score_halves", explode)
     with pytest.raises(RuntimeError, match="executor lost"):
         cli.main(["run", "--input", str(root), "--output", str(out), "--overwrite", *COMMON])
     assert not [n for n in os.listdir(out) if n.startswith("_staging")]

@@ -17,34 +17,28 @@ def brute_force_pairs(ids, keys):
     return out
 
 
-def sorted_bucket_rows(ids, keys):
-    """What the Spark stage feeds the kernel: one row per (table, key, id), sorted."""
+def entries_of(keys, subkeys=None):
+    """What a pairing task holds: one entry per (row, table), shuffled."""
     n, num_tables = keys.shape
-    rows = sorted((t, int(keys[i, t]), ids[i], i) for i in range(n) for t in range(num_tables))
-    order = np.array([r[3] for r in rows], dtype=np.int64)
-    return pairing.SortedBuckets(
-        table=np.array([r[0] for r in rows], dtype=np.int32),
-        key=np.array([r[1] for r in rows], dtype=np.int64),
-        ids=np.array([r[2] for r in rows], dtype=object),
-        keys=keys[order],
-    )
+    rng = np.random.default_rng(n + num_tables)
+    perm = rng.permutation(n * num_tables)
+    table = np.tile(np.arange(num_tables), n)[perm]
+    key = keys.reshape(-1)[perm]
+    sub = (np.zeros_like(keys) if subkeys is None else subkeys).reshape(-1)[perm]
+    row = np.repeat(np.arange(n), num_tables)[perm]
+    return table, key, sub, row
 
 
-def split(chunk, sizes):
-    start = 0
-    for size in sizes:
-        yield pairing.SortedBuckets(*(c[start:start + size] for c in chunk))
-        start += size
-    yield pairing.SortedBuckets(*(c[start:] for c in chunk))
-
-
-def collect(found):
-    out = {}
-    for c in found:
-        for a, b, m in zip(c.id_a, c.id_b, c.tables_matched):
-            assert (a, b) not in out, f"pair {(a, b)} emitted twice"
-            out[(a, b)] = int(m)
-    return out
+def kernel_pairs(keys, max_bucket_size=10**6, subkeys=None, split_bits=0, max_pairs=1 << 20):
+    """The kernel's pairs, copies merged: {(a, b): tables_matched}, and its stats."""
+    stats, blocks = pairing.bucket_pairs(*entries_of(keys, subkeys), max_bucket_size, split_bits, max_pairs)
+    found = list(blocks)
+    a = np.concatenate([x for x, _ in found]) if found else np.zeros(0, np.int64)
+    b = np.concatenate([y for _, y in found]) if found else np.zeros(0, np.int64)
+    assert (a < b).all()
+    assert stats.pair_copies == len(a)
+    a, b, m = pairing.merge_copies(a, b)
+    return dict(zip(zip(a.tolist(), b.tolist()), m.tolist())), stats
 
 
 @pytest.mark.parametrize("lengths", [[], [1], [2], [3], [1, 1, 1], [4, 1, 2, 5], [7]])
@@ -59,31 +53,26 @@ def test_pairs_within_runs_is_every_pair_in_each_run(lengths):
 
 @pytest.mark.parametrize("n", [1, 2, 3, 9, 40, 151])
 @pytest.mark.parametrize("num_tables,n_keys", [(1, 2), (3, 3), (5, 20)])
-def test_candidates_match_brute_force(n, num_tables, n_keys):
+@pytest.mark.parametrize("max_pairs", [1, 7, 1 << 20])
+def test_candidates_match_brute_force(n, num_tables, n_keys, max_pairs):
     rng = np.random.default_rng(n * 31 + num_tables)
     keys = rng.integers(0, n_keys, size=(n, num_tables)).astype(np.int64)
-    ids = [f"img{i:04d}" for i in rng.permutation(n)]
-    found = collect(pairing.candidates_from_sorted_chunks([sorted_bucket_rows(ids, keys)]))
-    assert found == brute_force_pairs(ids, keys)
-    assert all(a < b for a, b in found)
+    found, stats = kernel_pairs(keys, max_pairs=max_pairs)
+    assert found == brute_force_pairs(list(range(n)), keys)
+    assert stats.oversized == 0
 
 
-@pytest.mark.parametrize("cut", [1, 2, 3, 5, 64])
-def test_buckets_split_across_chunks_give_the_same_pairs(cut):
-    rng = np.random.default_rng(cut)
-    n, num_tables = 60, 4
-    keys = rng.integers(0, 3, size=(n, num_tables)).astype(np.int64)  # big buckets straddle cuts
-    ids = [f"{i:03d}" for i in range(n)]
-    rows = sorted_bucket_rows(ids, keys)
-    sizes = [cut] * (len(rows.ids) // cut)
-    assert collect(pairing.candidates_from_sorted_chunks(split(rows, sizes))) == brute_force_pairs(ids, keys)
+def test_merge_copies_counts_each_pair():
+    a = np.array([5, 1, 5, 1, 1, 2])
+    b = np.array([9, 3, 9, 3, 4, 3])
+    ma, mb, m = pairing.merge_copies(a, b)
+    assert list(zip(ma.tolist(), mb.tolist(), m.tolist())) == [(1, 3, 2), (1, 4, 1), (2, 3, 1), (5, 9, 2)]
 
 
-def test_empty_chunks_are_harmless():
-    keys = np.array([[1, 2], [1, 3]], dtype=np.int64)
-    rows = sorted_bucket_rows(["a", "b"], keys)
-    found = collect(pairing.candidates_from_sorted_chunks(split(rows, [0, 1, 0, 2, 0])))
-    assert found == {("a", "b"): 1}
+def test_keys_beyond_48_bits_and_negative_keys_sort_the_same():
+    keys = np.array([[1 << 50], [-3], [1 << 50], [-3], [7]], dtype=np.int64)
+    found, _ = kernel_pairs(keys)
+    assert found == {(0, 2): 1, (1, 3): 1}
 
 
 @pytest.mark.parametrize("num_tables", [1, 4, 20])
