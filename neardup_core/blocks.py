@@ -34,6 +34,30 @@ def half_dtype(dim: int) -> np.dtype:
     return np.dtype([("a", "<i8"), ("b", "<i8"), ("matched", "<i4"), ("vec_a", "<f4", (dim,))])
 
 
+def bucket_entries(rows: np.ndarray, keys: np.ndarray, subkeys: np.ndarray) -> np.ndarray:
+    """ENTRY records, one per (row, table), from (n,) row numbers and (n, L) keys and sub-keys."""
+    n, tables = keys.shape
+    entries = np.empty(n * tables, dtype=ENTRY)
+    entries["table"] = np.tile(np.arange(tables, dtype=np.int16), n)
+    entries["key"], entries["subkey"] = keys.reshape(-1), subkeys.reshape(-1)
+    entries["row"] = np.repeat(rows, tables)
+    return entries
+
+
+def vector_index(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row numbers, their vectors) of vector_dtype records, for :func:`lookup`."""
+    order = np.argsort(records["row"])
+    return records["row"][order], records["vec"][order]
+
+
+def lookup(sorted_rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of ``wanted`` rows in ``sorted_rows``; every one must be there."""
+    at = np.minimum(np.searchsorted(sorted_rows, wanted), max(len(sorted_rows) - 1, 0))
+    if len(wanted) and (len(sorted_rows) == 0 or not np.array_equal(sorted_rows[at], wanted)):
+        raise RuntimeError("a candidate pair names a row whose vector is not in its partition")
+    return at
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _SECOND = np.uint64(0xC2B2AE3D27D4EB4F)
 

@@ -226,7 +226,8 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
                                                     lsh_cfg.split_bits).persist(StorageLevel.MEMORY_AND_DISK)
             buckets = _bucket_record(pipeline.bucket_stats(candidates), lsh_cfg)
             halves = pipeline.attach_first_rows(candidates, vectors, dim, row_parts)
-            scored = pipeline.score_halves(halves, vectors, dim, row_parts).persist(StorageLevel.MEMORY_AND_DISK)
+            scored = pipeline.score_halves(halves, vectors, dim, row_parts, tables)
+            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
         record["buckets"] = buckets
         if scored is None:
             candidate_count = 0
@@ -234,7 +235,7 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
         else:
             candidate_count = scored.count()
             near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold)
-            pipeline.name_pairs(near, numbered, tables).orderBy("id_a", "id_b").write.parquet(out.staged("pairs"))
+            pipeline.name_pairs(near, numbered).orderBy("id_a", "id_b").write.parquet(out.staged("pairs"))
         record["candidate_pairs"] = candidate_count
         pairs = record["rows"] = spark.read.parquet(out.staged("pairs")).count()
         shuffled = _shuffle_bytes(spark) - shuffle_before

@@ -16,13 +16,14 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from . import blocks
 from .config import EmbedConfig, InputConfig, ModelConfig, SparkConfig
 from .sources import InputError, extension_glob, is_local, local_path
 
 EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
 KEYED_SCHEMA = "id string, path string, embedding array<float>, keys array<bigint>"
 BLOCK_SCHEMA = "part int, kind int, blob binary"  # see neardup_core.blocks
-SCORED_SCHEMA = "row_a bigint, row_b bigint, cosine double, tables_matched int"
+SCORED_SCHEMA = "row_a bigint, row_b bigint, cosine double, jaccard double, tables_matched int"
 PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
     "cosine double, jaccard double, tables_matched int"
@@ -266,17 +267,13 @@ def bucket_entries(numbered: DataFrame, planes_broadcast, num_tables: int, split
     entries all go to one task (:func:`blocks.bucket_part`). Block rows: part, kind, blob."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core import blocks
         from neardup_core.lsh import signature_keys
 
         planes = planes_broadcast.value
         for batch in batches:
             keys, subkeys = signature_keys(_matrix(batch.column("embedding"), planes.shape[1]), planes,
                                            num_tables, split_bits)
-            entries = np.empty(keys.size, dtype=blocks.ENTRY)
-            entries["table"] = np.tile(np.arange(num_tables, dtype=np.int16), len(keys))
-            entries["key"], entries["subkey"] = keys.reshape(-1), subkeys.reshape(-1)
-            entries["row"] = np.repeat(batch.column("row").to_numpy(), num_tables)
+            entries = blocks.bucket_entries(batch.column("row").to_numpy(), keys, subkeys)
             yield _block_batch(*blocks.route(entries, blocks.bucket_part(entries["table"], entries["key"],
                                                                          bucket_parts)), blocks.ENTRIES)
 
@@ -288,7 +285,6 @@ def vector_blocks(numbered: DataFrame, dim: int, row_parts: int) -> DataFrame:
     (:func:`blocks.spread` of the row number)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core import blocks
 
         for batch in batches:
             records = np.empty(batch.num_rows, dtype=blocks.vector_dtype(dim))
@@ -306,7 +302,6 @@ def bucket_candidates(entries: DataFrame, bucket_parts: int, row_parts: int, max
     block (part -1) with what it found. A pair comes once per table it collides in."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core import blocks
         from neardup_core.pairing import bucket_pairs
 
         found = blocks.unpack((blob for _, blob in _blocks(batches)), blocks.ENTRY)
@@ -329,64 +324,62 @@ def attach_first_rows(candidates: DataFrame, vectors: DataFrame, dim: int, row_p
     and the first row's vector is attached. Emits blocks bound for the second row's task."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core import blocks
         from neardup_core.pairing import merge_copies
 
         by_kind = _blobs_by_kind(batches)
-        rows, vecs = _vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
+        rows, vecs = blocks.vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
         pairs = blocks.unpack(by_kind.get(blocks.PAIRS, []), blocks.PAIR)
         a, b, matched = merge_copies(pairs["a"], pairs["b"])
         del pairs, by_kind
         for part in blocks.chunks(len(a), max_records):
             half = np.empty(part.stop - part.start, dtype=blocks.half_dtype(dim))
             half["a"], half["b"], half["matched"] = a[part], b[part], matched[part]
-            half["vec_a"] = vecs[_lookup(rows, a[part])]
+            half["vec_a"] = vecs[blocks.lookup(rows, a[part])]
             yield _block_batch(*blocks.route(half, blocks.spread(half["b"], row_parts)), blocks.HALVES)
 
-    wanted = candidates.filter(F.col("kind") == 1)  # blocks.PAIRS
+    wanted = candidates.filter(F.col("kind") == blocks.PAIRS)
     return wanted.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, BLOCK_SCHEMA)
 
 
-def score_halves(halves: DataFrame, vectors: DataFrame, dim: int, row_parts: int) -> DataFrame:
-    """Second scoring step, in the task of each pair's second row: exact cosine (float64).
-    Returns one row per distinct candidate pair: row_a, row_b, cosine, tables_matched."""
+def score_halves(halves: DataFrame, vectors: DataFrame, dim: int, row_parts: int, num_tables: int) -> DataFrame:
+    """Second scoring step, in the task of each pair's second row: exact cosine (float64)
+    and LSH Jaccard. Returns one row per distinct candidate pair: row_a, row_b, cosine,
+    jaccard, tables_matched."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core import blocks
-        from neardup_core.pairing import rowwise_cosine
+        from neardup_core.pairing import jaccard, rowwise_cosine
 
         by_kind = _blobs_by_kind(batches)
-        rows, vecs = _vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
+        rows, vecs = blocks.vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
         for blob in by_kind.get(blocks.HALVES, []):
             half = np.frombuffer(blob, dtype=blocks.half_dtype(dim))
-            cosine = rowwise_cosine(half["vec_a"], vecs[_lookup(rows, half["b"])])
+            cosine = rowwise_cosine(half["vec_a"], vecs[blocks.lookup(rows, half["b"])])
             yield pa.RecordBatch.from_arrays(
-                [pa.array(half["a"]), pa.array(half["b"]), pa.array(cosine), pa.array(half["matched"])],
-                names=["row_a", "row_b", "cosine", "tables_matched"])
+                [pa.array(half["a"]), pa.array(half["b"]), pa.array(cosine),
+                 pa.array(jaccard(half["matched"], num_tables)), pa.array(half["matched"])],
+                names=["row_a", "row_b", "cosine", "jaccard", "tables_matched"])
 
     return halves.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, SCORED_SCHEMA)
 
 
-def name_pairs(scored: DataFrame, numbered: DataFrame, num_tables: int) -> DataFrame:
-    """Scored pairs with their rows' ids and paths, ordered so that id_a < id_b, and the
-    LSH Jaccard m / (2L - m) (:func:`pairing.jaccard`)."""
+def name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
+    """Scored pairs with their rows' ids and paths, ordered so that id_a < id_b."""
     names = numbered.select("row", "id", "path")
     a = names.toDF("row_a", "id_x", "path_x")
     b = names.toDF("row_b", "id_y", "path_y")
     joined = scored.join(a, "row_a").join(b, "row_b")
     swap = F.col("id_x") > F.col("id_y")
-    m = F.col("tables_matched")
     return joined.select(
         F.when(swap, F.col("id_y")).otherwise(F.col("id_x")).alias("id_a"),
         F.when(swap, F.col("id_x")).otherwise(F.col("id_y")).alias("id_b"),
         F.when(swap, F.col("path_y")).otherwise(F.col("path_x")).alias("path_a"),
         F.when(swap, F.col("path_x")).otherwise(F.col("path_y")).alias("path_b"),
-        "cosine", (m.cast("double") / (2 * num_tables - m)).alias("jaccard"), "tables_matched")
+        "cosine", "jaccard", "tables_matched")
 
 
 def bucket_stats(candidates: DataFrame) -> list[np.ndarray]:
     """The STATS blocks of :func:`bucket_candidates`, one int64 array per task."""
-    rows = candidates.filter(F.col("kind") == 4).select("blob").collect()  # blocks.STATS
+    rows = candidates.filter(F.col("kind") == blocks.STATS).select("blob").collect()
     return [np.frombuffer(row["blob"], dtype=np.int64) for row in rows]
 
 
@@ -424,20 +417,6 @@ def _blobs_by_kind(batches: Iterator[pa.RecordBatch]) -> dict[int, list[bytes]]:
     for kind, blob in _blocks(batches):
         out.setdefault(kind, []).append(blob)
     return out
-
-
-def _vector_index(records: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted row numbers, their vectors) for :func:`_lookup`."""
-    order = np.argsort(records["row"])
-    return records["row"][order], records["vec"][order]
-
-
-def _lookup(sorted_rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Positions of ``wanted`` rows in ``sorted_rows``; every one must be there."""
-    at = np.minimum(np.searchsorted(sorted_rows, wanted), max(len(sorted_rows) - 1, 0))
-    if len(wanted) and (len(sorted_rows) == 0 or not np.array_equal(sorted_rows[at], wanted)):
-        raise RuntimeError("a candidate pair names a row whose vector is not in its partition")
-    return at
 
 
 def _list_column(matrix: np.ndarray) -> pa.Array:
