@@ -20,7 +20,6 @@ ENTRIES = 0  # ENTRY records: one per (row, table)
 PAIRS = 1  # PAIR records: a candidate pair, once per table it collides in
 VECTORS = 2  # vector_dtype records: a row and its embedding
 HALVES = 3  # half_dtype records: a merged pair with the first row's embedding
-STATS = 4  # one int64 array of pairing.BucketStats
 
 ENTRY = np.dtype([("table", "<i2"), ("subkey", "<i2"), ("key", "<i8"), ("row", "<i8")])
 PAIR = np.dtype([("a", "<i8"), ("b", "<i8")])

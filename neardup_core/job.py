@@ -210,34 +210,37 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
     with progress.stage("pairs") as record:
         shuffle_before = _shuffle_bytes(spark)
         numbered = pipeline.number_rows(embedded)
+        tally = pipeline.Tally(spark)
+        vectors = named = None
         if plan is None:  # nothing embedded: no pairs, and no dimension to hash in
-            scored = candidates = vectors = None
-            buckets = {"oversized": 0}
+            spark.createDataFrame([], pipeline.PAIR_SCHEMA).write.parquet(out.staged("pairs"))
+            pairs = record["rows"] = 0
         else:
             planes = spark.sparkContext.broadcast(
                 lsh.hyperplanes(lsh_cfg.seed, tables, plan.bits_per_table + lsh_cfg.split_bits, dim))
-            bucket_parts, row_parts = _pairing_partitions(spark, cfg, embedded_count, tables, dim,
-                                                          plan.expected_candidates)
-            record["tasks"] = {"buckets": bucket_parts, "rows": row_parts}
-            vectors = pipeline.vector_blocks(numbered, dim, row_parts).persist(StorageLevel.MEMORY_AND_DISK)
-            vectors.count()  # built once here; both scoring steps read it
-            entries = pipeline.bucket_entries(numbered, planes, tables, lsh_cfg.split_bits, bucket_parts)
-            candidates = pipeline.bucket_candidates(entries, bucket_parts, row_parts, lsh_cfg.max_bucket_size,
-                                                    lsh_cfg.split_bits).persist(StorageLevel.MEMORY_AND_DISK)
-            buckets = _bucket_record(pipeline.bucket_stats(candidates), lsh_cfg)
-            halves = pipeline.attach_first_rows(candidates, vectors, dim, row_parts)
-            scored = pipeline.score_halves(halves, vectors, dim, row_parts, tables)
-            scored = scored.persist(StorageLevel.MEMORY_AND_DISK)
-        record["buckets"] = buckets
-        if scored is None:
-            candidate_count = 0
-            spark.createDataFrame([], pipeline.PAIR_SCHEMA).write.parquet(out.staged("pairs"))
-        else:
-            candidate_count = scored.count()
-            near = scored.filter(scored["cosine"] >= cfg.pairs.cosine_threshold)
-            pipeline.name_pairs(near, numbered).orderBy("id_a", "id_b").write.parquet(out.staged("pairs"))
-        record["candidate_pairs"] = candidate_count
-        pairs = record["rows"] = spark.read.parquet(out.staged("pairs")).count()
+            tasks = _pairing_tasks(spark, cfg, embedded_count, tables, dim, plan.expected_candidates)
+            record["tasks"] = {"buckets": 1, "rows": 1, "shuffled": False} if tasks is None else \
+                {"buckets": tasks[0], "rows": tasks[1], "shuffled": True}
+            if tasks is None:
+                pipeline.pair_in_one_task(numbered, planes, tables, lsh_cfg.split_bits, lsh_cfg.max_bucket_size,
+                                          cfg.pairs.cosine_threshold, tally, pipeline.executor_cores(spark)
+                                          ).write.parquet(out.staged("pairs"))  # one partition, sorted
+                pairs = record["rows"] = sum(v[0] for v in tally.values("pairs"))
+            else:
+                bucket_parts, row_parts = tasks
+                # Both scoring steps read the vectors: cached by the first.
+                vectors = pipeline.vector_blocks(numbered, dim, row_parts).persist(StorageLevel.MEMORY_AND_DISK)
+                entries = pipeline.bucket_entries(numbered, planes, tables, lsh_cfg.split_bits, bucket_parts)
+                candidates = pipeline.bucket_candidates(entries, bucket_parts, row_parts, lsh_cfg.max_bucket_size,
+                                                        lsh_cfg.split_bits, tally)
+                halves = pipeline.attach_first_rows(candidates, vectors, dim, row_parts)
+                near = pipeline.score_halves(halves, vectors, dim, row_parts, tables, cfg.pairs.cosine_threshold,
+                                             tally)
+                named = pipeline.name_pairs(near, numbered).persist(StorageLevel.MEMORY_AND_DISK)
+                pairs = record["rows"] = named.count()  # runs the stage; the sort and the write read the cache
+                named.orderBy("id_a", "id_b").write.parquet(out.staged("pairs"))
+        buckets = record["buckets"] = _bucket_record(tally.values("buckets"), lsh_cfg)
+        candidate_count = record["candidate_pairs"] = sum(v[0] for v in tally.values("scored"))
         shuffled = _shuffle_bytes(spark) - shuffle_before
         if shuffle_before >= 0 and shuffled >= 0:
             record["shuffle_bytes"] = shuffled
@@ -254,7 +257,7 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
         record["rows"] = embedded_count + progress.errors
 
     by_stage = errors.groupBy("stage").count().collect() if progress.errors else []
-    for frame in (scored, candidates, vectors):
+    for frame in (named, vectors):
         if frame is not None:
             frame.unpersist()
     rows.unpersist()
@@ -306,17 +309,23 @@ def _shuffle_bytes(spark) -> int:
         return -1
 
 
-def _pairing_partitions(spark, cfg: Config, items: int, tables: int, dim: int, expected_candidates: float
-                        ) -> tuple[int, int]:
+def _pairing_tasks(spark, cfg: Config, items: int, tables: int, dim: int, expected_candidates: float
+                   ) -> tuple[int, int] | None:
     """Tasks for the bucket step and for the two scoring steps, so that each task holds
-    about ``pairs.partition_mb`` of packed data (``spark.shuffle_partitions`` overrides
-    both), and at least one task per core."""
+    about ``pairs.partition_mb`` of packed data, and at least one task per core; or None
+    when the bucket entries and the vectors together fit one task's share: then one task
+    pairs everything, and the stage's fixed cost (three shuffles, a dozen Spark jobs,
+    seconds) is not paid for a second of work. ``spark.shuffle_partitions``, when set,
+    is the task count of both steps and always shuffles."""
     if cfg.spark.shuffle_partitions:
         return cfg.spark.shuffle_partitions, cfg.spark.shuffle_partitions
     target = cfg.pairs.partition_mb * 2**20
-    floor = spark.sparkContext.defaultParallelism
     entry_bytes = items * tables * blocks.ENTRY.itemsize
-    row_bytes = items * blocks.vector_dtype(dim).itemsize + expected_candidates * blocks.half_dtype(dim).itemsize
+    vector_bytes = items * blocks.vector_dtype(dim).itemsize
+    if entry_bytes + vector_bytes <= target:
+        return None
+    floor = spark.sparkContext.defaultParallelism
+    row_bytes = vector_bytes + expected_candidates * blocks.half_dtype(dim).itemsize
     return max(floor, math.ceil(entry_bytes / target)), max(floor, math.ceil(row_bytes / target))
 
 

@@ -56,16 +56,18 @@ def bucket_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int) -> 
 
 
 def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, split_bits: int,
-                   block_values: int = 1 << 23) -> tuple[np.ndarray, np.ndarray]:
+                   block_values: int = 1 << 23, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Bucket keys and split sub-keys, each (n, num_tables) int64.
 
     ``planes`` has ``num_tables * (k + split_bits)`` rows, table-major; in each table the
     first k planes make the key and the next ``split_bits`` the sub-key. Rows are
     projected in float32 (half the time of float64; hashing is the largest cost of the
     pairing stage) in blocks of about ``block_values`` projections, so memory stays near
-    4 * block_values bytes whatever n and the number of planes. A sign can come out
-    differently in float64, or under another BLAS build, only for a projection within
-    about 1e-6 of zero: a vector lying on the hyperplane, whose bit is a coin toss anyway.
+    4 * block_values bytes per thread whatever n and the number of planes. With
+    ``threads`` > 1, blocks are hashed by that many threads at once (NumPy releases the
+    GIL in the products). A sign can come out differently in float64, or under another
+    BLAS build, only for a projection within about 1e-6 of zero: a vector lying on the
+    hyperplane, whose bit is a coin toss anyway.
     """
     bits_and_split = planes.shape[0] // num_tables
     k = bits_and_split - split_bits
@@ -81,12 +83,25 @@ def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, 
     keys = np.empty((n, num_tables), dtype=np.int64)
     subkeys = np.zeros((n, num_tables), dtype=np.int64)
     step = max(1, block_values // max(planes.shape[0], 1))
-    for start in range(0, n, step):
+    if threads > 1:  # small enough blocks that every thread gets some
+        step = max(1, min(step, -(-n // threads)))
+
+    def hash_block(start: int) -> None:
         block = np.asarray(x[start:start + step], dtype=np.float32)
         bits = ((block @ normals) > 0).reshape(len(block), num_tables, bits_and_split)
         keys[start:start + step] = _pack_bits(bits[:, :, :k])
         if split_bits:
             subkeys[start:start + step] = bits[:, :, k:].astype(np.float32) @ split_weights
+
+    starts = range(0, n, step)
+    if threads > 1 and len(starts) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(hash_block, starts))
+    else:
+        for start in starts:
+            hash_block(start)
     return keys, subkeys
 
 

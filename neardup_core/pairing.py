@@ -82,19 +82,21 @@ def pair_blocks(partners: np.ndarray, max_pairs: int) -> Iterator[tuple[np.ndarr
         start = stop
 
 
-def group_buckets(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, max_bucket_size: int,
+def group_buckets(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, row: np.ndarray, max_bucket_size: int,
                   split_bits: int) -> tuple[np.ndarray, np.ndarray, BucketStats]:
     """Sort bucket entries into buckets, oversized ones split by sub-key prefix.
 
     Args:
-        table, key, subkey: one entry per (row, table), any order; every entry of a bucket
-            must be present (a task holds whole buckets).
+        table, key, subkey, row: one entry per (row, table), any order; every entry of a
+            bucket must be present (a task holds whole buckets).
         max_bucket_size: the most rows a bucket may keep.
         split_bits: bits in a sub-key; 0 turns splitting off.
 
     Returns:
         (order, lengths, stats): ``order`` sorts the entries bucket by bucket (split
         buckets part by part); ``lengths`` are the sizes of those groups in that order.
+        Inside an oversized bucket entries are ordered by row, so the window of a part
+        that cannot be split pairs the same rows whatever order the entries came in.
         Time O(n log n), memory O(n).
     """
     if len(key) and int(key.min()) >= 0 and int(key.max()) < 1 << 48:
@@ -108,28 +110,31 @@ def group_buckets(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, max_bu
                         largest_rows=int(lengths.max()) if len(lengths) else 0)
     if not big.any():
         return order, lengths, stats
-    if split_bits == 0:
-        return order, lengths, stats._replace(windowed=stats.oversized, windowed_largest_rows=stats.largest_rows)
     # Entries of the oversized buckets are contiguous runs of the sorted order.
-    in_big = np.repeat(big, lengths)
-    where = np.flatnonzero(in_big)
+    where = np.flatnonzero(np.repeat(big, lengths))
     bucket = np.repeat(np.arange(int(big.sum())), lengths[big])
-    s = subkey[order[where]].astype(np.int64)
-    by_sub = np.lexsort((s, bucket))
-    runs = run_lengths(bucket[by_sub], s[by_sub])
-    first = by_sub[np.cumsum(runs) - runs]
-    plan = split_depths(bucket[first], np.zeros(len(first), np.int64), s[first], runs, split_bits, max_bucket_size)
-    depth = np.repeat(plan.depth, lengths[big])  # plan is per bucket, in bucket order
-    prefix = s >> (split_bits - depth)
-    within = np.lexsort((prefix, bucket))  # a stable reorder inside each oversized bucket
+    if split_bits:
+        s = subkey[order[where]].astype(np.int64)
+        by_sub = np.lexsort((s, bucket))
+        runs = run_lengths(bucket[by_sub], s[by_sub])
+        first = by_sub[np.cumsum(runs) - runs]
+        plan = split_depths(bucket[first], np.zeros(len(first), np.int64), s[first], runs, split_bits,
+                            max_bucket_size)
+        depth = np.repeat(plan.depth, lengths[big])  # plan is per bucket, in bucket order
+        prefix = s >> (split_bits - depth)
+        still = plan.still_oversized
+        stats = stats._replace(
+            split=int((~still).sum()), windowed=int(still.sum()), max_split_depth=int(plan.depth.max()),
+            windowed_largest_rows=int(plan.largest_after[still].max()) if still.any() else 0)
+    else:
+        prefix = np.zeros(len(where), np.int64)
+        stats = stats._replace(windowed=stats.oversized, windowed_largest_rows=stats.largest_rows)
+    within = np.lexsort((np.asarray(row)[order[where]], prefix, bucket))  # a reorder inside each bucket
     order[where] = order[where][within]
     part = np.zeros(len(order), dtype=np.int64)
     part[where] = prefix[within]
     lengths = run_lengths(t, k, part)  # t and k are unchanged by reordering inside buckets
-    still = plan.still_oversized
-    return order, lengths, stats._replace(
-        split=int((~still).sum()), windowed=int(still.sum()), max_split_depth=int(plan.depth.max()),
-        windowed_largest_rows=int(plan.largest_after[still].max()) if still.any() else 0)
+    return order, lengths, stats
 
 
 def bucket_pairs(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, row: np.ndarray, max_bucket_size: int,
@@ -143,7 +148,7 @@ def bucket_pairs(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, row: np
         memory is O(n + max_pairs) whatever the bucket sizes; a bucket over
         ``max_bucket_size`` costs at most rows * (max_bucket_size - 1) pairs.
     """
-    order, lengths, stats = group_buckets(table, key, subkey, max_bucket_size, split_bits)
+    order, lengths, stats = group_buckets(table, key, subkey, row, max_bucket_size, split_bits)
     partners = partners_per_row(lengths, max_bucket_size)
     stats = stats._replace(pair_copies=int(partners.sum()))
     rows = np.asarray(row, dtype=np.int64)[order]
@@ -164,6 +169,39 @@ def merge_copies(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     counts = run_lengths(a, b)
     first = np.cumsum(counts) - counts
     return a[first], b[first], counts.astype(np.int32)
+
+
+def all_candidates(keys: np.ndarray, subkeys: np.ndarray, max_bucket_size: int, split_bits: int
+                   ) -> tuple[BucketStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct candidate pair of n rows hashed into L tables, in one process: the
+    bucket step and the merge of copies together, for data that fits one task.
+
+    Args:
+        keys, subkeys: (n, L) from :func:`lsh.signature_keys`.
+        max_bucket_size, split_bits: as for :func:`group_buckets`.
+
+    Returns:
+        (stats, a, b, tables_matched): row positions a < b, sorted, each pair once.
+        Memory O(n * L + copies).
+    """
+    n, num_tables = keys.shape
+    stats, pair_blocks = bucket_pairs(np.tile(np.arange(num_tables), n), keys.reshape(-1), subkeys.reshape(-1),
+                                      np.repeat(np.arange(n, dtype=np.int64), num_tables), max_bucket_size,
+                                      split_bits)
+    found = list(pair_blocks)
+    a = np.concatenate([p[0] for p in found]) if found else np.zeros(0, np.int64)
+    b = np.concatenate([p[1] for p in found]) if found else np.zeros(0, np.int64)
+    return (stats, *merge_copies(a, b))
+
+
+def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Exact cosine (float64) of rows a[i] and b[i] of ``vectors``, ``chunk`` pairs at a
+    time, so memory is O(chunk * dim) however many pairs there are."""
+    out = np.empty(len(a), dtype=np.float64)
+    for start in range(0, len(a), chunk):
+        stop = start + chunk
+        out[start:stop] = rowwise_cosine(vectors[a[start:stop]], vectors[b[start:stop]])
+    return out
 
 
 def jaccard(tables_matched: np.ndarray, num_tables: int) -> np.ndarray:

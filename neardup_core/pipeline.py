@@ -13,11 +13,13 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from . import blocks
 from .config import EmbedConfig, InputConfig, ModelConfig, SparkConfig
+from .pairing import jaccard
 from .sources import InputError, extension_glob, is_local, local_path
 
 EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
@@ -254,6 +256,15 @@ def sample_embeddings(embedded: DataFrame, rows: int, size: int, seed: int) -> n
     return _matrix(picked.column("embedding").combine_chunks()).astype(np.float32)
 
 
+def executor_cores(spark: SparkSession) -> int:
+    """Cores of one executor: ``spark.executor.cores``, or in local mode all the
+    session's cores; 1 when neither says."""
+    configured = spark.conf.get("spark.executor.cores", None)
+    if configured:
+        return int(configured)
+    return spark.sparkContext.defaultParallelism if spark.sparkContext.master.startswith("local") else 1
+
+
 def number_rows(embedded: DataFrame) -> DataFrame:
     """Adds ``row``, a unique int64 that stands for the id in the pairing stage. Stable
     across the stage's passes as long as ``embedded`` is read from a persisted frame."""
@@ -296,10 +307,11 @@ def vector_blocks(numbered: DataFrame, dim: int, row_parts: int) -> DataFrame:
 
 
 def bucket_candidates(entries: DataFrame, bucket_parts: int, row_parts: int, max_bucket_size: int,
-                      split_bits: int) -> DataFrame:
+                      split_bits: int, tally: Tally) -> DataFrame:
     """Each task takes whole buckets and pairs their rows (:func:`pairing.bucket_pairs`),
-    emitting the pairs in blocks bound for the task of their first row, and one STATS
-    block (part -1) with what it found. A pair comes once per table it collides in."""
+    emitting the pairs in blocks bound for the task of their first row, and adds what it
+    found (:class:`pairing.BucketStats`) to ``tally`` under "buckets". A pair comes once
+    per table it collides in."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.pairing import bucket_pairs
@@ -312,7 +324,7 @@ def bucket_candidates(entries: DataFrame, bucket_parts: int, row_parts: int, max
             pairs = np.empty(len(a), dtype=blocks.PAIR)
             pairs["a"], pairs["b"] = a, b
             yield _block_batch(*blocks.route(pairs, blocks.spread(a, row_parts)), blocks.PAIRS)
-        yield _block_batch(np.array([-1], np.int32), [np.array(stats, np.int64).tobytes()], blocks.STATS)
+        tally.record("buckets", tuple(stats))
 
     return entries.repartitionById(bucket_parts, "part").mapInArrow(run, BLOCK_SCHEMA)
 
@@ -337,29 +349,81 @@ def attach_first_rows(candidates: DataFrame, vectors: DataFrame, dim: int, row_p
             half["vec_a"] = vecs[blocks.lookup(rows, a[part])]
             yield _block_batch(*blocks.route(half, blocks.spread(half["b"], row_parts)), blocks.HALVES)
 
-    wanted = candidates.filter(F.col("kind") == blocks.PAIRS)
-    return wanted.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, BLOCK_SCHEMA)
+    return candidates.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, BLOCK_SCHEMA)
 
 
-def score_halves(halves: DataFrame, vectors: DataFrame, dim: int, row_parts: int, num_tables: int) -> DataFrame:
+def score_halves(halves: DataFrame, vectors: DataFrame, dim: int, row_parts: int, num_tables: int,
+                 cosine_threshold: float, tally: Tally) -> DataFrame:
     """Second scoring step, in the task of each pair's second row: exact cosine (float64)
-    and LSH Jaccard. Returns one row per distinct candidate pair: row_a, row_b, cosine,
-    jaccard, tables_matched."""
+    and LSH Jaccard. Adds the number of pairs scored to ``tally`` under "scored", and
+    returns the pairs at ``cosine >= cosine_threshold``, each once, in SCORED_SCHEMA."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.pairing import jaccard, rowwise_cosine
+        from neardup_core.pairing import rowwise_cosine
 
         by_kind = _blobs_by_kind(batches)
         rows, vecs = blocks.vector_index(blocks.unpack(by_kind.get(blocks.VECTORS, []), blocks.vector_dtype(dim)))
+        scored = 0
         for blob in by_kind.get(blocks.HALVES, []):
             half = np.frombuffer(blob, dtype=blocks.half_dtype(dim))
             cosine = rowwise_cosine(half["vec_a"], vecs[blocks.lookup(rows, half["b"])])
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(half["a"]), pa.array(half["b"]), pa.array(cosine),
-                 pa.array(jaccard(half["matched"], num_tables)), pa.array(half["matched"])],
-                names=["row_a", "row_b", "cosine", "jaccard", "tables_matched"])
+            scored += len(half)
+            near = cosine >= cosine_threshold
+            yield _scored_batch(half["a"][near], half["b"][near], cosine[near], half["matched"][near], num_tables)
+        tally.record("scored", (scored,))
 
     return halves.unionByName(vectors).repartitionById(row_parts, "part").mapInArrow(run, SCORED_SCHEMA)
+
+
+def pair_in_one_task(numbered: DataFrame, planes_broadcast, num_tables: int, split_bits: int,
+                     max_bucket_size: int, cosine_threshold: float, tally: Tally, threads: int) -> DataFrame:
+    """The whole pairing stage in one task, with no shuffle, for data that fits one:
+    hash (:func:`lsh.signature_keys`, on up to ``threads`` threads: the task runs
+    alone), pair (:func:`pairing.all_candidates`, the same bucket kernel as the shuffled
+    stage), score, and name. Tallies what :func:`bucket_candidates` and
+    :func:`score_halves` would, and "pairs", and returns what :func:`name_pairs` would,
+    in one partition sorted by id_a, id_b."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.lsh import signature_keys
+        from neardup_core.pairing import all_candidates, pair_cosines
+
+        planes = planes_broadcast.value
+        table = pa.Table.from_batches(list(batches), schema=_ONE_TASK_INPUT)
+        x = _matrix(table.column("embedding").combine_chunks(), planes.shape[1])
+        keys, subkeys = signature_keys(x, planes, num_tables, split_bits,
+                                       threads=min(threads, _usable_cores()))
+        stats, a, b, matched = all_candidates(keys, subkeys, max_bucket_size, split_bits)
+        del keys, subkeys
+        cosine = pair_cosines(x, a, b)
+        near = cosine >= cosine_threshold
+        tally.record("buckets", tuple(stats))
+        tally.record("scored", (len(a),))
+        tally.record("pairs", (int(near.sum()),))
+        yield from _named_batch(table, a[near], b[near], cosine[near], matched[near], num_tables).to_batches()
+
+    return numbered.select("id", "path", "embedding").coalesce(1).mapInArrow(run, PAIR_SCHEMA)
+
+
+_ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embedding", pa.list_(pa.float32()))])
+
+
+def _named_batch(table: pa.Table, a: np.ndarray, b: np.ndarray, cosine: np.ndarray, matched: np.ndarray,
+                 num_tables: int) -> pa.Table:
+    """Pairs of rows a, b of ``table`` (id, path) with their scores, as :func:`name_pairs`
+    writes them: ordered so that id_a < id_b, sorted by id_a, id_b."""
+    import pyarrow.compute as pc
+
+    ids, paths = table.column("id"), table.column("path")
+    id_x, id_y = ids.take(a), ids.take(b)
+    swap = pc.greater(id_x, id_y)
+    named = pa.table({
+        "id_a": pc.if_else(swap, id_y, id_x), "id_b": pc.if_else(swap, id_x, id_y),
+        "path_a": pc.if_else(swap, paths.take(b), paths.take(a)),
+        "path_b": pc.if_else(swap, paths.take(a), paths.take(b)),
+        "cosine": pa.array(cosine, pa.float64()), "jaccard": pa.array(jaccard(matched, num_tables)),
+        "tables_matched": pa.array(matched, pa.int32())})
+    return named.sort_by([("id_a", "ascending"), ("id_b", "ascending")]).combine_chunks()
 
 
 def name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
@@ -375,12 +439,6 @@ def name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
         F.when(swap, F.col("path_y")).otherwise(F.col("path_x")).alias("path_a"),
         F.when(swap, F.col("path_x")).otherwise(F.col("path_y")).alias("path_b"),
         "cosine", "jaccard", "tables_matched")
-
-
-def bucket_stats(candidates: DataFrame) -> list[np.ndarray]:
-    """The STATS blocks of :func:`bucket_candidates`, one int64 array per task."""
-    rows = candidates.filter(F.col("kind") == blocks.STATS).select("blob").collect()
-    return [np.frombuffer(row["blob"], dtype=np.int64) for row in rows]
 
 
 def keyed_embeddings(numbered: DataFrame, planes_broadcast, num_tables: int, split_bits: int) -> DataFrame:
@@ -399,6 +457,51 @@ def keyed_embeddings(numbered: DataFrame, planes_broadcast, num_tables: int, spl
                 names=["id", "path", "embedding", "keys"])
 
     return numbered.select("id", "path", "embedding").mapInArrow(run, KEYED_SCHEMA)
+
+
+class Tally:
+    """Small per-task results sent back to the driver beside a stage's rows (Spark
+    accumulator): what the bucket tasks found, how many pairs were scored.
+
+    Each task records under (name, partition), so a task that runs again (a retry, or a
+    stage recomputed after a lost shuffle file) replaces its earlier record instead of
+    adding to it, and each partition is counted once. Read :meth:`values` after the
+    action that ran the tasks.
+    """
+
+    def __init__(self, spark: SparkSession):
+        self._acc = spark.sparkContext.accumulator({}, _MergeRecords())
+
+    def record(self, name: str, values: tuple) -> None:
+        """In a task: this task's values for ``name``."""
+        from pyspark import TaskContext
+
+        self._acc.add({(name, TaskContext.get().partitionId()): tuple(int(v) for v in values)})
+
+    def values(self, name: str) -> list[tuple]:
+        """On the driver: one tuple per partition that recorded ``name``."""
+        return [v for (key, _), v in sorted(self._acc.value.items()) if key == name]
+
+
+class _MergeRecords(AccumulatorParam):
+    def zero(self, value: dict) -> dict:
+        return {}
+
+    def addInPlace(self, value1: dict, value2: dict) -> dict:
+        value1.update(value2)
+        return value1
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _scored_batch(a: np.ndarray, b: np.ndarray, cosine: np.ndarray, matched: np.ndarray, num_tables: int
+                  ) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array(a, pa.int64()), pa.array(b, pa.int64()), pa.array(cosine, pa.float64()),
+         pa.array(jaccard(matched, num_tables)), pa.array(matched, pa.int32())],
+        names=["row_a", "row_b", "cosine", "jaccard", "tables_matched"])
 
 
 def _block_batch(parts: np.ndarray, blobs: list[bytes], kind: int) -> pa.RecordBatch:

@@ -145,3 +145,23 @@ def test_unsplittable_bucket_is_bounded_by_the_window():
     pairs = sum(len(a) for a, _ in blocks)
     assert pairs == sum(min(window - 1, n - 1 - i) for i in range(n))  # ~ n * window, not n^2 / 2
     assert (stats.oversized, stats.windowed, stats.windowed_largest_rows) == (1, 1, n)
+
+
+def test_windowed_pairs_do_not_depend_on_the_order_entries_arrive_in():
+    """Entries reach a pairing task in whatever order the shuffle delivers them; a bucket
+    that must be windowed still pairs the same rows (so reruns give the same pairs)."""
+    rng = np.random.default_rng(3)
+    n, tables, window = 300, 2, 20
+    keys = np.zeros((n, tables), np.int64)
+    subkeys = rng.integers(0, 2, size=(n, tables)).astype(np.int64)  # 150-row halves: still over 20
+    table = np.tile(np.arange(tables), n)
+    row = np.repeat(np.arange(n), tables)
+    runs = []
+    for seed in (0, 1):
+        perm = np.random.default_rng(seed).permutation(n * tables)
+        stats, blocks = pairing.bucket_pairs(table[perm], keys.reshape(-1)[perm], subkeys.reshape(-1)[perm],
+                                             row[perm], window, 1)
+        a, b = (np.concatenate(c) for c in zip(*blocks))
+        runs.append(sorted(zip(a.tolist(), b.tolist())))
+    assert stats.windowed == tables
+    assert runs[0] == runs[1]

@@ -147,7 +147,7 @@ def test_manifest_and_success_marker(first_run):
     # Each distinct candidate counted once; its copies (one per table it collides in) are more.
     assert lsh["buckets"]["pair_copies"] >= manifest["counts"]["candidate_pairs"]
     pairs_stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
-    assert pairs_stage["shuffle_bytes_per_image"] > 0
+    assert pairs_stage["tasks"]["shuffled"] is False  # 15 embeddings: one task pairs them, no shuffle
 
 
 def test_rerun_gives_identical_pairs(catalog, first_run, tmp_path):
@@ -211,7 +211,7 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     def explode(*args, **kwargs):
         raise RuntimeError("executor lost")
 
-    monkeypatch.setattr(pipeline, "score_halves", explode)
+    monkeypatch.setattr(pipeline, "pair_in_one_task", explode)
     with pytest.raises(RuntimeError, match="executor lost"):
         cli.main(["run", "--input", str(root), "--output", str(out), "--overwrite", *COMMON])
     assert not [n for n in os.listdir(out) if n.startswith("_staging")]

@@ -65,3 +65,15 @@ def test_bit_collision_rate_follows_angle():
 def test_bits_out_of_range_rejected(bits):
     with pytest.raises(ValueError, match=f"bits_per_table must be in 1..63, got {bits}"):
         lsh.hyperplanes(0, 2, bits, 8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 1001])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_hashing_on_threads_gives_the_same_keys(n, threads):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 24)).astype(np.float32)
+    planes = lsh.hyperplanes(seed=1, num_tables=6, bits_per_table=9 + 3, dim=24)
+    one = lsh.signature_keys(x, planes, 6, 3, block_values=700)
+    many = lsh.signature_keys(x, planes, 6, 3, block_values=700, threads=threads)
+    np.testing.assert_array_equal(one[0], many[0])
+    np.testing.assert_array_equal(one[1], many[1])

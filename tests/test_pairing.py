@@ -99,3 +99,35 @@ def test_rowwise_cosine_matches_float64_reference(n, dim):
 
 def test_rowwise_cosine_of_zero_vector_is_zero():
     assert pairing.rowwise_cosine(np.zeros((1, 4)), np.ones((1, 4)))[0] == 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9, 151])
+@pytest.mark.parametrize("num_tables,n_keys", [(1, 2), (5, 20)])
+def test_all_candidates_in_one_process_match_brute_force(n, num_tables, n_keys):
+    """The one-task path's kernel: hashing output in, distinct pairs with tables_matched out."""
+    rng = np.random.default_rng(n * 7 + num_tables)
+    keys = rng.integers(0, n_keys, size=(n, num_tables)).astype(np.int64)
+    stats, a, b, matched = pairing.all_candidates(keys, np.zeros_like(keys), 10**6, 0)
+    assert (a < b).all() and (np.diff(a * n + b) > 0).all()  # sorted, each pair once
+    assert dict(zip(zip(a.tolist(), b.tolist()), matched.tolist())) == brute_force_pairs(list(range(n)), keys)
+    assert stats.pair_copies == int(matched.sum())
+
+
+def test_all_candidates_splits_like_the_shuffled_kernel():
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 3, size=(400, 4)).astype(np.int64)  # buckets of ~130 rows
+    subkeys = rng.integers(0, 16, size=(400, 4)).astype(np.int64)
+    stats, a, b, matched = pairing.all_candidates(keys, subkeys, 40, 4)
+    expected, expected_stats = kernel_pairs(keys, 40, subkeys, 4)
+    assert stats.oversized > 0 and stats == expected_stats
+    assert dict(zip(zip(a.tolist(), b.tolist()), matched.tolist())) == expected
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+def test_pair_cosines_match_float64_reference(chunk):
+    rng = np.random.default_rng(chunk)
+    x = rng.standard_normal((50, 16)).astype(np.float32)
+    a, b = rng.integers(0, 50, 200), rng.integers(0, 50, 200)
+    x64 = x.astype(np.float64)
+    expected = [x64[i] @ x64[j] / (np.linalg.norm(x64[i]) * np.linalg.norm(x64[j])) for i, j in zip(a, b)]
+    np.testing.assert_allclose(pairing.pair_cosines(x, a, b, chunk), expected, rtol=0, atol=1e-12)

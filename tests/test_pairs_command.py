@@ -57,8 +57,12 @@ def run(args) -> int:
                      "--set", f"pairs.cosine_threshold={THRESHOLD}"])
 
 
+SHUFFLED = ["--set", "spark.shuffle_partitions=3"]  # a set task count always takes the shuffled path
+
+
 @pytest.fixture(scope="module")
 def normal_run(spark, tmp_path_factory):
+    """1,500 vectors: small enough that one task pairs them all."""
     root = tmp_path_factory.mktemp("pairs")
     x = synthetic(1)
     ids = write_table(root / "emb.parquet", x)
@@ -66,8 +70,22 @@ def normal_run(spark, tmp_path_factory):
     return root / "out", x, ids
 
 
-def test_pairs_are_the_exact_pairs_at_the_threshold(normal_run):
+@pytest.fixture(scope="module")
+def shuffled_run(spark, normal_run):
     out, x, ids = normal_run
+    assert run(["--embeddings", str(out.parent / "emb.parquet"), "--output", str(out.parent / "shuffled"),
+                *SHUFFLED]) == 0
+    return out.parent / "shuffled", x, ids
+
+
+def pairs_stage(out):
+    manifest = json.loads((out / "_manifest.json").read_text())
+    return next(s for s in manifest["stages"] if s["name"] == "pairs")
+
+
+@pytest.mark.parametrize("which", ["normal_run", "shuffled_run"])
+def test_pairs_are_the_exact_pairs_at_the_threshold(which, request):
+    out, x, ids = request.getfixturevalue(which)
     pairs = pd.read_parquet(out / "pairs")
     found = list(zip(pairs.id_a, pairs.id_b))
     assert len(found) == len(set(found))  # each pair once
@@ -82,6 +100,17 @@ def test_pairs_are_the_exact_pairs_at_the_threshold(normal_run):
     for row in pairs.itertuples():
         expected = float(x[index[row.id_a]].astype(np.float64) @ x[index[row.id_b]].astype(np.float64))
         assert row.cosine == pytest.approx(expected, abs=1e-6)
+
+
+def test_one_task_and_shuffled_stages_give_the_same_result(normal_run, shuffled_run):
+    """Both physical plans of the pairing stage: the same pairs, scores and counts."""
+    one, shuffled = pairs_stage(normal_run[0]), pairs_stage(shuffled_run[0])
+    assert one["tasks"] == {"buckets": 1, "rows": 1, "shuffled": False}
+    assert shuffled["tasks"] == {"buckets": 3, "rows": 3, "shuffled": True}
+    assert shuffled["shuffle_bytes_per_image"] > 0
+    for key in ("rows", "candidate_pairs", "buckets"):
+        assert one[key] == shuffled[key], key
+    pd.testing.assert_frame_equal(pd.read_parquet(normal_run[0] / "pairs"), pd.read_parquet(shuffled_run[0] / "pairs"))
 
 
 def test_bad_vectors_are_recorded_and_the_rest_goes_on(normal_run):
@@ -101,17 +130,38 @@ def test_bad_vectors_are_recorded_and_the_rest_goes_on(normal_run):
 def test_giant_bucket_is_split_and_counted(spark, tmp_path):
     x = synthetic(2, n=800, planted=40, giant=400)
     ids = write_table(tmp_path / "emb.parquet", x, bad_rows=False)
-    code = run(["--embeddings", str(tmp_path / "emb.parquet"), "--output", str(tmp_path / "out"),
-                "--set", "lsh.max_bucket_size=100"])
-    assert code == 0
-    manifest = json.loads((tmp_path / "out" / "_manifest.json").read_text())
-    buckets = manifest["lsh"]["buckets"]
+    for out, extra in (("one", []), ("shuffled", SHUFFLED)):
+        code = run(["--embeddings", str(tmp_path / "emb.parquet"), "--output", str(tmp_path / out),
+                    "--set", "lsh.max_bucket_size=100", *extra])
+        assert code == 0
+    buckets = pairs_stage(tmp_path / "one")["buckets"]
     assert buckets["oversized"] >= 1 and buckets["largest_rows"] >= 350  # most of the 400 planted rows
     assert buckets["split"] + buckets["windowed"] == buckets["oversized"]
-    pairs = pd.read_parquet(tmp_path / "out" / "pairs")
+    assert pairs_stage(tmp_path / "shuffled")["buckets"] == buckets
+    pairs = pd.read_parquet(tmp_path / "one" / "pairs")
     found = set(zip(pairs.id_a, pairs.id_b))
     assert len(found) == len(pairs)
     assert found <= exact_pairs(x, ids, THRESHOLD)
+    pd.testing.assert_frame_equal(pairs, pd.read_parquet(tmp_path / "shuffled" / "pairs"))
+
+
+def test_tally_counts_a_recomputed_partition_once(spark):
+    """A stage that runs again (here: an unpersisted frame read twice) must not double
+    the counts the manifest reports."""
+    from neardup_core.pipeline import Tally
+
+    tally = Tally(spark)
+
+    def count_rows(batches):
+        n = 0
+        for batch in batches:
+            n += batch.num_rows
+            yield batch
+        tally.record("rows", (n,))
+
+    frame = spark.range(0, 1000, numPartitions=4).mapInArrow(count_rows, "id long")
+    assert frame.count() == 1000 and frame.count() == 1000
+    assert sorted(v[0] for v in tally.values("rows")) == [250] * 4
 
 
 def test_missing_columns_exit_2_naming_them(spark, tmp_path, capsys):
