@@ -211,7 +211,7 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
         shuffle_before = _shuffle_bytes(spark)
         numbered = pipeline.number_rows(embedded)
         tally = pipeline.Tally(spark)
-        vectors = named = None
+        named = None
         if plan is None:  # nothing embedded: no pairs, and no dimension to hash in
             spark.createDataFrame([], pipeline.PAIR_SCHEMA).write.parquet(out.staged("pairs"))
             pairs = record["rows"] = 0
@@ -228,8 +228,9 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
                 pairs = record["rows"] = sum(v[0] for v in tally.values("pairs"))
             else:
                 bucket_parts, row_parts = tasks
-                # Both scoring steps read the vectors: cached by the first.
-                vectors = pipeline.vector_blocks(numbered, dim, row_parts).persist(StorageLevel.MEMORY_AND_DISK)
+                # Packed from the cached rows by each scoring step: as cheap as reading a cache
+                # of them (measured at 200k), and the JVM does not hold N vectors twice.
+                vectors = pipeline.vector_blocks(numbered, dim, row_parts)
                 entries = pipeline.bucket_entries(numbered, planes, tables, lsh_cfg.split_bits, bucket_parts)
                 candidates = pipeline.bucket_candidates(entries, bucket_parts, row_parts, lsh_cfg.max_bucket_size,
                                                         lsh_cfg.split_bits, tally)
@@ -257,9 +258,8 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
         record["rows"] = embedded_count + progress.errors
 
     by_stage = errors.groupBy("stage").count().collect() if progress.errors else []
-    for frame in (named, vectors):
-        if frame is not None:
-            frame.unpersist()
+    if named is not None:
+        named.unpersist()
     rows.unpersist()
     return {"images": images, "embedded": embedded_count, "errors": progress.errors,
             "errors_by_stage": {row["stage"]: row["count"] for row in by_stage},
