@@ -1,7 +1,8 @@
 """The pairing stage at scale, against exact search and Spark MLlib, on the same data.
 
     python benchmarks/pairing_scale.py [--sizes 20000 100000] [--dim 256] [--threshold 0.9]
-                                       [--mllib-max 20000] [--exact-max 200000] [--recall-rows 5000] [--set KEY=VALUE ...]
+                                       [--mllib-max 20000] [--exact-max 200000] [--recall-rows 5000]
+                                       [--driver-memory 4g] [--set KEY=VALUE ...]
                                        [--plot growth.png]
 
 Data: seeded synthetic unit vectors in clusters (real embeddings are not uniform), plus
@@ -9,7 +10,7 @@ planted near-duplicates at known cosines 0.85..0.99 (see `synthetic`). For each 
 one after the other:
   - `neardup pairs` on the Parquet table (Spark local mode, defaults: auto LSH plan),
     reporting the pairs stage's wall time, shuffle bytes per item, candidate pairs, and
-    the peak memory (PSS) of the command's process tree, JVM and Python apart;
+    the peak memory of the command's process tree, JVM (RSS) and Python (PSS) apart;
   - exact blocked brute force in NumPy (float32 matrix products in blocks of 4096 rows),
     whose pair set is the truth for recall; above --exact-max, the truth is every pair
     that involves one of --recall-rows random rows (exact search of those rows against
@@ -95,11 +96,13 @@ def write_table(path: str, x: np.ndarray) -> None:
 
 
 def tree_memory(root: int) -> dict[str, int]:
-    """Proportional set size (bytes) of a process and its descendants, from /proc (Linux),
-    by kind: the JVM, Python (the driver and Spark's forked workers). PSS splits pages that
-    forked workers share with their daemon, so the sum does not count them twice, as a sum
-    of RSS would."""
-    parent, pss, kind = {}, {}, {}
+    """Memory (bytes) of a process and its descendants, from /proc (Linux), by kind: the
+    JVM's resident set (VmRSS), and the proportional set size (PSS) of the Python
+    processes (the driver and Spark's forked workers; PSS splits the pages that forked
+    workers share with their daemon, so the sum does not count them twice, as a sum of
+    RSS would). The JVM's PSS is not read: walking its page tables (smaps_rollup) holds
+    its memory-map lock and measurably slowed the job being measured."""
+    parent, cmd = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -107,11 +110,9 @@ def tree_memory(root: int) -> dict[str, int]:
         try:
             with open(f"/proc/{pid}/stat") as fh:
                 parent[pid] = int(fh.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/smaps_rollup") as fh:
-                pss[pid] = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("Pss:"))
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                kind[pid] = "jvm" if b"java" in fh.read().split(b"\0")[0] else "python"
-        except (OSError, ValueError, IndexError, StopIteration):
+                cmd[pid] = fh.read().split(b"\0")[0]
+        except (OSError, ValueError, IndexError):
             continue
     tree, frontier = {root}, [root]
     while frontier:
@@ -119,9 +120,15 @@ def tree_memory(root: int) -> dict[str, int]:
         tree.update(children)
         frontier = children
     out = {"jvm": 0, "python": 0}
-    for p in tree:
-        if p in pss:
-            out[kind[p]] += pss[p]
+    for pid in tree:
+        jvm = b"java" in cmd.get(pid, b"")
+        field, source = ("VmRSS:", "status") if jvm else ("Pss:", "smaps_rollup")
+        try:
+            with open(f"/proc/{pid}/{source}") as fh:
+                value = next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field))
+        except (OSError, ValueError, StopIteration):
+            continue
+        out["jvm" if jvm else "python"] += value
     return out
 
 
@@ -135,9 +142,10 @@ def peak_memory_of_tree(pid: int, stop: threading.Event, out: list) -> None:
     out.append(peak)
 
 
-def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tuple[dict, float, dict]:
+def run_job(table: str, out: str, threshold: float, driver_memory: str, overrides: list[str]
+            ) -> tuple[dict, float, dict]:
     cmd = [sys.executable, "-m", "neardup_core.cli", "pairs", "--embeddings", table, "--output", out,
-           "--set", f"pairs.cosine_threshold={threshold}", "--set", "spark.conf={spark.driver.memory: 8g}"]
+           "--set", f"pairs.cosine_threshold={threshold}", "--set", f"spark.conf={{spark.driver.memory: {driver_memory}}}"]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
@@ -153,6 +161,12 @@ def run_job(table: str, out: str, threshold: float, overrides: list[str]) -> tup
         sys.exit(f"neardup pairs failed:\n{log[-3000:]}")
     with open(os.path.join(out, "_manifest.json")) as fh:
         return json.load(fh), time.perf_counter() - start, peak[0]
+
+
+def tasks_text(tasks: dict) -> str:
+    if not tasks["shuffled"]:
+        return "one task"
+    return f"{tasks['buckets']} bucket + {tasks['rows']} row tasks"
 
 
 def mllib(table: str, threshold: float, tables: int, bucket_length: float) -> tuple[np.ndarray, float]:
@@ -187,12 +201,14 @@ def main() -> None:
                     help="above --exact-max: recall against exact search of this many random rows")
     ap.add_argument("--mllib-tables", type=int, default=10)
     ap.add_argument("--mllib-bucket-length", type=float, default=0.02)
+    ap.add_argument("--driver-memory", default="4g", help="spark.driver.memory of neardup pairs (local mode)")
     ap.add_argument("--set", action="append", default=[], help="passed on to neardup pairs")
     ap.add_argument("--plot", help="write a PNG of seconds against N for each method here")
     args = ap.parse_args()
     times: dict[str, list[tuple[int, float]]] = {}
-    print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores")
-    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak PSS GB (JVM + Python) | plan |")
+    print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores, "
+          f"spark.driver.memory {args.driver_memory}")
+    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak GB (JVM RSS + Python PSS) | plan |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for n in args.sizes:
         x = synthetic(n, args.dim)
@@ -212,7 +228,8 @@ def main() -> None:
                 times.setdefault("exact NumPy, blocked", []).append((n, seconds))
                 print(f"| {n:,} | exact NumPy, blocked | {seconds:.1f} | 1 | {len(truth):,} "
                       f"| {n * (n - 1) // 2:,} | - | - | - |", flush=True)
-            manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.set)
+            manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.driver_memory,
+                                           args.set)
             stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
             found = pd.read_parquet(os.path.join(work, "out", "pairs"))
             codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
@@ -223,7 +240,7 @@ def main() -> None:
             print(f"| {n:,} | neardup pairs stage (whole command {wall:.0f} s) | {stage['seconds']:.1f} | {recall} "
                   f"| {len(found):,} | {stage['candidate_pairs']:,} | {stage.get('shuffle_bytes_per_image', '-')} "
                   f"| {peak['total'] / 1e9:.1f} ({peak['jvm'] / 1e9:.1f} + {peak['python'] / 1e9:.1f}) "
-                  f"| k={lsh['bits_per_table']} L={lsh['num_tables']}, "
+                  f"| k={lsh['bits_per_table']} L={lsh['num_tables']}, {tasks_text(stage['tasks'])}, "
                   f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
             if n <= args.mllib_max:
                 rows, seconds = mllib(table, args.threshold, args.mllib_tables, args.mllib_bucket_length)
