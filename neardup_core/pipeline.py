@@ -237,13 +237,15 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         raise InputError(f"--embeddings {path}: the first embedding is empty")
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.embed.batch import check_vectors
+        import pyarrow.compute as pc
+
+        from neardup_core.embed.batch import check_vector_column
 
         for batch in batches:
-            vectors, stages, messages = check_vectors(batch.column("vector").to_pylist(), dim)
+            vectors, reasons = check_vector_column(batch.column("vector"), dim)
+            stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("path"), pa.array(vectors, type=pa.list_(pa.float32())),
-                 pa.array(stages, pa.string()), pa.array(messages, pa.string())],
+                [batch.column("id"), batch.column("path"), vectors, stages, reasons],
                 names=["id", "path", "embedding", "error_stage", "error_message"])
 
     return rows.mapInArrow(run, EMBEDDED_SCHEMA)

@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from neardup_core.config import InputConfig, ModelConfig
@@ -76,3 +77,44 @@ def test_user_vectors_are_checked_row_by_row():
         "binary embedding of 3 bytes is not float32 values",
     ]
 
+
+
+@pytest.mark.parametrize("kind", ["list<float>", "list<double>", "binary"])
+@pytest.mark.parametrize("n", [1, 2, 7, 300])
+def test_vector_column_is_checked_like_row_by_row(kind, n):
+    """The column-at-once check (what `neardup pairs` runs) against the row-by-row one."""
+    import pyarrow as pa
+
+    from neardup_core.embed.batch import check_vector_column, check_vectors
+
+    rng = np.random.default_rng(n)
+    dim = 5
+    values = []
+    for _ in range(n):
+        v = rng.standard_normal(dim)
+        case = rng.integers(0, 6)
+        if case == 1:
+            values.append(None)
+            continue
+        if case == 2:
+            v = v[: rng.integers(0, dim)]
+        if case == 3:
+            v[rng.integers(0, dim)] = rng.choice([np.nan, np.inf, -np.inf])
+        if kind == "binary":
+            blob = v.astype("<f4").tobytes()
+            values.append(blob[:-1] if case == 4 else blob)
+        else:
+            row = [float(x) for x in v]
+            if case == 4:
+                row[0] = None
+            values.append(row)
+    arrow_type = {"list<float>": pa.list_(pa.float32()), "list<double>": pa.list_(pa.float64()),
+                  "binary": pa.binary()}[kind]
+    column = pa.array([None] * 3 + values, arrow_type)[3:]  # a slice, as batches can be
+    vectors, reasons = check_vector_column(column, dim)
+    expected, _, messages = check_vectors(values, dim)
+    assert reasons.to_pylist() == messages
+    got = vectors.to_pylist()
+    for g, e in zip(got, expected):
+        assert (g is None and e is None) or np.array_equal(np.array(g, np.float32), e)
+    assert vectors.type == pa.list_(pa.float32())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..config import InputConfig, ModelConfig
 from ..decode import DecodeError, decode_image
@@ -109,3 +111,42 @@ def check_vectors(values: Sequence[Sequence[float] | bytes | None], dim: int
         stages.append("embedding" if problem else None)
         messages.append(problem)
     return vectors, stages, messages
+
+
+def check_vector_column(column: pa.Array, dim: int) -> tuple[pa.Array, pa.Array]:
+    """:func:`check_vectors` on a whole Arrow column at once (no Python per row or value):
+    list<float>, list<double> or binary float32 in; the vectors as list<float32> (null
+    for a bad row) and the reason for each bad row (null for a good one) out.
+
+    Memory: O(values in the column), as float64."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    present = column.is_valid().to_numpy(zero_copy_only=False)
+    reason = np.where(present, None, "no embedding").astype(object)
+    if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+        nbytes = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        ragged = present & (nbytes % 4 != 0)
+        for i in np.flatnonzero(ragged):
+            reason[i] = f"binary embedding of {nbytes[i]} bytes is not float32 values"
+        whole = present & ~ragged
+        lengths = np.where(whole, nbytes // 4, 0)
+        blobs = column.filter(pa.array(whole))
+        values = np.frombuffer(b"".join(blobs.to_pylist()), dtype="<f4").astype(np.float64)
+    else:
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+        whole = present
+        flat = pc.list_flatten(column)  # the values of non-null rows, in order
+        values = pc.fill_null(flat.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    wrong_length = whole & (lengths != dim)
+    for i in np.flatnonzero(wrong_length):
+        reason[i] = f"embedding has {lengths[i]} values, expected {dim} like the first row"
+    row_of_value = np.repeat(np.arange(n), lengths)
+    nonfinite = np.zeros(n, dtype=bool)
+    nonfinite[row_of_value[~np.isfinite(values)]] = True
+    reason[whole & ~wrong_length & nonfinite] = "embedding has a missing, NaN or infinite value"
+    good = whole & ~wrong_length & ~nonfinite
+    kept = values[np.repeat(good, lengths)].astype(np.float32)
+    offsets = np.concatenate(([0], np.cumsum(np.where(good, dim, 0)))).astype(np.int32)
+    vectors = pa.ListArray.from_arrays(pa.array(offsets), pa.array(kept), mask=pa.array(~good))
+    return vectors, pa.array(reason, pa.string())
