@@ -56,8 +56,11 @@ def bucket_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int) -> 
 
 
 def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, split_bits: int,
-                   block_values: int = 1 << 23, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Bucket keys and split sub-keys, each (n, num_tables) int64.
+                   block_values: int = 1 << 23, threads: int = 1, subkeys: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bucket keys and split sub-keys, each (n, num_tables) int64; with ``subkeys=False``
+    the sub-keys are None and their planes are not projected (a third less work at
+    k = 16, split_bits = 8), for callers that need them only if a bucket must split.
 
     ``planes`` has ``num_tables * (k + split_bits)`` rows, table-major; in each table the
     first k planes make the key and the next ``split_bits`` the sub-key. Rows are
@@ -75,6 +78,9 @@ def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, 
         raise ValueError(f"{planes.shape[0]} planes leave no key bits for {num_tables} tables "
                          f"with {split_bits} split bits")
     x = np.asarray(embeddings).reshape(-1, planes.shape[1])
+    if not subkeys:
+        key_planes = planes.reshape(num_tables, bits_and_split, -1)[:, :k].reshape(num_tables * k, -1)
+        return signature_keys(x, key_planes, num_tables, 0, block_values, threads)[0], None
     normals = np.asarray(planes, dtype=np.float32).T
     n = len(x)
     # Sub-key bits most significant first, so its top d bits are the first d split planes;

@@ -393,10 +393,15 @@ def pair_in_one_task(numbered: DataFrame, planes_broadcast, num_tables: int, spl
         planes = planes_broadcast.value
         table = pa.Table.from_batches(list(batches), schema=_ONE_TASK_INPUT)
         x = _matrix(table.column("embedding").combine_chunks(), planes.shape[1])
-        keys, subkeys = signature_keys(x, planes, num_tables, split_bits,
-                                       threads=min(threads, _usable_cores()))
-        stats, a, b, matched = all_candidates(keys, subkeys, max_bucket_size, split_bits)
-        del keys, subkeys
+        threads_here = min(threads, _usable_cores())
+        # Sub-keys only matter for a bucket over max_bucket_size: hash without them, and
+        # again with them in the rare catalog that has one.
+        keys, _ = signature_keys(x, planes, num_tables, split_bits, threads=threads_here, subkeys=False)
+        stats, a, b, matched = all_candidates(keys, np.zeros_like(keys), max_bucket_size, split_bits)
+        if stats.oversized and split_bits:
+            keys, subkeys = signature_keys(x, planes, num_tables, split_bits, threads=threads_here)
+            stats, a, b, matched = all_candidates(keys, subkeys, max_bucket_size, split_bits)
+        del keys
         cosine = pair_cosines(x, a, b)
         near = cosine >= cosine_threshold
         tally.record("buckets", tuple(stats))
@@ -453,7 +458,7 @@ def keyed_embeddings(numbered: DataFrame, planes_broadcast, num_tables: int, spl
         planes = planes_broadcast.value
         for batch in batches:
             keys, _ = signature_keys(_matrix(batch.column("embedding"), planes.shape[1]), planes, num_tables,
-                                     split_bits)
+                                     split_bits, subkeys=False)
             yield pa.RecordBatch.from_arrays(
                 [batch.column("id"), batch.column("path"), batch.column("embedding"), _list_column(keys)],
                 names=["id", "path", "embedding", "keys"])

@@ -77,3 +77,14 @@ def test_hashing_on_threads_gives_the_same_keys(n, threads):
     many = lsh.signature_keys(x, planes, 6, 3, block_values=700, threads=threads)
     np.testing.assert_array_equal(one[0], many[0])
     np.testing.assert_array_equal(one[1], many[1])
+
+
+@pytest.mark.parametrize("split_bits", [0, 1, 8])
+def test_keys_without_subkeys_are_the_same_keys(split_bits):
+    rng = np.random.default_rng(split_bits)
+    x = rng.standard_normal((97, 24)).astype(np.float32)
+    planes = lsh.hyperplanes(seed=4, num_tables=5, bits_per_table=11 + split_bits, dim=24)
+    keys, subkeys = lsh.signature_keys(x, planes, 5, split_bits)
+    only, none = lsh.signature_keys(x, planes, 5, split_bits, subkeys=False)
+    np.testing.assert_array_equal(only, keys)
+    assert none is None
