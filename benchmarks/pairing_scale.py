@@ -190,6 +190,22 @@ def mllib(table: str, threshold: float, tables: int, bucket_length: float) -> tu
     return rows, seconds
 
 
+def report_job(n: int, table: str, work: str, truth, sampled: bool, args, times: dict) -> None:
+    manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.driver_memory, args.set)
+    stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
+    found = pd.read_parquet(os.path.join(work, "out", "pairs"))
+    codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
+    recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
+    recall += " (sampled)" if sampled else ""
+    lsh = manifest["lsh"]
+    times.setdefault("neardup pairs stage", []).append((n, stage["seconds"]))
+    print(f"| {n:,} | neardup pairs stage (whole command {wall:.0f} s) | {stage['seconds']:.1f} | {recall} "
+          f"| {len(found):,} | {stage['candidate_pairs']:,} | {stage.get('shuffle_bytes_per_image', '-')} "
+          f"| {peak['total'] / 1e9:.1f} ({peak['jvm'] / 1e9:.1f} + {peak['python'] / 1e9:.1f}) "
+          f"| k={lsh['bits_per_table']} L={lsh['num_tables']}, {tasks_text(stage['tasks'])}, "
+          f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000])
@@ -202,6 +218,7 @@ def main() -> None:
     ap.add_argument("--mllib-tables", type=int, default=10)
     ap.add_argument("--mllib-bucket-length", type=float, default=0.02)
     ap.add_argument("--driver-memory", default="4g", help="spark.driver.memory of neardup pairs (local mode)")
+    ap.add_argument("--no-job", action="store_true", help="skip neardup pairs (to time the other methods alone)")
     ap.add_argument("--set", action="append", default=[], help="passed on to neardup pairs")
     ap.add_argument("--plot", help="write a PNG of seconds against N for each method here")
     args = ap.parse_args()
@@ -228,20 +245,8 @@ def main() -> None:
                 times.setdefault("exact NumPy, blocked", []).append((n, seconds))
                 print(f"| {n:,} | exact NumPy, blocked | {seconds:.1f} | 1 | {len(truth):,} "
                       f"| {n * (n - 1) // 2:,} | - | - | - |", flush=True)
-            manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.driver_memory,
-                                           args.set)
-            stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
-            found = pd.read_parquet(os.path.join(work, "out", "pairs"))
-            codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
-            recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
-            recall += " (sampled)" if sampled else ""
-            lsh = manifest["lsh"]
-            times.setdefault("neardup pairs stage", []).append((n, stage["seconds"]))
-            print(f"| {n:,} | neardup pairs stage (whole command {wall:.0f} s) | {stage['seconds']:.1f} | {recall} "
-                  f"| {len(found):,} | {stage['candidate_pairs']:,} | {stage.get('shuffle_bytes_per_image', '-')} "
-                  f"| {peak['total'] / 1e9:.1f} ({peak['jvm'] / 1e9:.1f} + {peak['python'] / 1e9:.1f}) "
-                  f"| k={lsh['bits_per_table']} L={lsh['num_tables']}, {tasks_text(stage['tasks'])}, "
-                  f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
+            if not args.no_job:
+                report_job(n, table, work, truth, sampled, args, times)
             if n <= args.mllib_max:
                 rows, seconds = mllib(table, args.threshold, args.mllib_tables, args.mllib_bucket_length)
                 times.setdefault("MLlib BRP approxSimilarityJoin", []).append((n, seconds))

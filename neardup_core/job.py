@@ -219,15 +219,15 @@ def _pair_and_write(spark, cfg: Config, rows: DataFrame, images: int, out: Outpu
             planes = spark.sparkContext.broadcast(
                 lsh.hyperplanes(lsh_cfg.seed, tables, plan.bits_per_table + lsh_cfg.split_bits, dim))
             tasks = _pairing_tasks(spark, cfg, embedded_count, tables, dim, plan.expected_candidates)
-            record["tasks"] = {"buckets": 1, "rows": 1, "shuffled": False} if tasks is None else \
-                {"buckets": tasks[0], "rows": tasks[1], "shuffled": True}
             if tasks is None:
+                record["tasks"] = {"buckets": 1, "rows": 1, "shuffled": False}
                 pipeline.pair_in_one_task(numbered, planes, tables, lsh_cfg.split_bits, lsh_cfg.max_bucket_size,
                                           cfg.pairs.cosine_threshold, tally, pipeline.executor_cores(spark)
                                           ).write.parquet(out.staged("pairs"))  # one partition, sorted
                 pairs = record["rows"] = sum(v[0] for v in tally.values("pairs"))
             else:
                 bucket_parts, row_parts = tasks
+                record["tasks"] = {"buckets": bucket_parts, "rows": row_parts, "shuffled": True}
                 # Packed from the cached rows by each scoring step: as cheap as reading a cache
                 # of them (measured at 200k), and the JVM does not hold N vectors twice.
                 vectors = pipeline.vector_blocks(numbered, dim, row_parts)

@@ -21,6 +21,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .buckets import run_lengths, split_depths
+from .lsh import signature_keys
 
 
 class BucketStats(NamedTuple):
@@ -192,6 +193,26 @@ def all_candidates(keys: np.ndarray, subkeys: np.ndarray, max_bucket_size: int, 
     a = np.concatenate([p[0] for p in found]) if found else np.zeros(0, np.int64)
     b = np.concatenate([p[1] for p in found]) if found else np.zeros(0, np.int64)
     return (stats, *merge_copies(a, b))
+
+
+def candidates_of_vectors(vectors: np.ndarray, planes: np.ndarray, num_tables: int, split_bits: int,
+                          max_bucket_size: int, threads: int = 1
+                          ) -> tuple[BucketStats, np.ndarray, np.ndarray, np.ndarray]:
+    """Hash n vectors (:func:`lsh.signature_keys`) and find every distinct candidate pair
+    (:func:`all_candidates`): the whole bucket side of the pairing stage for data that
+    fits one task. Sub-keys matter only for a bucket over ``max_bucket_size``, so the
+    vectors are hashed without them, and hashed again with them only if such a bucket
+    turns up (their planes are a third of the projections at k = 16, split_bits = 8).
+
+    Returns:
+        As :func:`all_candidates`: (stats, a, b, tables_matched), rows of ``vectors``.
+    """
+    keys, _ = signature_keys(vectors, planes, num_tables, split_bits, threads=threads, subkeys=False)
+    found = all_candidates(keys, np.zeros_like(keys), max_bucket_size, split_bits)
+    if found[0].oversized and split_bits:
+        keys, subkeys = signature_keys(vectors, planes, num_tables, split_bits, threads=threads)
+        found = all_candidates(keys, subkeys, max_bucket_size, split_bits)
+    return found
 
 
 def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:

@@ -2,7 +2,8 @@
 turns the result back; the maths lives in :mod:`lsh`, :mod:`pairing` and :mod:`embed`.
 
 Every stage is a function from DataFrame to DataFrame; the job in :mod:`neardup_core.job`
-decides when they run and what is written.
+decides when they run and what is written. A stage that counts something for the
+manifest (buckets, candidates) adds it to a :class:`Tally` passed in.
 """
 
 from __future__ import annotations
@@ -381,27 +382,19 @@ def pair_in_one_task(numbered: DataFrame, planes_broadcast, num_tables: int, spl
                      max_bucket_size: int, cosine_threshold: float, tally: Tally, threads: int) -> DataFrame:
     """The whole pairing stage in one task, with no shuffle, for data that fits one:
     hash (:func:`lsh.signature_keys`, on up to ``threads`` threads: the task runs
-    alone), pair (:func:`pairing.all_candidates`, the same bucket kernel as the shuffled
-    stage), score, and name. Tallies what :func:`bucket_candidates` and
+    alone), pair (:func:`pairing.candidates_of_vectors`, the same bucket kernel as the
+    shuffled stage), score, and name. Tallies what :func:`bucket_candidates` and
     :func:`score_halves` would, and "pairs", and returns what :func:`name_pairs` would,
     in one partition sorted by id_a, id_b."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.lsh import signature_keys
-        from neardup_core.pairing import all_candidates, pair_cosines
+        from neardup_core.pairing import candidates_of_vectors, pair_cosines
 
         planes = planes_broadcast.value
         table = pa.Table.from_batches(list(batches), schema=_ONE_TASK_INPUT)
         x = _matrix(table.column("embedding").combine_chunks(), planes.shape[1])
-        threads_here = min(threads, _usable_cores())
-        # Sub-keys only matter for a bucket over max_bucket_size: hash without them, and
-        # again with them in the rare catalog that has one.
-        keys, _ = signature_keys(x, planes, num_tables, split_bits, threads=threads_here, subkeys=False)
-        stats, a, b, matched = all_candidates(keys, np.zeros_like(keys), max_bucket_size, split_bits)
-        if stats.oversized and split_bits:
-            keys, subkeys = signature_keys(x, planes, num_tables, split_bits, threads=threads_here)
-            stats, a, b, matched = all_candidates(keys, subkeys, max_bucket_size, split_bits)
-        del keys
+        stats, a, b, matched = candidates_of_vectors(x, planes, num_tables, split_bits, max_bucket_size,
+                                                     threads=min(threads, _usable_cores()))
         cosine = pair_cosines(x, a, b)
         near = cosine >= cosine_threshold
         tally.record("buckets", tuple(stats))

@@ -131,3 +131,21 @@ def test_pair_cosines_match_float64_reference(chunk):
     x64 = x.astype(np.float64)
     expected = [x64[i] @ x64[j] / (np.linalg.norm(x64[i]) * np.linalg.norm(x64[j])) for i, j in zip(a, b)]
     np.testing.assert_allclose(pairing.pair_cosines(x, a, b, chunk), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("giant", [0, 300])
+def test_candidates_of_vectors_hash_sub_keys_only_when_a_bucket_needs_them(giant):
+    """Hashing without sub-keys first (and again with them only for an oversized bucket)
+    gives what hashing with them from the start gives."""
+    from neardup_core import lsh
+
+    rng = np.random.default_rng(giant)
+    x = rng.standard_normal((400, 16))
+    x[:giant] = x[0] + 0.05 * rng.standard_normal((giant, 16))  # one bucket of ~300 rows in most tables
+    planes = lsh.hyperplanes(3, 6, 5 + 4, 16)
+    keys, subkeys = lsh.signature_keys(x, planes, 6, 4)
+    expected = pairing.all_candidates(keys, subkeys, 100, 4)
+    found = pairing.candidates_of_vectors(x, planes, 6, 4, 100, threads=2)
+    assert found[0] == expected[0] and (found[0].oversized > 0) == (giant > 0)
+    for got, want in zip(found[1:], expected[1:]):
+        np.testing.assert_array_equal(got, want)
