@@ -2,7 +2,7 @@
 
     python benchmarks/pairing_scale.py [--sizes 20000 100000] [--dim 256] [--threshold 0.9]
                                        [--mllib-max 20000] [--exact-max 200000] [--recall-rows 5000]
-                                       [--driver-memory 4g] [--set KEY=VALUE ...]
+                                       [--driver-memory 4g] [--no-job] [--set KEY=VALUE ...]
                                        [--plot growth.png]
 
 Data: seeded synthetic unit vectors in clusters (real embeddings are not uniform), plus
