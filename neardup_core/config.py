@@ -85,8 +85,9 @@ class EmbedConfig:
                  "must not be empty (null means {model.cache_dir}/engines)")
 
 
-# A bucket key is k bits in an int64, summed exactly in float64 (lsh.signature_keys); a
-# packed bucket entry numbers tables and holds sub-keys in 16 bits (blocks.ENTRY).
+# A bucket key packs k bits into an int64 (lsh.signature_keys); up to 48 bits, a bucket
+# sorts on one int64 with the table number above the key (pairing.group_buckets). A packed
+# bucket entry numbers tables and holds sub-keys in 16 bits (blocks.ENTRY).
 MAX_TABLES = 256
 MAX_BITS_PER_TABLE = 48
 MAX_SPLIT_BITS = 10

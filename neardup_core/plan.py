@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from .config import Config
-from .embed.batch import check_vectors
+from .embed.batch import check_vector_column
 from .sources import InputError
 from .tuning import LshPlan, candidate_probability, plan_lsh
 
@@ -32,16 +33,21 @@ def sample_parquet_embeddings(path: str, column: str, size: int, seed: int) -> t
     if rows == 0:
         raise InputError(f"--embeddings {path}: no rows")
     picked = np.sort(np.random.default_rng(seed).choice(rows, size=min(size, rows), replace=False))
-    values = dataset.take(picked, columns=[column]).column(column).to_pylist()
-    first = next((v for v in values if v is not None), None)
-    if first is None:
+    values = dataset.take(picked, columns=[column]).column(column).combine_chunks()
+    binary = pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)
+    if not (binary or pa.types.is_list(values.type) or pa.types.is_large_list(values.type)
+            or pa.types.is_fixed_size_list(values.type)):
+        raise InputError(f"--embeddings {path}: column {column!r} is {values.type}; expected a list of floats "
+                         "or binary float32")
+    present = values.drop_null()
+    if len(present) == 0:
         raise InputError(f"--embeddings {path}: no embedding in the sampled rows")
-    dim = len(first) // 4 if isinstance(first, (bytes, bytearray)) else len(first)
-    vectors, _, _ = check_vectors(values, dim)
-    good = [v for v in vectors if v is not None]
-    if not good:
+    first = present[0].as_py()
+    dim = len(first) // 4 if binary else len(first)
+    vectors = check_vector_column(values, dim)[0].drop_null()
+    if len(vectors) == 0:
         raise InputError(f"--embeddings {path}: no usable embedding in the sampled rows")
-    return rows, np.stack(good).astype(np.float64)
+    return rows, vectors.flatten().to_numpy().reshape(len(vectors), dim).astype(np.float64)
 
 
 def describe_plan(cfg: Config, plan: LshPlan, items: int, sample: np.ndarray, pair_cosines: np.ndarray) -> str:

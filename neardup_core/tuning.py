@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import blocks
 from .config import MAX_BITS_PER_TABLE, MAX_TABLES, LshConfig
 
 # Plans are priced in core-seconds of the pairing stage, from unit costs measured on the
@@ -28,9 +29,9 @@ CANDIDATE_BYTE_SECONDS = 12.5e-9  # per byte a candidate carries to its second r
 # key, row (20); each copy of a candidate pair leaves its bucket as two row numbers (16);
 # each distinct candidate goes on to its second row's task with a count and its first
 # row's float32 vector (20 + 4 * dim).
-BUCKET_ENTRY_BYTES = 20
-PAIR_COPY_BYTES = 16
-HALF_PAIR_BYTES = 20
+BUCKET_ENTRY_BYTES = blocks.ENTRY.itemsize
+PAIR_COPY_BYTES = blocks.PAIR.itemsize
+HALF_PAIR_BYTES = blocks.half_dtype(0).itemsize
 
 
 def bit_collision_probability(cosine: np.ndarray | float) -> np.ndarray:

@@ -86,7 +86,8 @@ def check_vectors(values: Sequence[Sequence[float] | bytes | None], dim: int
                   ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
     """Embeddings read from a user's table, checked: each value is a list of numbers or
     little-endian float32 bytes of length ``dim``, all finite. A bad row gets stage
-    ``embedding`` and the reason instead of a vector."""
+    ``embedding`` and the reason instead of a vector. Row by row: the reference that
+    :func:`check_vector_column`, which the job and `neardup plan` run, is tested against."""
     vectors: list[np.ndarray | None] = []
     stages: list[str | None] = []
     messages: list[str | None] = []
