@@ -1,15 +1,17 @@
 # Two commands on a fresh machine with Python 3.11 and Java 17:
 #   make demo   install into .venv and run the job on the bundled sample
 #   make test   install the same way and run the tests
+#   make test-fast   the kernel tests only (no Spark, no model): seconds
+#   make lint   ruff, configured in pyproject.toml
 #   make bench-quality   build the labelled photo set, run the job on it, score it beside its peers
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test bench-quality clean
+.PHONY: install demo test test-fast lint bench-quality clean
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
@@ -22,6 +24,16 @@ demo: install
 
 test: install
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not spark and not model and not gpu" tests
+
+$(VENV)/.lint-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[lint]'
+	touch $@
+
+lint: $(VENV)/.lint-installed
+	$(VENV)/bin/ruff check .
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test,bench]'

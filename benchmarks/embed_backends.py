@@ -23,15 +23,19 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from job_throughput import build_catalog  # noqa: E402
+from job_throughput import build_catalog
 
-from neardup_core.config import EmbedConfig, ModelConfig  # noqa: E402
-from neardup_core.decode import decode_image  # noqa: E402
-from neardup_core.embed import get_embedder  # noqa: E402
-from neardup_core.embed.batch import decode_for_model  # noqa: E402
-from neardup_core.embed.models import resolve_model_path  # noqa: E402
-from neardup_core.embed.onnx_export import onnx_model_path  # noqa: E402
+from neardup_core.config import EmbedConfig, ModelConfig
+from neardup_core.decode import decode_image
+from neardup_core.embed import get_embedder
+from neardup_core.embed.batch import decode_for_model
+from neardup_core.embed.models import resolve_model_path
+from neardup_core.embed.onnx_export import onnx_model_path
 
+
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
 
 def best_rate(fn, n: int, repeats: int) -> float:
     best = float("inf")
@@ -55,7 +59,7 @@ def main() -> None:
     files = {"tensorflow": saved, "onnxruntime": onnx_model_path(saved, None, 224, os.path.expanduser(model.cache_dir))}
     with tempfile.TemporaryDirectory() as work:
         build_catalog(work, args.images)
-        blobs = [open(p, "rb").read() for p in sorted(glob.glob(os.path.join(work, "*.jpg")))]
+        blobs = [read_file(p) for p in sorted(glob.glob(os.path.join(work, "*.jpg")))]
     size = model.input_size
 
     def decode(blob):  # as the job does with the default configuration
@@ -80,11 +84,11 @@ def main() -> None:
         for batch in args.batch_sizes:
             embedder.embed(pixels[:batch])  # warm-up: graph tracing, memory arenas
 
-            def model_only():
+            def model_only(embedder=embedder, batch=batch):
                 for i in range(0, len(pixels), batch):
                     embedder.embed(pixels[i:i + batch])
 
-            def decode_and_model():
+            def decode_and_model(embedder=embedder, batch=batch):
                 for i in range(0, len(blobs), batch):
                     embedder.embed(np.stack([decode(b) for b in blobs[i:i + batch]]))
 

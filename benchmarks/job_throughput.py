@@ -60,7 +60,8 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
-        manifest = json.load(open(os.path.join(out, "_manifest.json")))
+        with open(os.path.join(out, "_manifest.json")) as fh:
+            manifest = json.load(fh)
         print(f"images: {args.images}, overrides: {args.set or 'none'}, cores: {os.cpu_count()}")
         print(f"{'stage':<12}{'seconds':>9}{'images/s':>10}")
         for stage in manifest["stages"]:

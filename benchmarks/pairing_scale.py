@@ -145,7 +145,8 @@ def peak_memory_of_tree(pid: int, stop: threading.Event, out: list) -> None:
 def run_job(table: str, out: str, threshold: float, driver_memory: str, overrides: list[str]
             ) -> tuple[dict, float, dict]:
     cmd = [sys.executable, "-m", "neardup_core.cli", "pairs", "--embeddings", table, "--output", out,
-           "--set", f"pairs.cosine_threshold={threshold}", "--set", f"spark.conf={{spark.driver.memory: {driver_memory}}}"]
+           "--set", f"pairs.cosine_threshold={threshold}",
+           "--set", f"spark.conf={{spark.driver.memory: {driver_memory}}}"]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
@@ -225,7 +226,8 @@ def main() -> None:
     times: dict[str, list[tuple[int, float]]] = {}
     print(f"dim {args.dim}, pairs at cosine >= {args.threshold}, {os.cpu_count()} cores, "
           f"spark.driver.memory {args.driver_memory}")
-    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item | peak GB (JVM RSS + Python PSS) | plan |")
+    print("| N | method | seconds | recall | pairs found | candidates | shuffle B/item "
+          "| peak GB (JVM RSS + Python PSS) | plan |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
     for n in args.sizes:
         x = synthetic(n, args.dim)
@@ -252,7 +254,8 @@ def main() -> None:
                 times.setdefault("MLlib BRP approxSimilarityJoin", []).append((n, seconds))
                 codes = np.sort(rows.a.to_numpy(np.int64) * n + rows.b.to_numpy(np.int64))
                 recall = f"{np.isin(truth, codes).mean():.4f}" if truth is not None else "-"
-                print(f"| {n:,} | MLlib BRP approxSimilarityJoin | {seconds:.1f} | {recall} | {len(rows):,} | - | - | - "
+                print(f"| {n:,} | MLlib BRP approxSimilarityJoin | {seconds:.1f} | {recall} | {len(rows):,} "
+                      "| - | - | - "
                       f"| L={args.mllib_tables}, bucketLength={args.mllib_bucket_length} |", flush=True)
     if args.plot:
         plot(times, args.threshold, args.dim, args.plot)

@@ -1,6 +1,6 @@
 """spark-submit entry point: ``spark-submit [spark options] jobs/dedup.py --input ... --output ...``.
 
-The package must reach the executors (see README, "Running on a cluster").
+The package must reach the executors (see README, "On a cluster").
 """
 
 import sys

@@ -11,7 +11,7 @@ task unpacks them into arrays again. A block row is (part, kind, blob).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 

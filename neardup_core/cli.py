@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 
 from .config import ConfigError, load_config
+from .console import configure_logging
 from .embed import ModelError
 from .output import OutputError
 from .sources import InputError
@@ -30,6 +30,8 @@ def parser() -> argparse.ArgumentParser:
     config.add_argument("--config", help="YAML file overriding conf/default.yaml")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one key, e.g. --set lsh.num_tables=16 (repeatable)")
+    config.add_argument("--verbose", action="store_true",
+                        help="also show Spark's, TensorFlow's and the converters' own logs")
     p = argparse.ArgumentParser(prog="neardup", description="Batch near-duplicate image detection on Spark.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[config], help="embed, hash and pair a catalog of images")
@@ -54,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     if launched_by_spark_submit is None:
         # spark-submit starts the Python driver with a gateway to its own JVM.
         launched_by_spark_submit = "PYSPARK_GATEWAY_PORT" in os.environ
@@ -73,13 +75,14 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         from . import job  # Spark and TensorFlow load only once the invocation is valid
 
         if args.command == "pairs":
-            result = job.run_pairs(cfg, args.embeddings, launched_by_spark_submit=launched_by_spark_submit)
+            result = job.run_pairs(cfg, args.embeddings, launched_by_spark_submit, args.verbose)
         else:
-            result = job.run(cfg, launched_by_spark_submit=launched_by_spark_submit)
+            result = job.run(cfg, launched_by_spark_submit, args.verbose)
     except USAGE_ERRORS as err:
         return _usage_error(err)
-    print(f"neardup: {result.images} images, {result.errors} errors, "
-          f"{result.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}) -> {result.output}")
+    counts = result.counts
+    print(f"neardup: {counts.inputs} images, {counts.errors} errors, "
+          f"{counts.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}) -> {result.output}")
     return 0
 
 
@@ -109,7 +112,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _build_engine(args: argparse.Namespace) -> int:
     from .embed import engine_dir, prepare_model
-    from .embed.tensorrt import ensure_plan
+    from .embed.tensorrt_backend import ensure_plan
 
     try:
         cfg = load_config(args.config, args.set)

@@ -2,12 +2,15 @@
 
 One :class:`Config` object is built at the edge (the CLI) from the defaults below
 (documented key by key in ``conf/default.yaml``; a test keeps the two equal), an
-optional user YAML file and ``--set KEY=VALUE`` overrides, validated once, and then
-handed to every stage.
-No stage reads files or environment variables on its own.
+optional user YAML file and ``--set KEY=VALUE`` overrides, and then handed to every
+stage. No stage reads files or environment variables on its own.
 
-An unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
-naming the key and the value.
+Every section checks its values when it is constructed (also by ``dataclasses.replace``),
+so an invalid configuration cannot exist: an unknown key, a wrong type or an
+out-of-range value raises :class:`ConfigError` naming the key and the value.
+
+One module on purpose (a little over 300 lines): the sections, their checks and the
+loader that builds them are one contract, kept equal to ``conf/default.yaml`` by a test.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import dataclasses
 import math
 import types
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -25,11 +28,29 @@ class ConfigError(ValueError):
     """A configuration key is unknown, of the wrong type or out of range."""
 
 
+class _Section:
+    """Base of the config sections: on construction, each value is coerced to its
+    annotated type (:func:`_coerce`) and then :meth:`_check` checks ranges."""
+
+    NAME: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        for key, hint in get_type_hints(type(self)).items():
+            if key != "NAME":
+                object.__setattr__(self, key, _coerce(f"{self.NAME}.{key}", getattr(self, key), hint))
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 
 @dataclass(frozen=True)
-class InputConfig:
+class InputConfig(_Section):
+    NAME: ClassVar[str] = "input"
+
     path: str | None = None
     format: Literal["auto", "directory", "parquet", "csv"] = "auto"
     id_column: str = "id"
@@ -40,7 +61,7 @@ class InputConfig:
     max_pixels: int = 64_000_000
     rows_per_partition: int = 2000
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         _require(bool(self.id_column), "input.id_column", self.id_column, "must not be empty")
         _require(bool(self.path_column), "input.path_column", self.path_column, "must not be empty")
         _require(len(self.extensions) > 0, "input.extensions", self.extensions, "must not be empty")
@@ -53,7 +74,9 @@ class InputConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
+    NAME: ClassVar[str] = "model"
+
     path: str | None = None
     name: str | None = None
     input_size: int = 224
@@ -63,7 +86,7 @@ class ModelConfig:
     trim_borders: bool = True
     colour: Literal["grayscale", "rgb"] = "grayscale"
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         _in_range("model.input_size", self.input_size, 16, 2048)
         _require(self.path is None or self.name is None, "model.name", self.name,
                  f"set either model.path or model.name, not both (model.path is {self.path!r})")
@@ -71,14 +94,16 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(_Section):
+    NAME: ClassVar[str] = "embed"
+
     batch_size: int = 32
     threads_per_task: int = 1
     backend: Literal["auto", "onnxruntime", "tensorflow", "tensorrt"] = "auto"
     precision: Literal["fp16", "fp32"] = "fp16"
     engine_dir: str | None = None
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         _in_range("embed.batch_size", self.batch_size, 1, 4096)
         _in_range("embed.threads_per_task", self.threads_per_task, 0, 1024)
         _require(self.engine_dir is None or bool(self.engine_dir), "embed.engine_dir", self.engine_dir,
@@ -94,7 +119,9 @@ MAX_SPLIT_BITS = 10
 
 
 @dataclass(frozen=True)
-class LshConfig:
+class LshConfig(_Section):
+    NAME: ClassVar[str] = "lsh"
+
     num_tables: int | Literal["auto"] = "auto"
     bits_per_table: int | Literal["auto"] = "auto"
     target_recall: float = 0.99
@@ -103,7 +130,7 @@ class LshConfig:
     split_bits: int = 8
     seed: int = 20261122
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         if self.num_tables != "auto":
             _in_range("lsh.num_tables", self.num_tables, 1, MAX_TABLES)
         if self.bits_per_table != "auto":
@@ -116,33 +143,45 @@ class LshConfig:
 
 
 @dataclass(frozen=True)
-class PairsConfig:
+class PairsConfig(_Section):
+    NAME: ClassVar[str] = "pairs"
+
     cosine_threshold: float = 0.70
     partition_mb: int = 64
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
 
 
 @dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(_Section):
+    NAME: ClassVar[str] = "output"
+
     path: str | None = None
     overwrite: bool = False
     write_embeddings: bool = True
 
-    def validate(self) -> None:
-        pass
+    def _check(self) -> None:
+        _require(self.path is None or bool(self.path.strip()), "output.path", self.path, "must not be empty")
+
+    def required_path(self) -> str:
+        """The output folder; raises :class:`ConfigError` when none was given."""
+        if self.path is None:
+            raise ConfigError("--output is required (output.path is not set)")
+        return self.path
 
 
 @dataclass(frozen=True)
-class SparkConfig:
+class SparkConfig(_Section):
+    NAME: ClassVar[str] = "spark"
+
     master: str | None = None
     app_name: str = "neardup"
     shuffle_partitions: int = 0
     conf: dict[str, str] = field(default_factory=dict)
 
-    def validate(self) -> None:
+    def _check(self) -> None:
         _in_range("spark.shuffle_partitions", self.shuffle_partitions, 0, 10**6)
 
 
@@ -156,16 +195,11 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
-    def validate(self) -> "Config":
-        for f in dataclasses.fields(self):
-            getattr(self, f.name).validate()
-        return self
-
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples) for the run manifest and ``--print-config``."""
         return _plain(dataclasses.asdict(self))
 
-    def replace(self, **sections: Any) -> "Config":
+    def replace(self, **sections: Any) -> Config:
         return dataclasses.replace(self, **sections)
 
 
@@ -204,7 +238,7 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from err
         _merge(merged, {section: {name: value}}, source="--set")
-    return from_dict(merged).validate()
+    return from_dict(merged)
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -221,13 +255,11 @@ def from_dict(data: dict[str, Any]) -> Config:
 
 
 def _section(cls: type, section: str, values: dict[str, Any]) -> Any:
-    hints = get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"unknown configuration key {section}.{key}; known in {section}: {', '.join(hints)}")
-        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
-    return cls(**kwargs)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"unknown configuration key {section}.{key}; known in {section}: {', '.join(known)}")
+    return cls(**values)  # coerced and checked on construction
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

@@ -5,7 +5,7 @@ the smallest size that is still at least the model input, which roughly halves d
 time on catalogue photos and costs nothing visible after the final antialiased resize.
 
 Two preparations make copies look alike to the model, both chosen on the quality
-benchmark (benchmarks/quality, README "Detection quality"): uniform borders (padding,
+benchmark (benchmarks/quality, docs/quality.md): uniform borders (padding,
 letterboxing, frames) are cut off, and the image is turned to grayscale, so a recoloured
 or grayscale copy meets its original. Neither costs a model call.
 """

@@ -15,8 +15,9 @@ never are.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,7 +56,7 @@ class Truth:
         object.__setattr__(self, "positives", frozenset(pairs_within(members.values())))
 
     @classmethod
-    def from_rows(cls, rows: Iterable[Sequence[str | None]]) -> "Truth":
+    def from_rows(cls, rows: Iterable[Sequence[str | None]]) -> Truth:
         """From (image, group, ambiguous_set, transform) rows; empty strings mean None.
 
         Raises:

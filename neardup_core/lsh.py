@@ -15,6 +15,8 @@ smaller ones by more bits of the same signature (:func:`pairing.group_buckets`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -37,33 +39,50 @@ def hyperplanes(seed: int, num_tables: int, bits_per_table: int, dim: int) -> np
     return rng.standard_normal((num_tables * bits_per_table, dim)).astype(np.float32)
 
 
-def bucket_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int) -> np.ndarray:
-    """One bucket key per table for each embedding.
 
-    Args:
-        embeddings: (n, dim) array, any float dtype; projected in float32
-            (see :func:`signature_keys`).
-        planes: (num_tables * bits_per_table, dim) from :func:`hyperplanes`.
-        num_tables: L; the planes' rows are split into L consecutive groups.
+@dataclass(frozen=True, eq=False)
+class LshTables:
+    """One run's hashing settings: L tables of k key bits and ``split_bits`` sub-key bits
+    over ``dim``-wide embeddings, and their planes. Made once on the driver
+    (:meth:`draw`) and shipped to the executors as one value, so every task hashes with
+    the same planes and reads k, L and the dimension from here, not from array shapes.
 
-    Returns:
-        int64 array (n, num_tables); bit j of key t is 1 when the projection on plane
-        ``t * bits_per_table + j`` is positive. Memory: O(n * L * k) booleans.
+    ``planes`` is float32 (num_tables * (bits_per_table + split_bits), dim), table-major:
+    in each table the first k planes make the key and the next ``split_bits`` the sub-key.
     """
-    if planes.shape[0] % num_tables:
-        raise ValueError(f"{planes.shape[0]} planes do not split into {num_tables} tables")
-    return signature_keys(embeddings, planes, num_tables, split_bits=0)[0]
 
+    num_tables: int
+    bits_per_table: int
+    split_bits: int
+    dim: int
+    planes: np.ndarray
 
-def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, split_bits: int,
-                   block_values: int = 1 << 23, threads: int = 1, subkeys: bool = True
-                   ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Bucket keys and split sub-keys, each (n, num_tables) int64; with ``subkeys=False``
-    the sub-keys are None and their planes are not projected (a third less work at
-    k = 16, split_bits = 8), for callers that need them only if a bucket must split.
+    def __post_init__(self) -> None:
+        expected = (self.num_tables * (self.bits_per_table + self.split_bits), self.dim)
+        if self.bits_per_table < 1 or self.split_bits < 0 or tuple(self.planes.shape) != expected:
+            raise ValueError(f"planes of shape {tuple(self.planes.shape)} do not make {self.num_tables} tables of "
+                             f"{self.bits_per_table} + {self.split_bits} bits over {self.dim} dimensions")
 
-    ``planes`` has ``num_tables * (k + split_bits)`` rows, table-major; in each table the
-    first k planes make the key and the next ``split_bits`` the sub-key. Rows are
+    @classmethod
+    def draw(cls, seed: int, num_tables: int, bits_per_table: int, split_bits: int, dim: int) -> LshTables:
+        """Tables with planes drawn by :func:`hyperplanes` (same seed, same keys)."""
+        return cls(num_tables, bits_per_table, split_bits, dim,
+                   hyperplanes(seed, num_tables, bits_per_table + split_bits, dim))
+
+    def without_subkeys(self) -> LshTables:
+        """The same tables with only their key planes (no sub-keys to project)."""
+        per_table = self.bits_per_table + self.split_bits
+        keys = self.planes.reshape(self.num_tables, per_table, self.dim)[:, :self.bits_per_table]
+        return LshTables(self.num_tables, self.bits_per_table, 0, self.dim, keys.reshape(-1, self.dim))
+
+def signature_keys(embeddings: np.ndarray, tables: LshTables, block_values: int = 1 << 23, threads: int = 1,
+                   subkeys: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Bucket keys and split sub-keys of each embedding, each (n, num_tables) int64; with
+    ``subkeys=False`` the sub-keys are None and their planes are not projected (a third
+    less work at k = 16, split_bits = 8), for callers that need them only if a bucket
+    must split.
+
+    Bit j of key t is 1 when the projection on the table's plane j is positive. Rows are
     projected in float32 (half the time of float64; hashing is the largest cost of the
     pairing stage) in blocks of about ``block_values`` projections, so memory stays near
     4 * block_values bytes per thread whatever n and the number of planes. With
@@ -72,15 +91,11 @@ def signature_keys(embeddings: np.ndarray, planes: np.ndarray, num_tables: int, 
     BLAS build, only for a projection within about 1e-6 of zero: a vector lying on the
     hyperplane, whose bit is a coin toss anyway.
     """
-    bits_and_split = planes.shape[0] // num_tables
-    k = bits_and_split - split_bits
-    if k < 1:
-        raise ValueError(f"{planes.shape[0]} planes leave no key bits for {num_tables} tables "
-                         f"with {split_bits} split bits")
-    x = np.asarray(embeddings).reshape(-1, planes.shape[1])
     if not subkeys:
-        key_planes = planes.reshape(num_tables, bits_and_split, -1)[:, :k].reshape(num_tables * k, -1)
-        return signature_keys(x, key_planes, num_tables, 0, block_values, threads)[0], None
+        return signature_keys(embeddings, tables.without_subkeys(), block_values, threads)[0], None
+    num_tables, k, split_bits, planes = tables.num_tables, tables.bits_per_table, tables.split_bits, tables.planes
+    bits_and_split = k + split_bits
+    x = np.asarray(embeddings).reshape(-1, tables.dim)
     normals = np.asarray(planes, dtype=np.float32).T
     n = len(x)
     # Sub-key bits most significant first, so its top d bits are the first d split planes;

@@ -17,6 +17,10 @@ import os
 
 from pyspark.sql import SparkSession
 
+from .config import OutputConfig
+from .sources import is_local
+from .spark.jvm import hadoop_filesystem
+
 DATASETS = ("pairs", "embeddings", "errors")
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -51,18 +55,25 @@ def check_output(names: list[str] | None, path: str, overwrite: bool) -> None:
         )
 
 
-def local_entries(path: str) -> list[str] | None:
-    return os.listdir(path) if os.path.isdir(path) else ([path] if os.path.exists(path) else None)
+def check_local_output(cfg: OutputConfig) -> None:
+    """:func:`check_output` before Spark starts, where the output is a local path (others
+    are checked through Hadoop's file system once the session is up).
+
+    Raises:
+        OutputError: see :func:`check_output`.
+    """
+    path = cfg.path
+    if is_local(path):
+        entries = os.listdir(path) if os.path.isdir(path) else ([path] if os.path.exists(path) else None)
+        check_output(entries, path, cfg.overwrite)
 
 
 class OutputDir:
     """One run's output folder, staged under ``OUTPUT/_staging-RUN_ID``."""
 
     def __init__(self, spark: SparkSession, path: str, run_id: str):
-        jvm = spark.sparkContext._jvm
-        self._Path = jvm.org.apache.hadoop.fs.Path
+        self._fs, self._Path = hadoop_filesystem(spark, path)
         self.root = self._Path(path)
-        self._fs = self.root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
         self.path = path.rstrip("/")
         self.staging = f"{self.path}/{STAGING_PREFIX}{run_id}"
 

@@ -16,12 +16,15 @@ carries the other tables' keys (which would make the shuffle grow as N * L^2).
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .buckets import run_lengths, split_depths
-from .lsh import signature_keys
+from .lsh import LshTables, signature_keys
 
 
 class BucketStats(NamedTuple):
@@ -36,7 +39,7 @@ class BucketStats(NamedTuple):
     windowed_largest_rows: int = 0  # rows in the largest part paired within a window
     pair_copies: int = 0  # pairs emitted, counting each table a pair collides in
 
-    def merge(self, other: "BucketStats") -> "BucketStats":
+    def merge(self, other: BucketStats) -> BucketStats:
         sums = ("buckets", "oversized", "split", "windowed", "pair_copies")
         return BucketStats(*(a + b if name in sums else max(a, b)
                              for name, a, b in zip(self._fields, self, other)))
@@ -64,11 +67,6 @@ def pairs_from_partners(partners: np.ndarray, start: int = 0, stop: int | None =
     first_of_left = np.repeat(np.cumsum(counts) - counts, counts)
     right = left + 1 + (np.arange(total, dtype=np.int64) - first_of_left)
     return left, right
-
-
-def pairs_within_runs(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All index pairs (i, j), i < j, with i and j in the same run (reference for tests)."""
-    return pairs_from_partners(partners_per_row(lengths))
 
 
 def pair_blocks(partners: np.ndarray, max_pairs: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -195,8 +193,7 @@ def all_candidates(keys: np.ndarray, subkeys: np.ndarray, max_bucket_size: int, 
     return (stats, *merge_copies(a, b))
 
 
-def candidates_of_vectors(vectors: np.ndarray, planes: np.ndarray, num_tables: int, split_bits: int,
-                          max_bucket_size: int, threads: int = 1
+def candidates_of_vectors(vectors: np.ndarray, tables: LshTables, max_bucket_size: int, threads: int = 1
                           ) -> tuple[BucketStats, np.ndarray, np.ndarray, np.ndarray]:
     """Hash n vectors (:func:`lsh.signature_keys`) and find every distinct candidate pair
     (:func:`all_candidates`): the whole bucket side of the pairing stage for data that
@@ -207,11 +204,11 @@ def candidates_of_vectors(vectors: np.ndarray, planes: np.ndarray, num_tables: i
     Returns:
         As :func:`all_candidates`: (stats, a, b, tables_matched), rows of ``vectors``.
     """
-    keys, _ = signature_keys(vectors, planes, num_tables, split_bits, threads=threads, subkeys=False)
-    found = all_candidates(keys, np.zeros_like(keys), max_bucket_size, split_bits)
-    if found[0].oversized and split_bits:
-        keys, subkeys = signature_keys(vectors, planes, num_tables, split_bits, threads=threads)
-        found = all_candidates(keys, subkeys, max_bucket_size, split_bits)
+    keys, _ = signature_keys(vectors, tables, threads=threads, subkeys=False)
+    found = all_candidates(keys, np.zeros_like(keys), max_bucket_size, tables.split_bits)
+    if found[0].oversized and tables.split_bits:
+        keys, subkeys = signature_keys(vectors, tables, threads=threads)
+        found = all_candidates(keys, subkeys, max_bucket_size, tables.split_bits)
     return found
 
 
@@ -223,6 +220,34 @@ def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int =
         stop = start + chunk
         out[start:stop] = rowwise_cosine(vectors[a[start:stop]], vectors[b[start:stop]])
     return out
+
+
+class ScoredPairs(NamedTuple):
+    """Pairs at or above the cosine threshold with their scores, aligned arrays."""
+
+    a: np.ndarray
+    b: np.ndarray
+    cosine: np.ndarray  # float64
+    jaccard: np.ndarray  # float64, see :func:`jaccard`
+    tables_matched: np.ndarray  # int32
+
+
+def near_pairs(a: np.ndarray, b: np.ndarray, cosine: np.ndarray, tables_matched: np.ndarray, num_tables: int,
+               cosine_threshold: float) -> ScoredPairs:
+    """The candidate pairs whose exact cosine is at least ``cosine_threshold``, scored:
+    what both pairing paths keep and write."""
+    near = cosine >= cosine_threshold
+    matched = np.asarray(tables_matched)[near]
+    return ScoredPairs(np.asarray(a)[near], np.asarray(b)[near], np.asarray(cosine, np.float64)[near],
+                       jaccard(matched, num_tables), matched.astype(np.int32))
+
+
+def ordered_by_id(id_x: pa.Array, id_y: pa.Array, path_x: pa.Array, path_y: pa.Array) -> dict[str, pa.Array]:
+    """The two ends of each pair named so that ``id_a < id_b`` (byte order of the UTF-8
+    ids, as Spark compares strings): id_a, id_b, path_a, path_b."""
+    swap = pc.greater(id_x, id_y)
+    return {"id_a": pc.if_else(swap, id_y, id_x), "id_b": pc.if_else(swap, id_x, id_y),
+            "path_a": pc.if_else(swap, path_y, path_x), "path_b": pc.if_else(swap, path_x, path_y)}
 
 
 def jaccard(tables_matched: np.ndarray, num_tables: int) -> np.ndarray:

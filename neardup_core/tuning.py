@@ -18,7 +18,7 @@ from .config import MAX_BITS_PER_TABLE, MAX_TABLES, LshConfig
 
 # Plans are priced in core-seconds of the pairing stage, from unit costs measured on the
 # development machine (x86, 2 cores, NumPy with OpenBLAS, Spark local mode; see the
-# README, "Pairing at scale"). Only their ratios steer the choice; the estimate is printed
+# docs/performance.md, "Pairing at scale"). Only their ratios steer the choice; the estimate is printed
 # by `neardup plan` and kept in the manifest beside what the run took.
 PROJECTION_SECONDS = 3.6e-11  # one multiply-add of hashing (float32, one core, packing included)
 ENTRY_SECONDS = 0.75e-6  # one bucket entry: packed, shuffled, sorted into its bucket and paired
@@ -32,6 +32,11 @@ CANDIDATE_BYTE_SECONDS = 12.5e-9  # per byte a candidate carries to its second r
 BUCKET_ENTRY_BYTES = blocks.ENTRY.itemsize
 PAIR_COPY_BYTES = blocks.PAIR.itemsize
 HALF_PAIR_BYTES = blocks.half_dtype(0).itemsize
+
+
+def vector_bytes(dim: int) -> int:
+    """Bytes of one packed row and its float32 vector (8 + 4 * dim)."""
+    return blocks.vector_dtype(dim).itemsize
 
 
 def bit_collision_probability(cosine: np.ndarray | float) -> np.ndarray:
@@ -112,6 +117,26 @@ def pairing_seconds(items: int, dim: int, bits: int, tables: int, split_bits: in
     planes = tables * (bits + split_bits)
     return (items * planes * dim * PROJECTION_SECONDS + items * tables * ENTRY_SECONDS
             + candidates * (CANDIDATE_SECONDS + (HALF_PAIR_BYTES + 4 * dim) * CANDIDATE_BYTE_SECONDS))
+
+
+def pairing_tasks(items: int, dim: int, tables: int, candidates: float, task_bytes: int, min_tasks: int
+                  ) -> tuple[int, int] | None:
+    """Tasks for the bucket step and for the two scoring steps of the shuffled pairing
+    stage, so that each task holds about ``task_bytes`` of packed data and there are at
+    least ``min_tasks`` of each; or None when the bucket entries and the vectors together
+    fit in ``task_bytes``: then one task pairs everything, and the shuffled stage's fixed
+    cost (three shuffles, a dozen Spark jobs, seconds) is not paid for a second of work.
+
+    The bucket step holds ``items * shuffle_bytes_per_item(tables)``; the scoring steps
+    hold the vectors and, for each of ``candidates`` pairs, a half pair with its first
+    row's vector.
+    """
+    entry_bytes = items * shuffle_bytes_per_item(tables)
+    all_vectors = items * vector_bytes(dim)
+    if entry_bytes + all_vectors <= task_bytes:
+        return None
+    row_bytes = all_vectors + candidates * (HALF_PAIR_BYTES + 4 * dim)
+    return max(min_tasks, math.ceil(entry_bytes / task_bytes)), max(min_tasks, math.ceil(row_bytes / task_bytes))
 
 
 class LshPlan(NamedTuple):

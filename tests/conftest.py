@@ -13,12 +13,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_CATALOG = os.path.join(REPO, "samples", "catalog")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "spark: starts the shared local Spark session")
-    config.addinivalue_line("markers", "model: loads the default TensorFlow model")
-    config.addinivalue_line("markers", "gpu: needs a GPU and TensorRT; skipped without them")
-
-
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from pyspark.sql import SparkSession

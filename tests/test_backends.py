@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from neardup_core.embed import ModelError, choose_backend
+from neardup_core.embed.base import check_input_shape
 from neardup_core.embed.preprocess import preprocess
-from neardup_core.embed.tensorflow import check_input_shape
-from neardup_core.embed.tensorrt import plan_filename
+from neardup_core.embed.tensorrt_backend import plan_filename
 
 from .conftest import REPO
 
@@ -62,7 +62,8 @@ def test_plan_name_is_a_safe_file_name():
     ("none", 1.0, 0.0),
     ("unit", 1 / 255, 0.0),
     ("tf", 1 / 127.5, -1.0),
-    ("torch", 1 / (255 * np.array([0.229, 0.224, 0.225])), -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])),
+    ("torch", 1 / (255 * np.array([0.229, 0.224, 0.225])),
+     -np.array([0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])),
 ])
 def test_preprocess_matches_float64_formula(preset, scale, offset):
     pixels = np.random.default_rng(7).integers(0, 256, (3, 5, 4, 3), dtype=np.uint8)

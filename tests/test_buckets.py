@@ -94,7 +94,8 @@ def test_pair_blocks_and_windows_match_brute_force():
             start += length
         partners = pairing.partners_per_row(lengths, window)
         for max_pairs in (1, 3, 7, 1000):
-            got = [p for left, right in pairing.pair_blocks(partners, max_pairs) for p in zip(left.tolist(), right.tolist())]
+            got = [p for left, right in pairing.pair_blocks(partners, max_pairs)
+                   for p in zip(left.tolist(), right.tolist())]
             assert got == expected
 
 
@@ -120,8 +121,7 @@ def test_planted_giant_bucket_is_split_and_loses_few_true_pairs():
     rest = rng.standard_normal((1000, dim))
     x = np.vstack([blob, rest])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    planes = lsh.hyperplanes(9, tables, bits + split_bits, dim)
-    keys, subkeys = lsh.signature_keys(x, planes, tables, split_bits)
+    keys, subkeys = lsh.signature_keys(x, lsh.LshTables.draw(9, tables, bits, split_bits, dim))
     largest = max(np.unique(keys[:, t], return_counts=True)[1].max() for t in range(tables))
     assert largest > 750  # the planted giant
 

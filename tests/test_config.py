@@ -67,3 +67,19 @@ def test_unreadable_or_malformed_config_file(tmp_path):
     bad.write_text("lsh: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(str(bad))
+
+
+def test_sections_check_their_values_when_constructed_directly():
+    from neardup_core.config import LshConfig, OutputConfig, PairsConfig
+
+    with pytest.raises(ConfigError, match="lsh.split_bits must be in 0..10, got 11"):
+        LshConfig(split_bits=11)
+    with pytest.raises(ConfigError, match="pairs.cosine_threshold must be in -1.0..1.0, got 2.0"):
+        dataclasses.replace(PairsConfig(), cosine_threshold=2)
+    with pytest.raises(ConfigError, match="lsh.max_bucket_size must be an integer, got '9'"):
+        LshConfig(max_bucket_size="9")
+    with pytest.raises(ConfigError, match="output.path must not be empty"):
+        OutputConfig(path=" ")
+    with pytest.raises(ConfigError, match="--output is required"):
+        OutputConfig().required_path()
+    assert OutputConfig(path="out").required_path() == "out"

@@ -95,7 +95,7 @@ def content_box_reference(rgb, tolerance, noise, min_area):
         left, top, right, bottom = box
         corner = rgb[top:bottom, left:right][which, which].astype(int)
 
-        def plain(line):
+        def plain(line, corner=corner):
             return np.mean(np.abs(line.astype(int) - corner).max(axis=-1) > tolerance) <= noise
 
         while top < bottom and plain(rgb[top, box[0]:box[2]]):

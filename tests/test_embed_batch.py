@@ -1,4 +1,5 @@
-"""Routing of one batch: what is read, decoded, embedded, or recorded with its reason."""
+"""Routing of one batch: what is read, decoded, embedded, or recorded with its reason; and
+the column check of user embeddings against a row-by-row reference kept here."""
 
 import io
 
@@ -7,10 +8,9 @@ import pytest
 from PIL import Image
 
 from neardup_core.config import InputConfig, ModelConfig
-from neardup_core.embed.batch import embed_batch
+from neardup_core.embed.batch import check_vector_column, embed_batch
 
-
-RGB_8PX = ModelConfig(input_size=8, colour="rgb")
+RGB_16PX = ModelConfig(input_size=16, colour="rgb")  # the smallest model.input_size
 
 
 class MeanColourEmbedder:
@@ -24,6 +24,35 @@ class MeanColourEmbedder:
         return v.astype(np.float32)
 
 
+def check_vectors(values, dim):
+    """The row-by-row reference for :func:`check_vector_column`: each value is a list of
+    numbers or little-endian float32 bytes of length ``dim``, all finite. Returns
+    (vectors, stages, messages), with vector None, stage ``embedding`` and the reason for
+    a bad row."""
+    vectors, stages, messages = [], [], []
+    for value in values:
+        problem = None
+        vector = None
+        if value is None:
+            problem = "no embedding"
+        else:
+            if isinstance(value, (bytes, bytearray)):
+                if len(value) % 4:
+                    problem = f"binary embedding of {len(value)} bytes is not float32 values"
+                else:
+                    vector = np.frombuffer(value, dtype="<f4")
+            else:
+                vector = np.asarray([np.nan if v is None else v for v in value], dtype=np.float64)
+            if problem is None and len(vector) != dim:
+                problem = f"embedding has {len(vector)} values, expected {dim} like the first row"
+            elif problem is None and not np.isfinite(vector).all():
+                problem = "embedding has a missing, NaN or infinite value"
+        vectors.append(None if problem else vector.astype(np.float32))
+        stages.append("embedding" if problem else None)
+        messages.append(problem)
+    return vectors, stages, messages
+
+
 def png(colour):
     buf = io.BytesIO()
     Image.new("RGB", (10, 10), colour).save(buf, "PNG")
@@ -35,7 +64,7 @@ def test_each_row_gets_an_embedding_or_a_reason(tmp_path):
     paths = ["a.png", str(tmp_path / "on_disk.png"), str(tmp_path / "missing.png"), "big.png", "bad.png", "red.png"]
     contents = [png((0, 255, 0)), None, None, None, b"garbage", png((255, 0, 0))]
     prior = [None, None, None, "file is 99 bytes, above input.max_file_bytes=10", None, None]
-    out = embed_batch(paths, contents, prior, MeanColourEmbedder(), InputConfig(), RGB_8PX)
+    out = embed_batch(paths, contents, prior, MeanColourEmbedder(), InputConfig(), RGB_16PX)
     assert out.error_stage == [None, None, "read", "read", "decode", "embed"]
     assert out.error_message[2] == "no such file"
     assert out.error_message[3] == prior[3]
@@ -53,14 +82,12 @@ def test_a_batch_with_nothing_decodable_never_calls_the_model():
         def embed(self, pixels):
             raise AssertionError("called")
 
-    out = embed_batch(["x"], [b""], [None], Exploding(), InputConfig(), RGB_8PX)
+    out = embed_batch(["x"], [b""], [None], Exploding(), InputConfig(), RGB_16PX)
     assert out.error_stage == ["decode"]
     assert out.error_message == ["empty file"]
 
 
-def test_user_vectors_are_checked_row_by_row():
-    from neardup_core.embed.batch import check_vectors
-
+def test_row_by_row_reference_gives_each_bad_row_its_reason():
     good = np.array([0.5, -1.0, 2.0], dtype=np.float32)
     values = [list(map(float, good)), good.astype("<f4").tobytes(), None, [1.0, 2.0], [1.0, float("nan"), 0.0],
               [1.0, None, 0.0], b"\x00\x00\x80"]
@@ -84,8 +111,6 @@ def test_user_vectors_are_checked_row_by_row():
 def test_vector_column_is_checked_like_row_by_row(kind, n):
     """The column-at-once check (what `neardup pairs` runs) against the row-by-row one."""
     import pyarrow as pa
-
-    from neardup_core.embed.batch import check_vector_column, check_vectors
 
     rng = np.random.default_rng(n)
     dim = 5

@@ -20,8 +20,10 @@ pytestmark = pytest.mark.spark
 SCRIPT = textwrap.dedent("""
     import json, sys
     from pyspark.sql import SparkSession
-    from neardup_core import pipeline
     from neardup_core.config import EmbedConfig, InputConfig, ModelConfig
+    from neardup_core.embed import PreparedModel
+    from neardup_core.spark.embed import embed_images, task_backend
+    from neardup_core.spark.listing import list_inputs
 
     discovery, catalog, onnx = sys.argv[1:4]
     builder = SparkSession.builder.master("local-cluster[1,2,1024]").config("spark.ui.enabled", "false")
@@ -34,12 +36,13 @@ SCRIPT = textwrap.dedent("""
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     picks = spark.sparkContext.parallelize(range(6), 6).mapPartitions(
-        lambda _: [pipeline.task_backend("auto")]).collect()
+        lambda _: [task_backend("auto")]).collect()
     forced_cpu = spark.sparkContext.parallelize(range(2), 2).mapPartitions(
-        lambda _: [pipeline.task_backend("onnxruntime")]).collect()
-    listing = pipeline.list_inputs(spark, InputConfig(path=catalog), "directory").limit(2)
+        lambda _: [task_backend("onnxruntime")]).collect()
+    listing = list_inputs(spark, InputConfig(path=catalog), "directory").limit(2)
     try:
-        pipeline.embed(listing, ModelConfig(), EmbedConfig(), InputConfig(), onnx).collect()
+        prepared = PreparedModel(onnx, 1280, shipped=True)
+        embed_images(listing, prepared, ModelConfig(), EmbedConfig(), InputConfig()).collect()
         embed_error = None
     except Exception as err:
         embed_error = str(err)

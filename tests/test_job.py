@@ -7,14 +7,16 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from neardup_core import cli, pipeline
+from neardup_core import cli
 from neardup_core.config import load_config
+from neardup_core.spark import pairing as pairing_stage
 
 from .conftest import REPO, SAMPLE_CATALOG, export_user_model
 
@@ -179,8 +181,8 @@ def test_manifest_input_with_relative_paths_and_custom_columns(catalog, first_ru
 def test_user_saved_model_end_to_end(spark, tmp_path, backend):
     """The job's embeddings are the user's model's, on the CPU default and on TensorFlow."""
     from neardup_core.config import EmbedConfig, ModelConfig
-    from neardup_core.embed.batch import decode_for_model
     from neardup_core.embed import get_embedder
+    from neardup_core.embed.batch import decode_for_model
 
     model_path = export_user_model(tmp_path)
     out = tmp_path / "out"
@@ -191,7 +193,7 @@ def test_user_saved_model_end_to_end(spark, tmp_path, backend):
     reference = get_embedder(model_path, "tensorflow", None, ModelConfig(path=model_path, preprocess="unit"),
                              EmbedConfig())
     paths = sorted(emb.index)
-    pixels = np.stack([decode_for_model(open(p.removeprefix("file:"), "rb").read(), ModelConfig(), 10**8)
+    pixels = np.stack([decode_for_model(Path(p.removeprefix("file:")).read_bytes(), ModelConfig(), 10**8)
                        for p in paths])
     expected = reference.embed(pixels).astype(np.float64)
     got = np.stack(emb.loc[paths, "embedding"].to_numpy()).astype(np.float64)
@@ -211,7 +213,7 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     def explode(*args, **kwargs):
         raise RuntimeError("executor lost")
 
-    monkeypatch.setattr(pipeline, "pair_in_one_task", explode)
+    monkeypatch.setattr(pairing_stage, "_pair_in_one_task", explode)
     with pytest.raises(RuntimeError, match="executor lost"):
         cli.main(["run", "--input", str(root), "--output", str(out), "--overwrite", *COMMON])
     assert not [n for n in os.listdir(out) if n.startswith("_staging")]

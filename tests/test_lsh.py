@@ -5,6 +5,8 @@ import pytest
 
 from neardup_core import lsh
 
+from .references import bucket_keys
+
 
 def reference_keys(x, planes, num_tables):
     """Brute force: one bit at a time in float64, packed with Python ints."""
@@ -26,7 +28,7 @@ def test_bucket_keys_match_brute_force(n, num_tables, bits):
     rng = np.random.default_rng(n * 1000 + bits)
     x = rng.standard_normal((n, 24)).astype(np.float32)
     planes = lsh.hyperplanes(seed=7, num_tables=num_tables, bits_per_table=bits, dim=24)
-    keys = lsh.bucket_keys(x, planes, num_tables)
+    keys = bucket_keys(x, planes, num_tables)
     assert keys.shape == (n, num_tables) and keys.dtype == np.int64
     np.testing.assert_array_equal(keys, reference_keys(x, planes, num_tables))
     assert (keys >= 0).all() and (keys < 2**bits).all()
@@ -42,7 +44,7 @@ def test_keys_do_not_depend_on_vector_length():
     rng = np.random.default_rng(3)
     x = rng.standard_normal((50, 16))
     planes = lsh.hyperplanes(5, 4, 10, 16)
-    np.testing.assert_array_equal(lsh.bucket_keys(x, planes, 4), lsh.bucket_keys(3.5 * x, planes, 4))
+    np.testing.assert_array_equal(bucket_keys(x, planes, 4), bucket_keys(3.5 * x, planes, 4))
 
 
 def test_bit_collision_rate_follows_angle():
@@ -56,7 +58,7 @@ def test_bit_collision_rate_follows_angle():
     noise /= np.linalg.norm(noise)
     b = cos * a + math.sqrt(1 - cos**2) * noise
     planes = lsh.hyperplanes(seed=0, num_tables=4000, bits_per_table=1, dim=dim)
-    keys = lsh.bucket_keys(np.stack([a, b]), planes, 4000)
+    keys = bucket_keys(np.stack([a, b]), planes, 4000)
     observed = float((keys[0] == keys[1]).mean())
     assert abs(observed - (1 - math.acos(cos) / math.pi)) < 0.03
 
@@ -72,9 +74,9 @@ def test_bits_out_of_range_rejected(bits):
 def test_hashing_on_threads_gives_the_same_keys(n, threads):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((n, 24)).astype(np.float32)
-    planes = lsh.hyperplanes(seed=1, num_tables=6, bits_per_table=9 + 3, dim=24)
-    one = lsh.signature_keys(x, planes, 6, 3, block_values=700)
-    many = lsh.signature_keys(x, planes, 6, 3, block_values=700, threads=threads)
+    tables = lsh.LshTables.draw(seed=1, num_tables=6, bits_per_table=9, split_bits=3, dim=24)
+    one = lsh.signature_keys(x, tables, block_values=700)
+    many = lsh.signature_keys(x, tables, block_values=700, threads=threads)
     np.testing.assert_array_equal(one[0], many[0])
     np.testing.assert_array_equal(one[1], many[1])
 
@@ -83,8 +85,26 @@ def test_hashing_on_threads_gives_the_same_keys(n, threads):
 def test_keys_without_subkeys_are_the_same_keys(split_bits):
     rng = np.random.default_rng(split_bits)
     x = rng.standard_normal((97, 24)).astype(np.float32)
-    planes = lsh.hyperplanes(seed=4, num_tables=5, bits_per_table=11 + split_bits, dim=24)
-    keys, subkeys = lsh.signature_keys(x, planes, 5, split_bits)
-    only, none = lsh.signature_keys(x, planes, 5, split_bits, subkeys=False)
+    tables = lsh.LshTables.draw(seed=4, num_tables=5, bits_per_table=11, split_bits=split_bits, dim=24)
+    keys, subkeys = lsh.signature_keys(x, tables)
+    only, none = lsh.signature_keys(x, tables, subkeys=False)
     np.testing.assert_array_equal(only, keys)
     assert none is None
+
+
+def test_subkeys_are_the_split_planes_bits_most_significant_first():
+    """Brute force on the planes: sub-key bit d (from the top) is the sign on split plane d."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 12))
+    tables = lsh.LshTables.draw(seed=2, num_tables=3, bits_per_table=4, split_bits=3, dim=12)
+    _, subkeys = lsh.signature_keys(x, tables)
+    planes = tables.planes.reshape(3, 7, 12).astype(np.float64)
+    for t in range(3):
+        bits = (x @ planes[t, 4:].T) > 0
+        np.testing.assert_array_equal(subkeys[:, t], bits @ np.array([4, 2, 1]))
+
+
+def test_tables_refuse_planes_of_another_shape():
+    planes = lsh.hyperplanes(1, 2, 5, 8)
+    with pytest.raises(ValueError, match=r"planes of shape \(10, 8\) do not make 2 tables of 4 \+ 0 bits"):
+        lsh.LshTables(2, 4, 0, 8, planes)

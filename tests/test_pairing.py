@@ -5,6 +5,8 @@ import pytest
 
 from neardup_core import pairing
 
+from .references import pairs_within_runs
+
 
 def brute_force_pairs(ids, keys):
     """Every pair sharing a key in any table, with how many tables they share."""
@@ -43,7 +45,7 @@ def kernel_pairs(keys, max_bucket_size=10**6, subkeys=None, split_bits=0, max_pa
 
 @pytest.mark.parametrize("lengths", [[], [1], [2], [3], [1, 1, 1], [4, 1, 2, 5], [7]])
 def test_pairs_within_runs_is_every_pair_in_each_run(lengths):
-    left, right = pairing.pairs_within_runs(np.array(lengths, dtype=np.int64))
+    left, right = pairs_within_runs(np.array(lengths, dtype=np.int64))
     expected, start = [], 0
     for s in lengths:
         expected += list(itertools.combinations(range(start, start + s), 2))
@@ -142,10 +144,39 @@ def test_candidates_of_vectors_hash_sub_keys_only_when_a_bucket_needs_them(giant
     rng = np.random.default_rng(giant)
     x = rng.standard_normal((400, 16))
     x[:giant] = x[0] + 0.05 * rng.standard_normal((giant, 16))  # one bucket of ~300 rows in most tables
-    planes = lsh.hyperplanes(3, 6, 5 + 4, 16)
-    keys, subkeys = lsh.signature_keys(x, planes, 6, 4)
+    tables = lsh.LshTables.draw(3, 6, 5, 4, 16)
+    keys, subkeys = lsh.signature_keys(x, tables)
     expected = pairing.all_candidates(keys, subkeys, 100, 4)
-    found = pairing.candidates_of_vectors(x, planes, 6, 4, 100, threads=2)
+    found = pairing.candidates_of_vectors(x, tables, 100, threads=2)
     assert found[0] == expected[0] and (found[0].oversized > 0) == (giant > 0)
     for got, want in zip(found[1:], expected[1:]):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("threshold", [-1.0, 0.5, 0.9, 1.0])
+def test_near_pairs_keep_exactly_the_pairs_at_the_threshold(threshold):
+    rng = np.random.default_rng(1)
+    n = 101
+    a, b = rng.integers(0, 50, n), rng.integers(50, 100, n)
+    cosine = np.round(rng.uniform(-1, 1, n), 1)  # ties at the threshold
+    matched = rng.integers(1, 9, n).astype(np.int32)
+    near = pairing.near_pairs(a, b, cosine, matched, 8, threshold)
+    keep = [i for i in range(n) if cosine[i] >= threshold]
+    np.testing.assert_array_equal(near.a, a[keep])
+    np.testing.assert_array_equal(near.b, b[keep])
+    np.testing.assert_array_equal(near.cosine, cosine[keep])
+    assert near.tables_matched.dtype == np.int32 and list(near.tables_matched) == list(matched[keep])
+    assert list(near.jaccard) == [m / (16 - m) for m in matched[keep]]
+
+
+def test_pair_ends_are_ordered_by_the_byte_order_of_their_ids():
+    import pyarrow as pa
+
+    x = pa.array(["b", "a", "é", "Z", "same", "10"])
+    y = pa.array(["a", "b", "e", "a", "same", "9"])
+    named = pairing.ordered_by_id(x, y, pa.array([f"p{v}" for v in x.to_pylist()]),
+                                  pa.array([f"p{v}" for v in y.to_pylist()]))
+    for i, (u, v) in enumerate(zip(x.to_pylist(), y.to_pylist())):
+        lo, hi = sorted([u, v], key=lambda s: s.encode())
+        assert (named["id_a"][i].as_py(), named["id_b"][i].as_py()) == (lo, hi)
+        assert (named["path_a"][i].as_py(), named["path_b"][i].as_py()) == (f"p{lo}", f"p{hi}")

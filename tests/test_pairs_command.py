@@ -148,7 +148,7 @@ def test_giant_bucket_is_split_and_counted(spark, tmp_path):
 def test_tally_counts_a_recomputed_partition_once(spark):
     """A stage that runs again (here: an unpersisted frame read twice) must not double
     the counts the manifest reports."""
-    from neardup_core.pipeline import Tally
+    from neardup_core.spark.tally import Tally
 
     tally = Tally(spark)
 

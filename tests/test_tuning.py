@@ -9,6 +9,8 @@ import pytest
 
 from neardup_core import lsh, tuning
 
+from .references import bucket_keys
+
 
 def pairs_at_cosine(rng, n: int, dim: int, cosine: float) -> tuple[np.ndarray, np.ndarray]:
     """n random unit vectors a and n unit vectors b with a_i . b_i == cosine exactly."""
@@ -21,7 +23,7 @@ def pairs_at_cosine(rng, n: int, dim: int, cosine: float) -> tuple[np.ndarray, n
 
 
 def collides(a: np.ndarray, b: np.ndarray, planes: np.ndarray, tables: int) -> np.ndarray:
-    return (lsh.bucket_keys(a, planes, tables) == lsh.bucket_keys(b, planes, tables)).any(axis=1)
+    return (bucket_keys(a, planes, tables) == bucket_keys(b, planes, tables)).any(axis=1)
 
 
 @pytest.mark.parametrize("cosine, bits, tables", [(0.5, 3, 4), (0.8, 6, 8), (0.9, 12, 20), (0.97, 20, 6)])
@@ -67,7 +69,7 @@ def test_expected_candidates_predict_the_real_count_on_clustered_data():
     rng = np.random.default_rng(8)
     x = clustered(rng, 2000, 32, 10, 0.9)
     bits, tables = 8, 6
-    keys = lsh.bucket_keys(x, lsh.hyperplanes(3, tables, bits, 32), tables)
+    keys = bucket_keys(x, lsh.hyperplanes(3, tables, bits, 32), tables)
     i, j = np.triu_indices(len(x), 1)
     actual = int((keys[i] == keys[j]).any(axis=1).sum())
     predicted = tuning.expected_candidates(np.einsum("ij,ij->i", x[i], x[j]), len(x), bits, tables)
@@ -117,3 +119,24 @@ def test_unreachable_targets_say_what_to_change():
         tuning.plan_lsh(0.5, 0.999, np.zeros(10), 100, 8, tables=1)
     with pytest.raises(ValueError, match="lsh.bits_per_table=40 needs .* tables"):
         tuning.plan_lsh(0.5, 0.99, np.zeros(10), 100, 8, bits=40)
+
+
+@pytest.mark.parametrize("items,dim,tables,candidates,task_mb", [
+    (1, 4, 1, 0, 1), (1000, 256, 86, 5000, 64), (20_000, 256, 86, 45_000, 64), (100_000, 256, 137, 240_000, 64),
+    (1_000_000, 256, 220, 5_243_733, 64), (50_000, 64, 30, 10**7, 16)])
+def test_pairing_tasks_hold_about_the_task_size(items, dim, tables, candidates, task_mb):
+    """Reference: the bytes each step holds, from the packed record sizes themselves."""
+    from neardup_core import blocks
+
+    task_bytes, floor = task_mb * 2**20, 2
+    tasks = tuning.pairing_tasks(items, dim, tables, candidates, task_bytes, floor)
+    entries = items * tables * blocks.ENTRY.itemsize
+    vectors = items * blocks.vector_dtype(dim).itemsize
+    if entries + vectors <= task_bytes:
+        assert tasks is None
+        return
+    bucket_tasks, row_tasks = tasks
+    assert bucket_tasks >= floor and row_tasks >= floor
+    assert entries / bucket_tasks <= task_bytes and (bucket_tasks == floor or entries / (bucket_tasks - 1) > task_bytes)
+    rows = vectors + candidates * blocks.half_dtype(dim).itemsize
+    assert rows / row_tasks <= task_bytes and (row_tasks == floor or rows / (row_tasks - 1) > task_bytes)

@@ -33,11 +33,12 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 sys.path.insert(0, os.path.dirname(__file__))
-import photos  # noqa: E402
+import photos
 
 MAX_SIDE = 2560  # originals above this are re-encoded smaller (keeps the set ~100 MB)
-WORDS = ("sale new limited offer best price summer collection exclusive free shipping today only "
-         "original quality photo studio archive catalog premium edition classic").split()
+WORDS = ["sale", "new", "limited", "offer", "best", "price", "summer", "collection", "exclusive", "free",
+         "shipping", "today", "only", "original", "quality", "photo", "studio", "archive", "catalog", "premium",
+         "edition", "classic"]
 TRANSFORMS = ["downscale", "jpeg", "crop", "pad", "colour", "grayscale", "caption", "text", "logo",
               "rotate", "aspect", "combo"]
 COMBINABLE = ["downscale", "jpeg", "crop", "pad", "colour", "grayscale", "caption", "text", "logo", "rotate"]

@@ -31,10 +31,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import build_set  # noqa: E402
+import build_set
 
-from neardup_core.evaluation import (  # noqa: E402
-    Truth, pair, pairs_within, pr_curve, recall_by_transform, score_pairs)
+from neardup_core.evaluation import Truth, pair, pairs_within, pr_curve, recall_by_transform, score_pairs
 
 PHASH_MAX_DISTANCE = 10
 CURVE_FLOOR = 0.5  # the curve's pairs run keeps cosine >= this

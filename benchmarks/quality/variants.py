@@ -16,17 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import build_set  # noqa: E402
-from run import load_truth  # noqa: E402
+import build_set
+from run import load_truth
 
-from neardup_core.decode import decode_image  # noqa: E402
-from neardup_core.evaluation import pr_curve  # noqa: E402
+from neardup_core.decode import decode_image
+from neardup_core.evaluation import pr_curve
 
 THRESHOLDS = np.round(np.arange(0.3, 0.99, 0.01), 3)
 PREPARATIONS = {  # name -> how the job's decoder (or a letterbox) makes model input
@@ -89,7 +90,7 @@ def main() -> None:
             build_set.build(set_dir, seed, build_set.default_cache())
         truth, rows = load_truth(set_dir)
         files = [r["file"] for r in rows]
-        blobs = [open(os.path.join(set_dir, "images", f), "rb").read() for f in files]
+        blobs = [Path(set_dir, "images", f).read_bytes() for f in files]
         for prep, options in PREPARATIONS.items():
             pixels = np.stack([letterbox(b, 224) if options is None else decode_image(b, 224, 10**9, **options)
                                for b in blobs])
@@ -110,7 +111,7 @@ def main() -> None:
     for key, by_seed in results.items():
         best = {s: max(c, key=lambda p: p.f1) for s, c in by_seed.items()}
 
-        def at(seed, threshold):
+        def at(seed, threshold, by_seed=by_seed):
             return next(p for p in by_seed[seed] if abs(p.threshold - threshold) < 1e-9).f1
 
         print(f"| {key[0]} | {key[1]} | {key[2] or '-'} | {key[3] or '-'} | {best[a].f1:.3f} ({best[a].threshold:.2f}) "

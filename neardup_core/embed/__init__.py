@@ -1,142 +1,33 @@
-"""Embedding backends behind one small interface.
+"""Embedding: a batch of uint8 RGB pixels (n, size, size, 3) -> L2-normalised float32
+vectors (n, dim), behind one small interface (:class:`Embedder`).
 
-An :class:`Embedder` turns a batch of uint8 RGB pixels (n, size, size, 3) into
-L2-normalised float32 vectors (n, dim). Backends: :mod:`onnxruntime` (CPU default),
-:mod:`tensorrt` (GPU executors), :mod:`tensorflow` (any SavedModel, also what the ONNX
-export is checked against). :func:`choose_backend` picks one per task;
-:func:`get_embedder` builds it once per Python worker, never per batch.
+Modules:
+    base: the interface, :class:`ModelError`, normalisation and model shape checks.
+    factory: which backend a task runs, the embedder built once per Python worker, and
+        the model the driver prepares before Spark starts.
+    onnxruntime_backend, tensorrt_backend, tensorflow_backend: the backends (ONNX Runtime
+        is the CPU default, TensorRT runs on GPU executors, TensorFlow runs any SavedModel
+        and is what the ONNX export is checked against).
+    models, onnx_export, efficientnet_lite, torch_state_dict: which model file to load,
+        its ONNX export, and the default model built from its shipped weights.
+    preprocess: pixel scaling before the model. batch: one Arrow batch of files ->
+        embeddings, and the check of embeddings read from a user's table.
+
+Importing this package loads no machine-learning runtime; each backend imports its own
+when it is built.
 """
 
-from __future__ import annotations
+from .base import Embedder, ModelError, l2_normalise
+from .factory import CPU_BACKEND, PreparedModel, choose_backend, engine_dir, get_embedder, prepare_model
 
-import functools
-from typing import NamedTuple, Protocol, Sequence
-
-import numpy as np
-
-from ..config import EmbedConfig, ModelConfig
-
-
-class ModelError(ValueError):
-    """The configured model cannot be loaded or does not produce one vector per image."""
-
-
-class Embedder(Protocol):
-    dim: int
-
-    def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (n, size, size, 3) RGB -> float32 (n, dim), each row of unit length."""
-
-
-CPU_BACKEND = "onnxruntime"  # measured fastest on the CPU: benchmarks/embed_backends.py
-
-
-def choose_backend(configured: str, gpu_addresses: Sequence[str]) -> tuple[str, int | None]:
-    """Which backend a task runs, and on which CUDA device.
-
-    Args:
-        configured: ``embed.backend``.
-        gpu_addresses: the GPU addresses Spark assigned to the task (empty for none).
-
-    Returns:
-        (backend, device): ``auto`` gives TensorRT on the first assigned GPU, else
-        ONNX Runtime on the CPU; a CPU backend gets device None.
-
-    Raises:
-        ModelError: ``tensorrt`` was asked for but the task has no GPU.
-    """
-    backend = configured
-    if backend == "auto":
-        backend = "tensorrt" if gpu_addresses else CPU_BACKEND
-    if backend != "tensorrt":
-        return backend, None
-    if not gpu_addresses:
-        raise ModelError(
-            "embed.backend tensorrt: this task has no GPU assigned; give executors GPUs with "
-            "spark.executor.resource.gpu.amount and spark.task.resource.gpu.amount (conf/spark-gpu.conf)"
-        )
-    try:
-        return backend, int(gpu_addresses[0])
-    except ValueError as err:
-        raise ModelError(f"GPU address {gpu_addresses[0]!r} from Spark is not a CUDA device index") from err
-
-
-@functools.lru_cache(maxsize=2)
-def get_embedder(model_file: str, backend: str, device: int | None, model: ModelConfig,
-                 embed: EmbedConfig) -> Embedder:
-    """The worker's embedder, built on first use and kept for the worker's life.
-
-    Args:
-        model_file: a SavedModel or ``.keras`` for ``tensorflow``; an ONNX file for the others.
-        backend: ``tensorflow``, ``onnxruntime`` or ``tensorrt`` (see :func:`choose_backend`).
-        device: CUDA device index for ``tensorrt``.
-
-    The key is made on the driver (paths and frozen configuration), so every task of a job
-    on one Python worker shares one loaded model.
-
-    Raises:
-        ModelError: unreadable model, an output that is not (batch, dim), a wrong input
-            size, or a TensorRT engine that cannot be built or loaded.
-    """
-    if backend == "tensorflow":
-        from .tensorflow import TensorFlowEmbedder
-
-        return TensorFlowEmbedder(model_file, model.input_size, model.preprocess, model.output,
-                                  embed.threads_per_task)
-    if backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeEmbedder
-
-        return OnnxRuntimeEmbedder(model_file, model.input_size, model.preprocess, embed.threads_per_task)
-    if backend == "tensorrt":
-        from .tensorrt import TensorRTEmbedder, ensure_plan
-
-        plan = ensure_plan(model_file, engine_dir(model, embed), device, embed.precision, embed.batch_size,
-                           model.input_size)
-        return TensorRTEmbedder(plan, device, embed.batch_size, model.input_size, model.preprocess)
-    raise ValueError(f"unknown backend {backend!r}")
-
-
-def engine_dir(model: ModelConfig, embed: EmbedConfig) -> str:
-    """Where TensorRT plans are looked up and built: ``embed.engine_dir``, or
-    ``{model.cache_dir}/engines``."""
-    import os
-
-    return os.path.expanduser(embed.engine_dir or os.path.join(model.cache_dir, "engines"))
-
-
-class PreparedModel(NamedTuple):
-    file: str  # what executors run: an ONNX file, or for embed.backend tensorflow a SavedModel/.keras
-    dim: int
-
-
-def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
-    """On the driver, before Spark starts: resolve the model, export it to ONNX unless the
-    TensorFlow backend is forced (cached; checked against TensorFlow), and load it once on
-    the CPU so a bad model fails here, with a message, instead of in every task.
-
-    Raises:
-        ModelError: any problem with the model (see :func:`get_embedder`).
-    """
-    import os
-
-    from .models import resolve_model_path
-    from .onnx_export import onnx_model_path
-
-    source = resolve_model_path(model)
-    if source.endswith(".onnx"):
-        if embed.backend == "tensorflow":
-            raise ModelError(f"model.path {model.path}: an ONNX file cannot run on embed.backend tensorflow")
-        if model.output is not None:
-            raise ModelError(f"model.output {model.output!r}: ONNX files are read at their first output; "
-                             "export the embedding as the first output and leave model.output null")
-    if embed.backend == "tensorflow":
-        return PreparedModel(source, get_embedder(source, "tensorflow", None, model, embed).dim)
-    onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
-    return PreparedModel(onnx, get_embedder(onnx, "onnxruntime", None, model, embed).dim)
-
-
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length; an all-zero row stays zero instead of becoming NaN."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
+__all__ = [
+    "CPU_BACKEND",
+    "Embedder",
+    "ModelError",
+    "PreparedModel",
+    "choose_backend",
+    "engine_dir",
+    "get_embedder",
+    "l2_normalise",
+    "prepare_model",
+]

@@ -1,8 +1,10 @@
-"""One Arrow batch of files -> embeddings, with a reason for each file that failed. Pure."""
+"""One Arrow batch of files -> embeddings, with a reason for each file that failed; and the
+check of embeddings read from a user's table instead. Pure."""
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +13,7 @@ import pyarrow.compute as pc
 from ..config import InputConfig, ModelConfig
 from ..decode import DecodeError, decode_image
 from ..sources import ReadError, read_bytes
-from . import Embedder
+from .base import Embedder
 
 
 class EmbeddedBatch(NamedTuple):
@@ -82,42 +84,20 @@ def embed_batch(
     return EmbeddedBatch(embeddings, stages, messages)
 
 
-def check_vectors(values: Sequence[Sequence[float] | bytes | None], dim: int
-                  ) -> tuple[list[np.ndarray | None], list[str | None], list[str | None]]:
-    """Embeddings read from a user's table, checked: each value is a list of numbers or
-    little-endian float32 bytes of length ``dim``, all finite. A bad row gets stage
-    ``embedding`` and the reason instead of a vector. Row by row: the reference that
-    :func:`check_vector_column`, which the job and `neardup plan` run, is tested against."""
-    vectors: list[np.ndarray | None] = []
-    stages: list[str | None] = []
-    messages: list[str | None] = []
-    for value in values:
-        problem = None
-        vector = None
-        if value is None:
-            problem = "no embedding"
-        else:
-            if isinstance(value, (bytes, bytearray)):
-                if len(value) % 4:
-                    problem = f"binary embedding of {len(value)} bytes is not float32 values"
-                else:
-                    vector = np.frombuffer(value, dtype="<f4")
-            else:
-                vector = np.asarray([np.nan if v is None else v for v in value], dtype=np.float64)
-            if problem is None and len(vector) != dim:
-                problem = f"embedding has {len(vector)} values, expected {dim} like the first row"
-            elif problem is None and not np.isfinite(vector).all():
-                problem = "embedding has a missing, NaN or infinite value"
-        vectors.append(None if problem else vector.astype(np.float32))
-        stages.append("embedding" if problem else None)
-        messages.append(problem)
-    return vectors, stages, messages
-
-
 def check_vector_column(column: pa.Array, dim: int) -> tuple[pa.Array, pa.Array]:
-    """:func:`check_vectors` on a whole Arrow column at once (no Python per row or value):
-    list<float>, list<double> or binary float32 in; the vectors as list<float32> (null
-    for a bad row) and the reason for each bad row (null for a good one) out.
+    """Embeddings read from a user's table, checked on a whole Arrow column at once (no
+    Python per row or value): each value is a list of numbers or little-endian float32
+    bytes of length ``dim``, all finite.
+
+    Args:
+        column: list<float>, list<double> or binary (float32) values; a slice or a
+            chunked array is fine.
+        dim: the length every vector must have (the first good row's).
+
+    Returns:
+        (vectors, reasons): the vectors as list<float32>, null for a bad row, and the
+        reason for each bad row (null for a good one), which the job records with stage
+        ``embedding``. tests/test_embed_batch.py checks both against a row-by-row reference.
 
     Memory: O(values in the column), as float64."""
     if isinstance(column, pa.ChunkedArray):

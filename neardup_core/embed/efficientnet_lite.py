@@ -12,14 +12,18 @@ original is a TensorFlow model, so convolutions use TF "same" padding (for
 stride 2 the extra pixel goes at the bottom/right), which Keras
 ``padding="same"`` reproduces exactly; the PyTorch port emulated it with
 ``Conv2dStaticSamePadding``.
+
+One network, one module (about 300 lines): the graph and the weight bindings that
+must match it layer for layer.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -71,7 +75,7 @@ _NUM_CLASSES = 1000
 class _Binding:
     """Which state-dict prefix feeds which Keras layer, and how."""
 
-    layer: "keras.layers.Layer"
+    layer: keras.layers.Layer
     prefix: str  # e.g. "_blocks.3._expand_conv"
     kind: str  # "conv", "depthwise", "bn" or "dense"
 
@@ -103,7 +107,7 @@ def weights_path() -> str:
 def build_efficientnet_lite0(
     state_dict: dict[str, np.ndarray] | None = None,
     include_top: bool = False,
-) -> "keras.Model":
+) -> keras.Model:
     """Build EfficientNet-Lite0 and load ImageNet weights into it.
 
     Args:
@@ -248,7 +252,7 @@ _CONVERSIONS: dict[str, tuple[tuple[str, Callable[[np.ndarray], np.ndarray]], ..
 _IGNORED_SUFFIXES = {"bn": ("num_batches_tracked",)}
 
 
-def _check_all_layers_bound(model: "keras.Model", bindings: list[_Binding]) -> None:
+def _check_all_layers_bound(model: keras.Model, bindings: list[_Binding]) -> None:
     """Guard against a layer with weights that no state-dict entry would fill."""
     bound = {id(b.layer) for b in bindings}
     unbound = [layer.name for layer in model.layers if layer.weights and id(layer) not in bound]

@@ -16,11 +16,11 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable
 
 from ..config import ModelConfig
-from . import ModelError
+from .base import ModelError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 # Bump when the conversion code changes, so stale caches are rebuilt instead of reused.
@@ -79,7 +79,8 @@ def keras_application_path(name: str, input_size: int, cache_dir: str) -> str:
     """
     import keras
 
-    target = os.path.join(cache_dir, f"keras-{name}-{input_size}px-k{keras.__version__}-c{CONVERSION_VERSION}.savedmodel")
+    target = os.path.join(cache_dir,
+                          f"keras-{name}-{input_size}px-k{keras.__version__}-c{CONVERSION_VERSION}.savedmodel")
     return _cached_saved_model(target, lambda: build_keras_application(name, input_size, weights="imagenet"))
 
 

@@ -2,7 +2,7 @@
 
 The ONNX file is what ONNX Runtime (the CPU default) and TensorRT (GPU executors) run.
 It takes float32 ``images`` (n, size, size, 3) after ``model.preprocess`` and returns the
-un-normalised embedding, exactly like :func:`tensorflow.embedding_function`.
+un-normalised embedding, exactly like :func:`tensorflow_backend.embedding_function`.
 
 tf2onnx is tested against older TensorFlow releases than the one we run, so every
 conversion is checked: the ONNX model and TensorFlow must agree on a probe batch
@@ -17,7 +17,7 @@ from importlib.metadata import version
 
 import numpy as np
 
-from . import ModelError, l2_normalise
+from .base import ModelError, l2_normalise, probe_dim
 from .models import cached_file
 
 OPSET = 17
@@ -75,7 +75,7 @@ def export_onnx(model_path: str, output: str | None, input_size: int) -> bytes:
     Raises:
         ModelError: conversion failed or the result disagrees with TensorFlow.
     """
-    from .tensorflow import embedding_function, import_tensorflow, probe_dim
+    from .tensorflow_backend import embedding_function, import_tensorflow
 
     tf = import_tensorflow()
     import tf2onnx

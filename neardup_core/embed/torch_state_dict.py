@@ -17,6 +17,9 @@ Layout of a legacy ``torch.save`` file (``torch/serialization.py``,
    view_metadata)``
 5. the list of storage keys, in the order their data follows
 6. per key: an 8-byte element count, then the raw element bytes.
+
+One file format, one module (a little over 300 lines): the restricted unpickler and
+the storage reader check each other's assumptions and read best side by side.
 """
 
 from __future__ import annotations
@@ -166,7 +169,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if view_metadata is not None:
             # (view_key, offset, view_size): a slice of the root storage.
             _view_key, offset, numel = view_metadata
-            if not (type(offset) is int and type(numel) is int and 0 <= offset
+            if not (type(offset) is int and type(numel) is int and offset >= 0
                     and offset + numel <= root_numel):
                 raise _FormatError(f"storage view {view_metadata!r} outside its storage")
         root = _StorageRef(key, storage_type, root_numel, 0, root_numel)
@@ -182,7 +185,7 @@ def _load_pickle(f: BinaryIO, what: str) -> tuple[Any, _RestrictedUnpickler]:
         raise
     except EOFError:
         raise _FormatError(f"truncated while reading the {what}") from None
-    except Exception as exc:  # any malformed-pickle error from the C unpickler
+    except Exception as exc:  # noqa: BLE001 - any malformed-pickle error from the C unpickler
         raise _FormatError(f"corrupt {what}: {type(exc).__name__}: {exc}") from None
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ModelError, l2_normalise
+from .base import ModelError, check_input_shape, l2_normalise, probe_dim
 from .preprocess import preprocess
-from .tensorflow import check_input_shape, probe_dim
 
 
 class OnnxRuntimeEmbedder:

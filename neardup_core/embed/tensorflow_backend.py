@@ -7,11 +7,10 @@ same graph.
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 import numpy as np
 
-from . import ModelError, l2_normalise
+from .base import ModelError, check_input_shape, l2_normalise, probe_dim
 from .preprocess import preprocess
 
 
@@ -46,21 +45,6 @@ class TensorFlowEmbedder:
         return self._fn(self._tf.constant(preprocess(pixels, self.preprocess))).numpy()
 
 
-def probe_dim(run: Callable[[np.ndarray], np.ndarray], path: str, input_size: int) -> int:
-    """Embedding width, from one black image; the output must be (1, dim).
-
-    Raises:
-        ModelError: the model's output for one image is not a vector.
-    """
-    probe = np.asarray(run(np.zeros((1, input_size, input_size, 3), dtype=np.uint8)))
-    if probe.ndim != 2 or probe.shape[0] != 1:
-        raise ModelError(
-            f"model {path}: output for one {input_size}x{input_size} image has shape "
-            f"{tuple(probe.shape)}, expected (1, dim); choose a pooled output with model.output"
-        )
-    return int(probe.shape[1])
-
-
 def embedding_function(tf, path: str, output: str | None, input_size: int):
     """A function from a float32 (n, input_size, input_size, 3) tensor to the embedding tensor.
 
@@ -81,24 +65,6 @@ def embedding_function(tf, path: str, output: str | None, input_size: int):
         raise ModelError(f"model.path {path}: cannot load: {type(err).__name__}: {err}") from err
     check_input_shape(path, shape, input_size)
     return fn
-
-
-def check_input_shape(path: str, shape, input_size: int) -> None:
-    """Fail where a model's declared input (batch, height, width, channels) cannot take
-    ``input_size`` x ``input_size`` RGB images. Unknown (None) dimensions accept any size."""
-    dims = list(shape) if shape is not None else None
-    if dims is None or len(dims) != 4:
-        raise ModelError(f"model {path}: input shape {dims} is not (batch, height, width, channels)")
-    _, height, width, channels = dims
-    if channels is not None and channels != 3:
-        if height == 3:
-            raise ModelError(f"model {path}: input {dims} is channels-first; export it channels-last (NHWC)")
-        raise ModelError(f"model {path}: input {dims} has {channels} channels; images are RGB (3)")
-    if (height is not None and height != input_size) or (width is not None and width != input_size):
-        raise ModelError(
-            f"model.input_size is {input_size} but model {path} takes {height}x{width} images; "
-            f"set model.input_size={height or width}"
-        )
 
 
 def _keras_fn(tf, path: str, output: str | None):

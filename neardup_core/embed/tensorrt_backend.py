@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from . import ModelError, l2_normalise
+from .base import ModelError, l2_normalise
 from .preprocess import preprocess
 
 WORKSPACE_BYTES = 1 << 30

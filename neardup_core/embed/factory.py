@@ -1,0 +1,131 @@
+"""Choosing and building embedders: which backend a task runs (:func:`choose_backend`),
+the embedder each Python worker builds once (:func:`get_embedder`), and the model the
+driver prepares before Spark starts (:func:`prepare_model`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ..config import EmbedConfig, ModelConfig
+from .base import Embedder, ModelError
+
+CPU_BACKEND = "onnxruntime"  # measured fastest on the CPU: benchmarks/embed_backends.py
+
+
+def choose_backend(configured: str, gpu_addresses: Sequence[str]) -> tuple[str, int | None]:
+    """Which backend a task runs, and on which CUDA device.
+
+    Args:
+        configured: ``embed.backend``.
+        gpu_addresses: the GPU addresses Spark assigned to the task (empty for none).
+
+    Returns:
+        (backend, device): ``auto`` gives TensorRT on the first assigned GPU, else
+        ONNX Runtime on the CPU; a CPU backend gets device None.
+
+    Raises:
+        ModelError: ``tensorrt`` was asked for but the task has no GPU.
+    """
+    backend = configured
+    if backend == "auto":
+        backend = "tensorrt" if gpu_addresses else CPU_BACKEND
+    if backend != "tensorrt":
+        return backend, None
+    if not gpu_addresses:
+        raise ModelError(
+            "embed.backend tensorrt: this task has no GPU assigned; give executors GPUs with "
+            "spark.executor.resource.gpu.amount and spark.task.resource.gpu.amount (conf/spark-gpu.conf)"
+        )
+    try:
+        return backend, int(gpu_addresses[0])
+    except ValueError as err:
+        raise ModelError(f"GPU address {gpu_addresses[0]!r} from Spark is not a CUDA device index") from err
+
+
+@functools.lru_cache(maxsize=2)
+def get_embedder(model_file: str, backend: str, device: int | None, model: ModelConfig,
+                 embed: EmbedConfig) -> Embedder:
+    """The worker's embedder, built on first use and kept for the worker's life.
+
+    Args:
+        model_file: a SavedModel or ``.keras`` for ``tensorflow``; an ONNX file for the others.
+        backend: ``tensorflow``, ``onnxruntime`` or ``tensorrt`` (see :func:`choose_backend`).
+        device: CUDA device index for ``tensorrt``.
+
+    The key is made on the driver (paths and frozen configuration), so every task of a job
+    on one Python worker shares one loaded model.
+
+    Raises:
+        ModelError: unreadable model, an output that is not (batch, dim), a wrong input
+            size, or a TensorRT engine that cannot be built or loaded.
+    """
+    if backend == "tensorflow":
+        from .tensorflow_backend import TensorFlowEmbedder
+
+        return TensorFlowEmbedder(model_file, model.input_size, model.preprocess, model.output,
+                                  embed.threads_per_task)
+    if backend == "onnxruntime":
+        from .onnxruntime_backend import OnnxRuntimeEmbedder
+
+        return OnnxRuntimeEmbedder(model_file, model.input_size, model.preprocess, embed.threads_per_task)
+    if backend == "tensorrt":
+        from .tensorrt_backend import TensorRTEmbedder, ensure_plan
+
+        plan = ensure_plan(model_file, engine_dir(model, embed), device, embed.precision, embed.batch_size,
+                           model.input_size)
+        return TensorRTEmbedder(plan, device, embed.batch_size, model.input_size, model.preprocess)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def engine_dir(model: ModelConfig, embed: EmbedConfig) -> str:
+    """Where TensorRT plans are looked up and built: ``embed.engine_dir``, or
+    ``{model.cache_dir}/engines``."""
+    return os.path.expanduser(embed.engine_dir or os.path.join(model.cache_dir, "engines"))
+
+
+class PreparedModel(NamedTuple):
+    """The model the driver prepared for the embed stage, and how it reaches the executors.
+
+    Attributes:
+        file: the driver-side path of what executors run: an ONNX file, or for
+            ``embed.backend`` tensorflow a SavedModel directory or ``.keras`` file.
+        dim: the embedding width.
+        shipped: True when ``file`` is one file that the Spark stage ships with
+            ``SparkContext.addFile`` and each task reads at
+            ``SparkFiles.get(os.path.basename(file))``; False when each worker resolves
+            the model itself with ``resolve_model_path(model)`` (the TensorFlow backend,
+            whose model may be a SavedModel directory rather than one file). Decided once,
+            by :func:`prepare_model`, so no other code asks which backend was configured.
+    """
+
+    file: str
+    dim: int
+    shipped: bool
+
+
+def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
+    """On the driver, before Spark starts: resolve the model, export it to ONNX unless the
+    TensorFlow backend is forced (cached; checked against TensorFlow), and load it once on
+    the CPU so a bad model fails here, with a message, instead of in every task.
+
+    Raises:
+        ModelError: any problem with the model (see :func:`get_embedder`).
+    """
+    from .models import resolve_model_path
+    from .onnx_export import onnx_model_path
+
+    on_tensorflow = embed.backend == "tensorflow"
+    source = resolve_model_path(model)
+    if source.endswith(".onnx"):
+        if on_tensorflow:
+            raise ModelError(f"model.path {model.path}: an ONNX file cannot run on embed.backend tensorflow")
+        if model.output is not None:
+            raise ModelError(f"model.output {model.output!r}: ONNX files are read at their first output; "
+                             "export the embedding as the first output and leave model.output null")
+    if on_tensorflow:
+        return PreparedModel(source, get_embedder(source, "tensorflow", None, model, embed).dim, shipped=False)
+    onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
+    return PreparedModel(onnx, get_embedder(onnx, "onnxruntime", None, model, embed).dim, shipped=True)

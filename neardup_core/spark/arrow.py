@@ -1,0 +1,49 @@
+"""Arrow <-> NumPy conversions that the Spark stages share. No Spark here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+
+def matrix(column: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
+    """A list<number> Arrow column of rows of ``width`` values as an (n, width) NumPy view.
+
+    Raises:
+        ValueError: the column does not hold n * width values.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False)
+    n = len(column)
+    if len(values) != n * width:
+        raise ValueError(f"expected {n} rows of {width} values, got {len(values)} values")
+    return values.reshape(n, width)
+
+
+def list_column(matrix: np.ndarray) -> pa.Array:
+    """An (n, width) array as an Arrow list column, without per-row Python."""
+    n, width = matrix.shape
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix).reshape(-1)))
+
+
+BLOCK_SCHEMA = "part int, kind int, blob binary"  # packed records, see neardup_core.blocks
+
+
+def block_batch(parts: np.ndarray, blobs: list[bytes], kind: int) -> pa.RecordBatch:
+    """Rows of BLOCK_SCHEMA: one packed block per destination partition."""
+    return pa.RecordBatch.from_arrays(
+        [pa.array(parts, pa.int32()), pa.array(np.full(len(parts), kind, np.int32)), pa.array(blobs, pa.binary())],
+        names=["part", "kind", "blob"])
+
+
+def blobs_by_kind(batches: Iterator[pa.RecordBatch]) -> dict[int, list[bytes]]:
+    """A task's blocks (BLOCK_SCHEMA batches), grouped by kind."""
+    out: dict[int, list[bytes]] = {}
+    for batch in batches:
+        for kind, blob in zip(batch.column("kind").to_pylist(), batch.column("blob").to_pylist()):
+            out.setdefault(kind, []).append(blob)
+    return out

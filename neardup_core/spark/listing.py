@@ -1,0 +1,159 @@
+"""What the job reads: image files (a directory or a manifest) and, for ``neardup
+pairs``, embeddings made elsewhere. Each is a DataFrame with one row per input."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..config import InputConfig
+from ..sources import InputError, extension_glob, is_local, local_path
+from .jvm import indexed_paths
+
+# The rows the embed stage produces, and that `neardup pairs` reads into.
+EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
+
+
+def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:
+    """id, path, content (bytes, or null to read by path), error_message (set when the
+    file is known to be unusable before reading it)."""
+    if fmt == "directory":
+        return _list_directory(spark, cfg)
+    return _list_manifest(spark, cfg, fmt)
+
+
+def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    files = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", extension_glob(cfg.extensions))
+        .load(cfg.path)
+    )
+    # The length filter is pushed into the binaryFile reader, so files over the limit
+    # are never read into memory; they are reported instead.
+    readable = files.filter(F.col("length") <= cfg.max_file_bytes).select(
+        F.col("path").alias("id"), "path", "content", F.lit(None).cast("string").alias("error_message")
+    )
+    too_big = files.filter(F.col("length") > cfg.max_file_bytes).select(
+        F.col("path").alias("id"),
+        "path",
+        F.lit(None).cast("binary").alias("content"),
+        F.format_string(f"file is %d bytes, above input.max_file_bytes={cfg.max_file_bytes}", "length")
+        .alias("error_message"),
+    )
+    listing = readable.unionByName(too_big)
+    # Spark's file scan silently skips zero-length files; the file index still lists
+    # them (one count over file metadata to compare).
+    paths = indexed_paths(files)
+    if paths is not None:
+        # The index writes URIs (file:///a%20b.jpg) where the scan writes paths
+        # (file:/a b.jpg). url_decode would also turn '+' into a space, so escape it first.
+        decoded = F.url_decode(F.regexp_replace("value", r"\+", "%2B"))
+        paths = paths.select(F.regexp_replace(decoded, "^file:///", "file:/").alias("path"))
+        empty = paths.join(files.select("path"), "path", "left_anti").select(
+            F.col("path").alias("id"), "path", F.lit(None).cast("binary").alias("content"),
+            F.lit("empty file").alias("error_message"))
+        listing = listing.unionByName(empty)
+    return listing
+
+
+def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:
+    reader = spark.read.option("header", "true") if fmt == "csv" else spark.read
+    table = reader.format(fmt).load(cfg.path)
+    missing = [c for c in (cfg.id_column, cfg.path_column) if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"--input {cfg.path}: manifest has no column {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(table.columns)}); set input.id_column / input.path_column"
+        )
+    path = F.col(cfg.path_column).cast("string")
+    if is_local(cfg.path):
+        # Relative paths in a local manifest are relative to the manifest's directory.
+        base = os.path.dirname(os.path.abspath(local_path(cfg.path)))
+        path = F.when(path.rlike(r"^(/|[A-Za-z][A-Za-z0-9+.-]*:)"), path).otherwise(
+            F.concat(F.lit(base + "/"), path)
+        )
+    return table.select(
+        F.col(cfg.id_column).cast("string").alias("id"),
+        path.alias("path"),
+        F.lit(None).cast("binary").alias("content"),
+        F.when(F.col(cfg.path_column).isNull(), F.lit("manifest row has no path"))
+        .otherwise(F.lit(None).cast("string"))
+        .alias("error_message"),
+    )
+
+
+def spread_manifest(listing: DataFrame, rows: int, rows_per_partition: int, min_partitions: int) -> DataFrame:
+    """A manifest's rows over enough partitions that each holds at most about
+    ``rows_per_partition`` (a manifest file is one partition however many images it names)."""
+    return listing.repartition(max(min_partitions, -(-rows // rows_per_partition)))
+
+
+def manifest_id_problem(listing: DataFrame, limit: int = 5) -> str | None:
+    """Why the manifest's ids cannot identify its rows (missing or repeated), or None."""
+    missing = listing.filter(F.col("id").isNull()).count()
+    if missing:
+        return f"{missing} rows have no id"
+    dups = listing.groupBy("id").count().filter(F.col("count") > 1).limit(limit).collect()
+    if dups:
+        return f"ids occur more than once, e.g. {', '.join(repr(row['id']) for row in dups)}"
+    return None
+
+
+class UserEmbeddings(NamedTuple):
+    rows: DataFrame  # EMBEDDED_SCHEMA
+    dim: int  # length of every good vector (the first good row's)
+
+
+def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str) -> UserEmbeddings:
+    """Embeddings made elsewhere: a Parquet table with an id column and an embedding
+    column (list of floats, or fixed-size binary holding little-endian float32).
+
+    Returns the rows in the embed stage's schema, and the dimension: a row whose vector
+    is missing, empty, of another length than the first good row's, or not finite
+    becomes an error row (stage ``embedding``). ``path`` is the table's ``path`` column
+    where it has one, else the id.
+
+    Raises:
+        InputError: unreadable table or missing columns.
+    """
+    try:
+        table = spark.read.parquet(path)
+    except Exception as err:  # AnalysisException and friends: no such path, not Parquet
+        raise InputError(f"--embeddings {path}: cannot read as Parquet: {str(err).splitlines()[0]}") from err
+    missing = [c for c in (id_column, embedding_column) if c not in table.columns]
+    if missing:
+        raise InputError(f"--embeddings {path}: no column {', '.join(map(repr, missing))} "
+                         f"(columns: {', '.join(table.columns)}); set input.id_column / input.embedding_column")
+    kind = table.schema[embedding_column].dataType.simpleString()
+    if kind not in ("binary", "array<float>", "array<double>"):
+        raise InputError(f"--embeddings {path}: column {embedding_column!r} is {kind}; expected a list of "
+                         "floats or binary float32")
+    path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
+    rows = table.select(F.col(id_column).cast("string").alias("id"), path_col.alias("path"),
+                        F.col(embedding_column).alias("vector"))
+    first = rows.filter(F.col("vector").isNotNull()).select("vector").first()
+    if first is None:
+        raise InputError(f"--embeddings {path}: no rows with an embedding")
+    dim = len(first["vector"]) // 4 if kind == "binary" else len(first["vector"])
+    if dim == 0:
+        raise InputError(f"--embeddings {path}: the first embedding is empty")
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
+        from neardup_core.embed.batch import check_vector_column
+
+        for batch in batches:
+            vectors, reasons = check_vector_column(batch.column("vector"), dim)
+            stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), batch.column("path"), vectors, stages, reasons],
+                names=["id", "path", "embedding", "error_stage", "error_message"])
+
+    return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim)

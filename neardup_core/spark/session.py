@@ -1,0 +1,67 @@
+"""The job's Spark session, and what the job asks of it."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from ..config import SparkConfig
+
+QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
+
+
+def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_submit: bool,
+                  verbose: bool = False) -> SparkSession:
+    """The job's session. Locally it runs ``local[*]`` unless ``spark.master`` says
+    otherwise; under spark-submit the master, resources and logging come from spark-submit.
+
+    Args:
+        arrow_batch_size: rows per Arrow batch handed to the stages' Python functions.
+        verbose: keep Spark's own start-up and INFO logging (local runs); otherwise the
+            JVM logs warnings and errors only.
+    """
+    builder = SparkSession.builder.appName(cfg.app_name)
+    if cfg.master is not None:
+        builder = builder.master(cfg.master)
+    elif not launched_by_spark_submit:
+        builder = builder.master("local[*]")
+    if not launched_by_spark_submit:
+        # Local workers must run the interpreter that has our dependencies installed.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        if not verbose and "spark.driver.extraJavaOptions" not in cfg.conf:
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
+    builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch_size))
+    # The stage log lines say where the job is; Spark's progress bar garbles them.
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    # Spark packs files into read tasks as if each cost 4 MB more than its size; for
+    # 100-500 kB images that makes ~30-image tasks whose fixed cost rivals their work.
+    builder = builder.config("spark.sql.files.openCostInBytes", str(64 * 1024))
+    if cfg.shuffle_partitions:
+        builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    if not verbose:
+        spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def set_arrow_batch_size(spark: SparkSession, rows: int) -> None:
+    """Rows per Arrow batch for the stages that run from here on."""
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
+
+
+def executor_cores(spark: SparkSession) -> int:
+    """Cores of one executor: ``spark.executor.cores``, or in local mode all the
+    session's cores; 1 when neither says."""
+    configured = spark.conf.get("spark.executor.cores", None)
+    if configured:
+        return int(configured)
+    return spark.sparkContext.defaultParallelism if spark.sparkContext.master.startswith("local") else 1
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """Tasks Spark runs at once by default: the floor for any stage's task count."""
+    return spark.sparkContext.defaultParallelism
