@@ -154,6 +154,44 @@ class PairsConfig(_Section):
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
 
 
+# groups.keep criteria that every source has; any other name is a manifest column, except
+# the names the groups stage uses for its own columns.
+KEEP_BUILTINS = ("pixels", "bytes", "modified", "id", "path", "width", "height")
+KEEP_RESERVED = ("id_a", "id_b", "cosine", "rank", "label")
+
+
+@dataclass(frozen=True)
+class GroupsConfig(_Section):
+    NAME: ClassVar[str] = "groups"
+
+    keep: tuple[str, ...] = ("pixels desc", "bytes desc", "id asc")
+    max_pairs_in_one_task: int = 1_000_000
+
+    def _check(self) -> None:
+        _require(len(self.keep) > 0, "groups.keep", self.keep, "must name at least one criterion")
+        names = []
+        for item in self.keep:
+            parts = item.split()
+            ok = (len(parts) == 2 and parts[1] in ("asc", "desc")
+                  and parts[0].replace("_", "a").isalnum() and not parts[0][0].isdigit())
+            _require(ok, "groups.keep", self.keep, f"entries must be 'NAME asc' or 'NAME desc', got {item!r}")
+            names.append(parts[0])
+        _require(len(set(names)) == len(names), "groups.keep", self.keep, "names a criterion twice")
+        reserved = sorted(set(names) & set(KEEP_RESERVED))
+        _require(not reserved, "groups.keep", self.keep, f"cannot sort by {', '.join(reserved)} (used by the stage)")
+        _in_range("groups.max_pairs_in_one_task", self.max_pairs_in_one_task, 0, 10**9)
+
+    def criteria(self) -> list[tuple[str, bool]]:
+        """(name, descending) in priority order, ending with ("id", False) as the tie-breaker
+        that makes the order total."""
+        order = [(item.split()[0], item.split()[1] == "desc") for item in self.keep]
+        return order if any(name == "id" for name, _ in order) else [*order, ("id", False)]
+
+    def manifest_columns(self) -> list[str]:
+        """Criteria that are not built in: columns the input must provide."""
+        return [name for name, _ in self.criteria() if name not in KEEP_BUILTINS]
+
+
 @dataclass(frozen=True)
 class OutputConfig(_Section):
     NAME: ClassVar[str] = "output"
@@ -192,6 +230,7 @@ class Config:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     lsh: LshConfig = field(default_factory=LshConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    groups: GroupsConfig = field(default_factory=GroupsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 

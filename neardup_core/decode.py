@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -30,11 +31,26 @@ BORDER_NOISE = 0.02
 # Trimming never keeps less than this share of the area: a photo of a small object on a
 # plain studio background stays whole instead of being cut down to the object.
 MIN_TRIMMED_AREA = 0.3
+# EXIF orientations 5-8 turn the image a quarter: its displayed width is its stored height.
+ORIENTATION_TAG = 0x0112
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+class Decoded(NamedTuple):
+    pixels: np.ndarray  # uint8 (size, size, 3) RGB, as the model sees it
+    width: int  # the image's own size, as displayed (EXIF orientation applied)
+    height: int
 
 
 def decode_image(data: bytes, size: int, max_pixels: int, trim_borders: bool = False,
                  grayscale: bool = False) -> np.ndarray:
-    """Decode, orient, convert and resize one image.
+    """:func:`decode_with_size`, the pixels only."""
+    return decode_with_size(data, size, max_pixels, trim_borders, grayscale).pixels
+
+
+def decode_with_size(data: bytes, size: int, max_pixels: int, trim_borders: bool = False,
+                     grayscale: bool = False) -> Decoded:
+    """Decode, orient, convert and resize one image; keep its own width and height.
 
     Args:
         data: the file's bytes.
@@ -45,7 +61,8 @@ def decode_image(data: bytes, size: int, max_pixels: int, trim_borders: bool = F
         grayscale: give the model the image's luminance in all three channels.
 
     Returns:
-        uint8 array of shape (size, size, 3), RGB, EXIF orientation applied.
+        The pixels, uint8 (size, size, 3), RGB, EXIF orientation applied; and the
+        image's width and height before any resizing or trimming.
 
     Raises:
         DecodeError: empty, unrecognised, truncated or corrupt data, or too many pixels.
@@ -65,13 +82,16 @@ def decode_image(data: bytes, size: int, max_pixels: int, trim_borders: bool = F
                     )
                 if im.format == "JPEG":
                     im.draft("RGB", (size, size))
+                if im.getexif().get(ORIENTATION_TAG) in QUARTER_TURNS:
+                    width, height = height, width
                 im = ImageOps.exif_transpose(im)
                 rgb = _to_rgb(im)
                 if trim_borders:
                     rgb = rgb.crop(_content_box_at(rgb, max(16, size // 2)))
                 if grayscale:
                     rgb = rgb.convert("L").convert("RGB")
-                return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+                pixels = np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+                return Decoded(pixels, width, height)
     except DecodeError:
         raise
     except Image.DecompressionBombError as err:

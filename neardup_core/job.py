@@ -3,8 +3,8 @@
 Everything that can be checked without Spark (config, input path, output folder, model)
 is checked first, so a bad invocation fails in seconds with one message.
 
-    run:       load-model -> list -> embed -> plan -> pairs -> write -> commit
-    run_pairs:                read-embeddings -> plan -> pairs -> write -> commit
+    run:       load-model -> list -> embed -> plan -> pairs -> groups -> write -> commit
+    run_pairs:                read-embeddings -> plan -> pairs -> groups -> write -> commit
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from .output import OutputDir, check_local_output, check_output
 from .pairing import BucketStats
 from .progress import Progress
 from .sources import InputError, resolve_format
+from .spark import groups as groups_stage
 from .spark import listing as listing_stage
 from .spark import pairing as pairing_stage
 from .spark.embed import embed_images
 from .spark.jvm import shuffle_bytes_written
+from .spark.listing import IMAGE_FACTS
 from .spark.session import build_session, default_parallelism, set_arrow_batch_size
 
 log = logging.getLogger("neardup")
@@ -51,6 +53,10 @@ class RunCounts:
     errors_by_stage: dict[str, int]
     candidate_pairs: int
     pairs: int
+    groups: int  # duplicate groups: connected components of the pair graph
+    largest_group: int
+    kept: int  # images in a group that are kept
+    dropped: int  # images in a group that duplicate a kept one
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class _Embedded(NamedTuple):
     inputs: int
     errors: int
     dim: int
+    extras: DataFrame | None  # id and the input's own columns that groups.keep names
 
 
 class _Planned(NamedTuple):
@@ -89,6 +96,10 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             Spark job runs.
     """
     fmt = resolve_format(cfg.input)
+    extra_columns = tuple(cfg.groups.manifest_columns())
+    if fmt == "directory" and extra_columns:
+        raise ConfigError(f"groups.keep names {', '.join(map(repr, extra_columns))}, which a directory input "
+                          "does not have (built in: pixels, bytes, modified, id); use a manifest with that column")
     check_local_output(cfg.output)
     progress = Progress()
     with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
@@ -99,7 +110,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
     def produce(spark: SparkSession) -> _Embedded:
         _check_gpu_resources(spark, cfg.embed)
         with progress.stage("list") as record:
-            listing = listing_stage.list_inputs(spark, cfg.input, fmt)
+            listing = listing_stage.list_inputs(spark, cfg.input, fmt, extra_columns)
             images = record["rows"] = listing.count()
             if images == 0:
                 kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
@@ -115,7 +126,8 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             record["rows"] = rows.count()
             errors = record["errors"] = rows.filter("error_stage is not null").count()
-        return _Embedded(rows, images, errors, prepared.dim)
+        extras = listing.select("id", *extra_columns) if extra_columns else None
+        return _Embedded(rows, images, errors, prepared.dim, extras)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
 
@@ -133,15 +145,16 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
 
     def produce(spark: SparkSession) -> _Embedded:
         with progress.stage("read-embeddings") as record:
-            rows, dim = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column,
-                                                      cfg.input.embedding_column)
+            extra_columns = tuple(cfg.groups.manifest_columns())
+            rows, dim, extras = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column,
+                                                              cfg.input.embedding_column, extra_columns)
             problem = listing_stage.manifest_id_problem(rows)
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             images = record["rows"] = rows.count()
             errors = record["errors"] = rows.filter("error_stage is not null").count()
-        return _Embedded(rows, images, errors, dim)
+        return _Embedded(rows, images, errors, dim, extras if extra_columns else None)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
 
@@ -163,8 +176,8 @@ def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, pro
     except BaseException:
         out.discard_staging()
         raise
-    log.info("done: %d images, %d errors, %d near-duplicate pairs -> %s",
-             counts.inputs, counts.errors, counts.pairs, path)
+    log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
+             counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
     return RunResult(path, counts, manifest)
 
 
@@ -183,7 +196,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     rows = embedded.rows
     errors = rows.filter("error_stage is not null").select(
         "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
-    good = rows.filter("error_stage is null").select("id", "path", "embedding")
+    good = rows.filter("error_stage is null").select("id", "path", "embedding", *IMAGE_FACTS)
     items = embedded.inputs - embedded.errors
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
 
@@ -211,6 +224,20 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record["shuffle_bytes_per_image"] = round(shuffled / max(items, 1), 1)
     _log_oversized(result.buckets, cfg.lsh)
 
+    with progress.stage("groups") as record:
+        nodes = good.select("id", "path", *IMAGE_FACTS)
+        if embedded.extras is not None:
+            nodes = nodes.join(embedded.extras, "id", "left")
+        tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
+            result.pairs, cfg.pairs.partition_mb * 2**20, default_parallelism(spark))
+        grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, cfg.groups.criteria(),
+                                     result.pairs, cfg.groups.max_pairs_in_one_task, out.staged("_groups-scratch"),
+                                     out.staged("groups"), tasks)
+        record.update(grouped.record())
+        record["rows"] = grouped.kept + grouped.dropped
+    log.info("%d duplicate groups (largest %d images): %d images kept, %d dropped", grouped.groups,
+             grouped.largest_group, grouped.kept, grouped.dropped)
+
     with progress.stage("write") as record:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
@@ -223,7 +250,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     rows.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=items, errors=embedded.errors,
                        errors_by_stage={row["stage"]: row["count"] for row in by_stage},
-                       candidate_pairs=result.candidate_pairs, pairs=result.pairs)
+                       candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
+                       largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
     return counts, lsh_record
 

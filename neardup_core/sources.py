@@ -5,8 +5,10 @@ Pure (no Spark). The Spark listing that uses these lives in :mod:`neardup_core.p
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from .config import InputConfig
@@ -68,7 +70,12 @@ def extension_glob(extensions: tuple[str, ...]) -> str:
     return "*.{" + ",".join(alts) + "}"
 
 
-def read_bytes(path: str, max_file_bytes: int) -> bytes:
+class FileBytes(NamedTuple):
+    data: bytes
+    modified: dt.datetime | None  # the file's modification time (UTC), where the file system keeps one
+
+
+def read_file(path: str, max_file_bytes: int) -> FileBytes:
     """Read one file named in a manifest: a local path or any URI ``pyarrow.fs`` knows.
 
     Raises:
@@ -79,16 +86,20 @@ def read_bytes(path: str, max_file_bytes: int) -> bytes:
             local = local_path(path)
             if os.path.isdir(local):
                 raise ReadError("is a directory")
-            _check_size(os.stat(local).st_size, max_file_bytes)
+            stat = os.stat(local)
+            _check_size(stat.st_size, max_file_bytes)
             with open(local, "rb") as fh:
-                return fh.read()
+                return FileBytes(fh.read(), dt.datetime.fromtimestamp(stat.st_mtime, dt.timezone.utc))
         fs, inner = _filesystem(path)
         info = fs.get_file_info(inner)
         if info.size is None:
             raise ReadError("no such file")
         _check_size(info.size, max_file_bytes)
         with fs.open_input_stream(inner) as fh:
-            return fh.read()
+            modified = info.mtime
+            if modified is not None and modified.tzinfo is None:
+                modified = modified.replace(tzinfo=dt.timezone.utc)
+            return FileBytes(fh.read(), modified)
     except ReadError:
         raise
     except FileNotFoundError as err:

@@ -15,3 +15,129 @@ def bucket_keys(embeddings, planes, num_tables):
 def pairs_within_runs(lengths):
     """All index pairs (i, j), i < j, with i and j in the same run of consecutive rows."""
     return pairing.pairs_from_partners(pairing.partners_per_row(lengths))
+
+
+def union_find_components(n, pairs):
+    """Each node's component, named by its smallest node: union-find with path halving."""
+    parent = list(range(n))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return [find(x) for x in range(n)]
+
+
+def sequential_decisions(n, pairs):
+    """(kept_by, cosine) per node, nodes in priority order 0..n-1, from (a, b, cosine)
+    triples: a node is kept unless a kept node of higher priority is its neighbour; then
+    it names the first such node."""
+    neighbours = {}
+    for a, b, cos in pairs:
+        neighbours.setdefault(a, {})[b] = cos
+        neighbours.setdefault(b, {})[a] = cos
+    kept_by, cosines = [], []
+    for node in range(n):
+        kept_earlier = [m for m in sorted(neighbours.get(node, {})) if m < node and kept_by[m] == -1]
+        kept_by.append(kept_earlier[0] if kept_earlier else -1)
+        cosines.append(neighbours[node][kept_earlier[0]] if kept_earlier else None)
+    return kept_by, cosines
+
+
+def priority_ranks(nodes, criteria):
+    """Rank of each node dict (0 = kept first) under groups.keep criteria [(name, descending)]:
+    pixels = width * height; None sorts last either way; NaN is larger than any number."""
+    import functools
+    import math
+
+    def value(node, name):
+        if name == "pixels":
+            w, h = node.get("width"), node.get("height")
+            return None if w is None or h is None else w * h
+        return node.get(name)
+
+    def compare(x, y):
+        for name, descending in criteria:
+            u, v = value(x, name), value(y, name)
+            if u is None or v is None:
+                if (u is None) != (v is None):
+                    return 1 if u is None else -1
+                continue
+            u_nan = isinstance(u, float) and math.isnan(u)
+            v_nan = isinstance(v, float) and math.isnan(v)
+            if u_nan or v_nan:
+                if u_nan == v_nan:
+                    continue
+                bigger = 1 if u_nan else -1
+            elif u == v:
+                continue
+            else:
+                bigger = 1 if u > v else -1
+            return -bigger if descending else bigger
+        return 0
+
+    ordered = sorted(nodes, key=functools.cmp_to_key(compare))
+    return {node["id"]: rank for rank, node in enumerate(ordered)}
+
+
+def expected_groups(pairs, nodes, criteria):
+    """groups/ rows as {id: (group_id, group_size, action, kept_id, cosine)} from pairs
+    [(id_a, id_b, cosine)] and node dicts, by union-find and the sequential decisions."""
+    in_pairs = {i for a, b, _ in pairs for i in (a, b)}
+    rank = priority_ranks([n for n in nodes if n["id"] in in_pairs], criteria)
+    by_rank = {r: i for i, r in rank.items()}
+    n = len(rank)
+    labels = union_find_components(n, [(rank[a], rank[b]) for a, b, _ in pairs])
+    kept_by, cosines = sequential_decisions(n, [(rank[a], rank[b], c) for a, b, c in pairs])
+    members = {}
+    for r, label in enumerate(labels):
+        members.setdefault(label, []).append(by_rank[r])
+    out = {}
+    for r, label in enumerate(labels):
+        group = members[label]
+        out[by_rank[r]] = (min(group), len(group), "keep" if kept_by[r] < 0 else "drop",
+                           None if kept_by[r] < 0 else by_rank[kept_by[r]], cosines[r])
+    return out
+
+
+def check_groups_output(run_dir):
+    """The invariants every run's groups/ must hold, read from its Parquet outputs:
+    one row per image in a pair; groups are the connected components, named by their
+    smallest id; a dropped image has a pair in pairs/ with its kept image, which is kept;
+    no pair has two kept ends; the manifest counts them."""
+    import json
+    import os
+
+    import pandas as pd
+
+    pairs = pd.read_parquet(os.path.join(run_dir, "pairs"))
+    groups = pd.read_parquet(os.path.join(run_dir, "groups"))
+    in_pairs = set(pairs.id_a) | set(pairs.id_b)
+    assert len(groups) == groups.id.nunique() and set(groups.id) == in_pairs
+    ids = sorted(in_pairs)
+    index = {i: k for k, i in enumerate(ids)}
+    labels = union_find_components(len(ids), [(index[a], index[b]) for a, b in zip(pairs.id_a, pairs.id_b)])
+    row = groups.set_index("id")
+    for i in ids:
+        assert row.at[i, "group_id"] == ids[labels[index[i]]]
+    assert (groups.groupby("group_id").size() == groups.groupby("group_id").group_size.first()).all()
+    cosine = {(a, b): c for a, b, c in zip(pairs.id_a, pairs.id_b, pairs.cosine)}
+    action = dict(zip(groups.id, groups.action))
+    for i, kept_id, cos in zip(groups.id, groups.kept_id, groups.cosine):
+        if action[i] == "drop":
+            assert action[kept_id] == "keep"
+            assert cosine.get((min(i, kept_id), max(i, kept_id))) == cos
+        else:
+            assert kept_id is None and pd.isna(cos)
+    assert not any(action[a] == "keep" and action[b] == "keep" for a, b in cosine)
+    with open(os.path.join(run_dir, "_manifest.json")) as fh:
+        counts = json.load(fh)["counts"]
+    assert counts["groups"] == groups.group_id.nunique()
+    assert counts["kept"] == (groups.action == "keep").sum() and counts["dropped"] == (groups.action == "drop").sum()
+    assert counts["largest_group"] == (groups.group_size.max() if len(groups) else 0)

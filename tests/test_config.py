@@ -83,3 +83,22 @@ def test_sections_check_their_values_when_constructed_directly():
     with pytest.raises(ConfigError, match="--output is required"):
         OutputConfig().required_path()
     assert OutputConfig(path="out").required_path() == "out"
+
+
+@pytest.mark.parametrize("value,message", [
+    ("[]", "groups.keep must name at least one criterion"),
+    ("[pixels]", "entries must be 'NAME asc' or 'NAME desc', got 'pixels'"),
+    ("[pixels up]", "entries must be 'NAME asc' or 'NAME desc', got 'pixels up'"),
+    ("[bytes desc, bytes asc]", "names a criterion twice"),
+    ("[cosine desc]", "cannot sort by cosine"),
+])
+def test_bad_keep_criteria_are_refused(value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[f"groups.keep={value}"])
+
+
+def test_keep_criteria_end_with_the_id_and_name_manifest_columns():
+    cfg = load_config(overrides=["groups.keep=[created_at asc, pixels desc]"])
+    assert cfg.groups.criteria() == [("created_at", False), ("pixels", True), ("id", False)]
+    assert cfg.groups.manifest_columns() == ["created_at"]
+    assert load_config().groups.criteria() == [("pixels", True), ("bytes", True), ("id", False)]

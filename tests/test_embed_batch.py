@@ -1,7 +1,9 @@
 """Routing of one batch: what is read, decoded, embedded, or recorded with its reason; and
 the column check of user embeddings against a row-by-row reference kept here."""
 
+import datetime as dt
 import io
+import os
 
 import numpy as np
 import pytest
@@ -53,14 +55,14 @@ def check_vectors(values, dim):
     return vectors, stages, messages
 
 
-def png(colour):
+def png(colour, size=(10, 10)):
     buf = io.BytesIO()
-    Image.new("RGB", (10, 10), colour).save(buf, "PNG")
+    Image.new("RGB", size, colour).save(buf, "PNG")
     return buf.getvalue()
 
 
 def test_each_row_gets_an_embedding_or_a_reason(tmp_path):
-    (tmp_path / "on_disk.png").write_bytes(png((0, 0, 255)))
+    (tmp_path / "on_disk.png").write_bytes(png((0, 0, 255), size=(12, 7)))
     paths = ["a.png", str(tmp_path / "on_disk.png"), str(tmp_path / "missing.png"), "big.png", "bad.png", "red.png"]
     contents = [png((0, 255, 0)), None, None, None, b"garbage", png((255, 0, 0))]
     prior = [None, None, None, "file is 99 bytes, above input.max_file_bytes=10", None, None]
@@ -73,6 +75,19 @@ def test_each_row_gets_an_embedding_or_a_reason(tmp_path):
     np.testing.assert_allclose(out.embeddings[0], [-100, 155, -100])
     np.testing.assert_allclose(out.embeddings[1], [-100, -100, 155])
     assert out.embeddings[2:] == [None] * 4
+    # What the keep/drop priority reads: the image's own size, the file's size and time.
+    assert out.width[:2] == [10, 12] and out.height[:2] == [10, 7]
+    assert out.file_bytes[:2] == [len(contents[0]), os.path.getsize(paths[1])]
+    assert out.modified[0] is None  # given as bytes, no listing time: unknown
+    assert out.modified[1].timestamp() == pytest.approx(os.path.getmtime(paths[1]))
+    assert out.width[2:5] == [None] * 3 and out.file_bytes[2:4] == [None] * 2
+
+
+def test_listed_modification_times_are_kept():
+    when = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    out = embed_batch(["a.png"], [png((0, 9, 0))], [None], MeanColourEmbedder(), InputConfig(), RGB_16PX,
+                      listed_modified=[when])
+    assert out.modified == [when] and out.error_stage == [None]
 
 
 def test_a_batch_with_nothing_decodable_never_calls_the_model():

@@ -19,6 +19,7 @@ from neardup_core.config import load_config
 from neardup_core.spark import pairing as pairing_stage
 
 from .conftest import REPO, SAMPLE_CATALOG, export_user_model
+from .references import check_groups_output
 
 pytestmark = [pytest.mark.spark, pytest.mark.model]
 
@@ -82,6 +83,7 @@ def first_run(spark, catalog, tmp_path_factory):
     root, _ = catalog
     out = tmp_path_factory.mktemp("run") / "out"
     assert cli.main(["run", "--input", str(root), "--output", str(out), *COMMON]) == 0
+    check_groups_output(out)
     return out
 
 
@@ -140,7 +142,8 @@ def test_manifest_and_success_marker(first_run):
     assert manifest["counts"]["pairs"] == 6 * len(DUPLICATED)
     assert manifest["counts"]["candidate_pairs"] >= manifest["counts"]["pairs"]
     assert manifest["config"]["input"]["max_file_bytes"] == 2000000
-    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "plan", "pairs", "write"]
+    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "plan", "pairs", "groups",
+                                                             "write"]
     assert all(s["seconds"] >= 0 for s in manifest["stages"])
     lsh = manifest["lsh"]  # auto: chosen for the default threshold and recall target
     assert lsh["recall_at_threshold"] >= 0.99
@@ -150,12 +153,52 @@ def test_manifest_and_success_marker(first_run):
     assert lsh["buckets"]["pair_copies"] >= manifest["counts"]["candidate_pairs"]
     pairs_stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
     assert pairs_stage["tasks"]["shuffled"] is False  # 15 embeddings: one task pairs them, no shuffle
+    # Two photos with three copies each: two groups of four, the original kept (most pixels).
+    assert manifest["counts"]["groups"] == 2 and manifest["counts"]["largest_group"] == 4
+    assert (manifest["counts"]["kept"], manifest["counts"]["dropped"]) == (2, 6)
+
+
+def test_groups_keep_the_largest_copy_and_drop_the_rest(catalog, first_run):
+    groups = pd.read_parquet(first_run / "groups")
+    kept = sorted(p.removeprefix("file:") for p in groups[groups.action == "keep"].id)
+    assert kept == sorted(str(catalog[0] / f"{name}.jpg") for name in DUPLICATED)  # the full-size originals
+    emb = pd.read_parquet(first_run / "embeddings").set_index("id")
+    for row in groups[groups.action == "drop"].itertuples():
+        mine, theirs = emb.loc[row.id], emb.loc[row.kept_id]
+        assert (mine.width * mine.height, mine.bytes) <= (theirs.width * theirs.height, theirs.bytes)
+
+
+def test_embeddings_carry_what_the_priority_reads(catalog, first_run):
+    emb = pd.read_parquet(first_run / "embeddings").set_index("id")
+    original = emb.loc[uri(catalog[0] / "baboon.jpg")]
+    with Image.open(catalog[0] / "baboon.jpg") as im:
+        assert (original.width, original.height) == im.size
+    assert original.bytes == os.path.getsize(catalog[0] / "baboon.jpg")
+    assert original.modified.timestamp() == pytest.approx(os.path.getmtime(catalog[0] / "baboon.jpg"), abs=1e-3)
+
+
+def test_a_manifest_column_can_decide_what_is_kept(catalog, first_run, tmp_path):
+    root, _ = catalog
+    emb = pd.read_parquet(os.path.join(first_run, "embeddings"))
+    paths = sorted(p.removeprefix("file:") for p in emb.id)
+    # The newest upload wins, whatever its size: the copies were uploaded last.
+    uploaded = [2 if os.path.basename(p) in {f"{n}.jpg" for n in DUPLICATED} else 5 for p in paths]
+    pd.DataFrame({"id": paths, "path": paths, "uploaded": uploaded}).to_parquet(tmp_path / "m.parquet")
+    out = tmp_path / "out"
+    assert cli.main(["run", "--input", str(tmp_path / "m.parquet"), "--output", str(out),
+                     "--set", "groups.keep=[uploaded desc, bytes desc]"]) == 0
+    check_groups_output(out)
+    groups = pd.read_parquet(out / "groups")
+    assert not set(groups[groups.action == "keep"].id) & {str(root / f"{n}.jpg") for n in DUPLICATED}
+    assert len(groups[groups.action == "keep"]) >= 2
 
 
 def test_rerun_gives_identical_pairs(catalog, first_run, tmp_path):
     root, _ = catalog
     assert cli.main(["run", "--input", str(root), "--output", str(tmp_path / "again"), *COMMON]) == 0
+    check_groups_output(tmp_path / "again")
     pd.testing.assert_frame_equal(read_pairs(first_run), read_pairs(tmp_path / "again"))
+    pd.testing.assert_frame_equal(pd.read_parquet(first_run / "groups"), pd.read_parquet(tmp_path / "again" / "groups"))
 
 
 def test_manifest_input_with_relative_paths_and_custom_columns(catalog, first_run, tmp_path):
@@ -167,6 +210,7 @@ def test_manifest_input_with_relative_paths_and_custom_columns(catalog, first_ru
     out = tmp_path / "out"
     assert cli.main(["run", "--input", str(tmp_path / "catalog.csv"), "--output", str(out),
                      "--set", "input.id_column=sku", "--set", "input.path_column=file"]) == 0
+    check_groups_output(out)
     pairs = read_pairs(out)
     by_path = {os.path.normpath(os.path.join(tmp_path, f)): sku for sku, f in rows}
     expected = {tuple(sorted((by_path[a.removeprefix("file:")], by_path[b.removeprefix("file:")])))
@@ -189,6 +233,7 @@ def test_user_saved_model_end_to_end(spark, tmp_path, backend):
     args = ["--set", f"model.path={model_path}", "--set", "model.preprocess=unit",
             "--set", f"model.cache_dir={tmp_path / 'cache'}", "--set", f"embed.backend={backend}"]
     assert cli.main(["run", "--input", SAMPLE_CATALOG, "--output", str(out), *args]) == 0
+    check_groups_output(out)
     emb = pd.read_parquet(os.path.join(out, "embeddings")).set_index("path")
     reference = get_embedder(model_path, "tensorflow", None, ModelConfig(path=model_path, preprocess="unit"),
                              EmbedConfig())
@@ -237,6 +282,10 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     ("foreign", ["--input", "{tmp}"], "holds files this job did not write (thesis.docx)"),
     ("none", ["--input", "{tmp}", "--set", "model.path={tmp}/model.keras"],
      "model.path {tmp}/model.keras: no such file"),
+    ("none", ["--input", "{tmp}", "--set", "groups.keep=[created_at asc]"],
+     "groups.keep names 'created_at', which a directory input does not have"),
+    ("bad_manifest", ["--input", "{tmp}/m.parquet", "--set", "input.path_column=file",
+                      "--set", "groups.keep=[created_at asc]"], "has no column 'created_at' named in groups.keep"),
 ])
 def test_bad_invocations_exit_2_with_one_message(spark, tmp_path, capsys, setup, args, message):
     out = tmp_path / "out"
@@ -282,4 +331,5 @@ def test_catalog_where_every_image_fails_gives_errors_and_no_pairs(spark, tmp_pa
     assert len(pd.read_parquet(out / "errors")) == 2
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["embedded"] == 0 and manifest["lsh"] is None
+    check_groups_output(out)
     assert (out / "_SUCCESS").exists()

@@ -10,6 +10,8 @@ import pytest
 
 from neardup_core import cli
 
+from .references import check_groups_output
+
 pytestmark = pytest.mark.spark
 
 THRESHOLD = 0.9
@@ -67,6 +69,7 @@ def normal_run(spark, tmp_path_factory):
     x = synthetic(1)
     ids = write_table(root / "emb.parquet", x)
     assert run(["--embeddings", str(root / "emb.parquet"), "--output", str(root / "out")]) == 0
+    check_groups_output(root / "out")
     return root / "out", x, ids
 
 
@@ -74,7 +77,8 @@ def normal_run(spark, tmp_path_factory):
 def shuffled_run(spark, normal_run):
     out, x, ids = normal_run
     assert run(["--embeddings", str(out.parent / "emb.parquet"), "--output", str(out.parent / "shuffled"),
-                *SHUFFLED]) == 0
+                *SHUFFLED, "--set", "groups.max_pairs_in_one_task=0"]) == 0
+    check_groups_output(out.parent / "shuffled")
     return out.parent / "shuffled", x, ids
 
 
@@ -108,6 +112,9 @@ def test_one_task_and_shuffled_stages_give_the_same_result(normal_run, shuffled_
     assert one["tasks"] == {"buckets": 1, "rows": 1, "shuffled": False}
     assert shuffled["tasks"] == {"buckets": 3, "rows": 3, "shuffled": True}
     assert shuffled["shuffle_bytes_per_image"] > 0
+    # The groups stage in one task and in distributed rounds: the same groups and decisions.
+    pd.testing.assert_frame_equal(pd.read_parquet(normal_run[0] / "groups"),
+                                  pd.read_parquet(shuffled_run[0] / "groups"))
     for key in ("rows", "candidate_pairs", "buckets"):
         assert one[key] == shuffled[key], key
     pd.testing.assert_frame_equal(pd.read_parquet(normal_run[0] / "pairs"), pd.read_parquet(shuffled_run[0] / "pairs"))
@@ -122,7 +129,7 @@ def test_bad_vectors_are_recorded_and_the_rest_goes_on(normal_run):
     assert errors.loc["bad-nan", "message"] == "embedding has a missing, NaN or infinite value"
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["embedded"] == len(x)
-    assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "plan", "pairs", "write"]
+    assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "plan", "pairs", "groups", "write"]
     assert manifest["lsh"]["recall_at_threshold"] >= 0.99
     assert len(pd.read_parquet(out / "embeddings")) == len(x)
 

@@ -1,9 +1,10 @@
 import fnmatch
+import os
 
 import pytest
 
 from neardup_core.config import InputConfig
-from neardup_core.sources import InputError, ReadError, extension_glob, read_bytes, resolve_format
+from neardup_core.sources import InputError, ReadError, extension_glob, read_file, resolve_format
 
 
 def expand_braces(glob):
@@ -34,19 +35,21 @@ def test_resolve_format(tmp_path):
         resolve_format(InputConfig(path=str(tmp_path / "nope")))
 
 
-def test_read_bytes_local_and_file_uri(tmp_path):
+def test_read_file_local_and_file_uri(tmp_path):
     (tmp_path / "x.jpg").write_bytes(b"abc")
-    assert read_bytes(str(tmp_path / "x.jpg"), 10) == b"abc"
-    assert read_bytes("file:" + str(tmp_path / "x.jpg"), 10) == b"abc"
+    assert read_file(str(tmp_path / "x.jpg"), 10).data == b"abc"
+    read = read_file("file:" + str(tmp_path / "x.jpg"), 10)
+    assert read.data == b"abc"
+    assert read.modified.timestamp() == pytest.approx(os.stat(tmp_path / "x.jpg").st_mtime)
 
 
 @pytest.mark.parametrize("setup,message", [("missing", "no such file"), ("dir", "is a directory"),
                                            ("big", "file is 11 bytes, above input.max_file_bytes=10")])
-def test_read_bytes_errors(tmp_path, setup, message):
+def test_read_file_errors(tmp_path, setup, message):
     path = tmp_path / "x.jpg"
     if setup == "dir":
         path.mkdir()
     if setup == "big":
         path.write_bytes(b"x" * 11)
     with pytest.raises(ReadError, match=message):
-        read_bytes(str(path), 10)
+        read_file(str(path), 10)

@@ -3,6 +3,7 @@ check of embeddings read from a user's table instead. Pure."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -11,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..config import InputConfig, ModelConfig
-from ..decode import DecodeError, decode_image
-from ..sources import ReadError, read_bytes
+from ..decode import Decoded, DecodeError, decode_with_size
+from ..sources import ReadError, read_file
 from .base import Embedder
 
 
@@ -22,15 +23,26 @@ class EmbeddedBatch(NamedTuple):
     embeddings: list[np.ndarray | None]
     error_stage: list[str | None]
     error_message: list[str | None]
+    # What the keep/drop priority reads, for every embedded row (None where unknown).
+    width: list[int | None]
+    height: list[int | None]
+    file_bytes: list[int | None]
+    modified: list[dt.datetime | None]
 
 
 def decode_for_model(data: bytes, model: ModelConfig, max_pixels: int) -> np.ndarray:
-    """:func:`decode_image` prepared as ``model`` says: input size, border trimming, colour.
+    """:func:`decode_prepared`, the pixels only."""
+    return decode_prepared(data, model, max_pixels).pixels
+
+
+def decode_prepared(data: bytes, model: ModelConfig, max_pixels: int) -> Decoded:
+    """:func:`decode.decode_with_size` prepared as ``model`` says: input size, border
+    trimming, colour.
 
     Raises:
-        DecodeError: see :func:`decode_image`.
+        DecodeError: see :func:`decode.decode_with_size`.
     """
-    return decode_image(data, model.input_size, max_pixels, model.trim_borders, model.colour == "grayscale")
+    return decode_with_size(data, model.input_size, max_pixels, model.trim_borders, model.colour == "grayscale")
 
 
 def embed_batch(
@@ -40,18 +52,24 @@ def embed_batch(
     embedder: Embedder,
     input_cfg: InputConfig,
     model_cfg: ModelConfig,
+    listed_modified: Sequence[dt.datetime | None] | None = None,
 ) -> EmbeddedBatch:
     """Read (where ``contents`` is None), decode and embed a batch of files.
 
     A file that cannot be read or decoded becomes an error row; the rest of the batch goes
     on. ``prior_errors`` carries reasons found while listing (a file too large to read):
-    such rows keep their reason and are not read.
+    such rows keep their reason and are not read. ``listed_modified`` is each file's
+    modification time where the listing knows it; a file read here gets its own.
 
     Memory: one decoded (size, size, 3) uint8 image per row, plus the model's activations.
     """
     n = len(paths)
     stages: list[str | None] = [None] * n
     messages: list[str | None] = list(prior_errors)
+    width: list[int | None] = [None] * n
+    height: list[int | None] = [None] * n
+    file_bytes: list[int | None] = [None] * n
+    modified = list(listed_modified) if listed_modified is not None else [None] * n
     pixels: list[np.ndarray] = []
     good: list[int] = []
     for i in range(n):
@@ -61,12 +79,15 @@ def embed_batch(
         data = contents[i]
         try:
             if data is None:
-                data = read_bytes(paths[i], input_cfg.max_file_bytes)
+                data, modified[i] = read_file(paths[i], input_cfg.max_file_bytes)
         except ReadError as err:
             stages[i], messages[i] = "read", str(err)
             continue
+        file_bytes[i] = len(data)
         try:
-            pixels.append(decode_for_model(data, model_cfg, input_cfg.max_pixels))
+            decoded = decode_prepared(data, model_cfg, input_cfg.max_pixels)
+            pixels.append(decoded.pixels)
+            width[i], height[i] = decoded.width, decoded.height
             good.append(i)
         except DecodeError as err:
             stages[i], messages[i] = "decode", str(err)
@@ -81,7 +102,7 @@ def embed_batch(
                 embeddings[row] = vec
             else:  # NaN keys would put the image in bucket 0 of every table
                 stages[row], messages[row] = "embed", "model output is not finite (NaN or inf)"
-    return EmbeddedBatch(embeddings, stages, messages)
+    return EmbeddedBatch(embeddings, stages, messages, width, height, file_bytes, modified)
 
 
 def check_vector_column(column: pa.Array, dim: int) -> tuple[pa.Array, pa.Array]:

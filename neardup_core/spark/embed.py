@@ -24,8 +24,9 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
     it (:func:`embed.choose_backend`).
 
     Returns:
-        EMBEDDED_SCHEMA rows: id, path, embedding, and for files that failed,
-        error_stage and error_message instead of the embedding.
+        EMBEDDED_SCHEMA rows: id, path, embedding, the image's width and height, the
+        file's bytes and modification time; for files that failed, error_stage and
+        error_message instead of the embedding.
     """
     shipped = None
     if prepared.shipped:
@@ -50,16 +51,22 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
                 embedder=embedder,
                 input_cfg=input_cfg,
                 model_cfg=model,
+                listed_modified=batch.column("modified").to_pylist(),
             )
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("id"),
                     batch.column("path"),
                     pa.array(result.embeddings, type=pa.list_(pa.float32())),
+                    pa.array(result.width, type=pa.int32()),
+                    pa.array(result.height, type=pa.int32()),
+                    pa.array(result.file_bytes, type=pa.int64()),
+                    pa.array(result.modified, type=pa.timestamp("us", tz="UTC")),
                     pa.array(result.error_stage, type=pa.string()),
                     pa.array(result.error_message, type=pa.string()),
                 ],
-                names=["id", "path", "embedding", "error_stage", "error_message"],
+                names=["id", "path", "embedding", "width", "height", "bytes", "modified", "error_stage",
+                       "error_message"],
             )
 
     return listing.mapInArrow(run, EMBEDDED_SCHEMA)

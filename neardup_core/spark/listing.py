@@ -15,16 +15,25 @@ from ..config import InputConfig
 from ..sources import InputError, extension_glob, is_local, local_path
 from .jvm import indexed_paths
 
-# The rows the embed stage produces, and that `neardup pairs` reads into.
-EMBEDDED_SCHEMA = "id string, path string, embedding array<float>, error_stage string, error_message string"
+# The rows the embed stage produces, and that `neardup pairs` reads into: the vector, or
+# the reason there is none; and what the keep/drop priority reads (groups.keep).
+EMBEDDED_SCHEMA = ("id string, path string, embedding array<float>, width int, height int, bytes bigint, "
+                   "modified timestamp, error_stage string, error_message string")
+IMAGE_FACTS = ("width", "height", "bytes", "modified")
+_FACT_TYPES = {"width": "int", "height": "int", "bytes": "bigint", "modified": "timestamp"}
 
 
-def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:
-    """id, path, content (bytes, or null to read by path), error_message (set when the
-    file is known to be unusable before reading it)."""
+def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: tuple[str, ...] = ()) -> DataFrame:
+    """id, path, content (bytes, or null to read by path), modified (the file's time,
+    where the listing knows it), error_message (set when the file is known to be
+    unusable before reading it), and a manifest's ``extra_columns`` (groups.keep).
+
+    Raises:
+        InputError: a manifest without the id, path or extra columns.
+    """
     if fmt == "directory":
         return _list_directory(spark, cfg)
-    return _list_manifest(spark, cfg, fmt)
+    return _list_manifest(spark, cfg, fmt, extra_columns)
 
 
 def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
@@ -36,13 +45,15 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     )
     # The length filter is pushed into the binaryFile reader, so files over the limit
     # are never read into memory; they are reported instead.
+    modified = F.col("modificationTime").alias("modified")
     readable = files.filter(F.col("length") <= cfg.max_file_bytes).select(
-        F.col("path").alias("id"), "path", "content", F.lit(None).cast("string").alias("error_message")
+        F.col("path").alias("id"), "path", "content", modified, F.lit(None).cast("string").alias("error_message")
     )
     too_big = files.filter(F.col("length") > cfg.max_file_bytes).select(
         F.col("path").alias("id"),
         "path",
         F.lit(None).cast("binary").alias("content"),
+        modified,
         F.format_string(f"file is %d bytes, above input.max_file_bytes={cfg.max_file_bytes}", "length")
         .alias("error_message"),
     )
@@ -57,12 +68,12 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         paths = paths.select(F.regexp_replace(decoded, "^file:///", "file:/").alias("path"))
         empty = paths.join(files.select("path"), "path", "left_anti").select(
             F.col("path").alias("id"), "path", F.lit(None).cast("binary").alias("content"),
-            F.lit("empty file").alias("error_message"))
+            F.lit(None).cast("timestamp").alias("modified"), F.lit("empty file").alias("error_message"))
         listing = listing.unionByName(empty)
     return listing
 
 
-def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame:
+def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: tuple[str, ...]) -> DataFrame:
     reader = spark.read.option("header", "true") if fmt == "csv" else spark.read
     table = reader.format(fmt).load(cfg.path)
     missing = [c for c in (cfg.id_column, cfg.path_column) if c not in table.columns]
@@ -71,6 +82,7 @@ def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame
             f"--input {cfg.path}: manifest has no column {', '.join(map(repr, missing))} "
             f"(columns: {', '.join(table.columns)}); set input.id_column / input.path_column"
         )
+    _require_columns(table, extra_columns, f"--input {cfg.path}: manifest")
     path = F.col(cfg.path_column).cast("string")
     if is_local(cfg.path):
         # Relative paths in a local manifest are relative to the manifest's directory.
@@ -82,10 +94,19 @@ def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str) -> DataFrame
         F.col(cfg.id_column).cast("string").alias("id"),
         path.alias("path"),
         F.lit(None).cast("binary").alias("content"),
+        F.lit(None).cast("timestamp").alias("modified"),
         F.when(F.col(cfg.path_column).isNull(), F.lit("manifest row has no path"))
         .otherwise(F.lit(None).cast("string"))
         .alias("error_message"),
+        *extra_columns,
     )
+
+
+def _require_columns(table: DataFrame, columns: tuple[str, ...], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(f"{what} has no column {', '.join(map(repr, missing))} named in groups.keep "
+                         f"(columns: {', '.join(table.columns)})")
 
 
 def spread_manifest(listing: DataFrame, rows: int, rows_per_partition: int, min_partitions: int) -> DataFrame:
@@ -108,16 +129,19 @@ def manifest_id_problem(listing: DataFrame, limit: int = 5) -> str | None:
 class UserEmbeddings(NamedTuple):
     rows: DataFrame  # EMBEDDED_SCHEMA
     dim: int  # length of every good vector (the first good row's)
+    extras: DataFrame  # id and the table's extra_columns
 
 
-def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str) -> UserEmbeddings:
+def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
+                    extra_columns: tuple[str, ...] = ()) -> UserEmbeddings:
     """Embeddings made elsewhere: a Parquet table with an id column and an embedding
     column (list of floats, or fixed-size binary holding little-endian float32).
 
     Returns the rows in the embed stage's schema, and the dimension: a row whose vector
     is missing, empty, of another length than the first good row's, or not finite
     becomes an error row (stage ``embedding``). ``path`` is the table's ``path`` column
-    where it has one, else the id.
+    where it has one, else the id; ``width``, ``height``, ``bytes`` and ``modified`` are
+    the table's where it has them (a run's own ``embeddings/`` does), else null.
 
     Raises:
         InputError: unreadable table or missing columns.
@@ -134,9 +158,12 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     if kind not in ("binary", "array<float>", "array<double>"):
         raise InputError(f"--embeddings {path}: column {embedding_column!r} is {kind}; expected a list of "
                          "floats or binary float32")
+    _require_columns(table, extra_columns, f"--embeddings {path}")
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
+    facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
+             for name in IMAGE_FACTS]
     rows = table.select(F.col(id_column).cast("string").alias("id"), path_col.alias("path"),
-                        F.col(embedding_column).alias("vector"))
+                        F.col(embedding_column).alias("vector"), *facts)
     first = rows.filter(F.col("vector").isNotNull()).select("vector").first()
     if first is None:
         raise InputError(f"--embeddings {path}: no rows with an embedding")
@@ -153,7 +180,9 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
             vectors, reasons = check_vector_column(batch.column("vector"), dim)
             stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("path"), vectors, stages, reasons],
-                names=["id", "path", "embedding", "error_stage", "error_message"])
+                [batch.column("id"), batch.column("path"), vectors, *(batch.column(name) for name in IMAGE_FACTS),
+                 stages, reasons],
+                names=["id", "path", "embedding", *IMAGE_FACTS, "error_stage", "error_message"])
 
-    return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim)
+    extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
+    return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim, extras)

@@ -25,6 +25,7 @@ from ..config import LshConfig, PairsConfig
 from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import BLOCK_SCHEMA, blobs_by_kind, block_batch, list_column, matrix
+from .listing import IMAGE_FACTS
 from .session import default_parallelism, executor_cores
 from .tally import Tally
 
@@ -32,7 +33,8 @@ PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
     "cosine double, jaccard double, tables_matched int"
 )
-KEYED_SCHEMA = "id string, path string, embedding array<float>, keys array<bigint>"
+KEYED_SCHEMA = ("id string, path string, embedding array<float>, keys array<bigint>, "
+                "width int, height int, bytes bigint, modified timestamp")
 _SCORED_SCHEMA = "row_a bigint, row_b bigint, cosine double, jaccard double, tables_matched int"
 _NAMED_INPUT_SCHEMA = ("id_x string, id_y string, path_x string, path_y string, "
                        "cosine double, jaccard double, tables_matched int")
@@ -57,7 +59,7 @@ def sample_embeddings(embedded: DataFrame, rows: int, size: int, seed: int, dim:
 def number_rows(embedded: DataFrame) -> DataFrame:
     """Adds ``row``, a unique int64 that stands for the id in the pairing stage. Stable
     across the stage's passes as long as ``embedded`` is read from a persisted frame."""
-    return embedded.select(F.monotonically_increasing_id().alias("row"), "id", "path", "embedding")
+    return embedded.select(F.monotonically_increasing_id().alias("row"), "id", "path", "embedding", *IMAGE_FACTS)
 
 
 def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates: float, lsh_cfg: LshConfig,
@@ -268,8 +270,8 @@ def _name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
 
 
 def keyed_embeddings(numbered: DataFrame, tables: LshTables) -> DataFrame:
-    """id, path, embedding and the row's bucket key in each table (before splitting),
-    for the ``embeddings/`` output (KEYED_SCHEMA)."""
+    """id, path, embedding, the row's bucket key in each table (before splitting) and
+    the image's facts, for the ``embeddings/`` output (KEYED_SCHEMA)."""
     planes_broadcast = numbered.sparkSession.sparkContext.broadcast(tables)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -279,15 +281,16 @@ def keyed_embeddings(numbered: DataFrame, tables: LshTables) -> DataFrame:
         for batch in batches:
             keys, _ = signature_keys(matrix(batch.column("embedding"), lsh_tables.dim), lsh_tables, subkeys=False)
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("path"), batch.column("embedding"), list_column(keys)],
-                names=["id", "path", "embedding", "keys"])
+                [batch.column("id"), batch.column("path"), batch.column("embedding"), list_column(keys),
+                 *(batch.column(name) for name in IMAGE_FACTS)],
+                names=["id", "path", "embedding", "keys", *IMAGE_FACTS])
 
-    return numbered.select("id", "path", "embedding").mapInArrow(run, KEYED_SCHEMA)
+    return numbered.select("id", "path", "embedding", *IMAGE_FACTS).mapInArrow(run, KEYED_SCHEMA)
 
 
 def unkeyed_embeddings(numbered: DataFrame) -> DataFrame:
     """KEYED_SCHEMA rows with no keys (nothing was hashed)."""
-    return numbered.select("id", "path", "embedding", F.array().cast("array<bigint>").alias("keys"))
+    return numbered.select("id", "path", "embedding", F.array().cast("array<bigint>").alias("keys"), *IMAGE_FACTS)
 
 
 def _usable_cores() -> int:

@@ -1,0 +1,111 @@
+"""Duplicate groups and keep/drop decisions on a graph of pairs. Pure NumPy.
+
+Nodes are numbered in priority order: node 0 is the image a catalog owner would keep
+first (``groups.keep``: most pixels, then largest file, then smallest id, by default).
+
+A group is a connected component of the pair graph. Pairs chain (A looks like B, B like
+C, A may not look like C), so a group is not "one image and its copies", and dropping all
+but one image of a group would delete distinct images. The decision rule instead walks a
+group in priority order: an image is kept unless it has a pair with an image already kept;
+then it is dropped and names that image (the kept neighbour of highest priority). So every
+dropped image has a direct pair with a kept image of higher priority, and no pair has two
+kept ends (the kept images are the greedy maximal independent set in priority order).
+
+The Spark stage (:mod:`neardup_core.spark.groups`) uses these kernels for graphs that
+fit one task, and :func:`keep_or_drop` per group for larger ones.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The component of each of ``n`` nodes, named by its smallest node.
+
+    Min-label propagation with pointer jumping: every edge pulls both ends to the smaller
+    of their labels, then every label jumps to its label's label, until nothing changes.
+    Labels only fall and stay inside a component, so at the fixed point each component
+    carries its minimum. Time O((n + edges) * rounds); rounds grow with the logarithm of
+    a component's diameter for most graphs.
+    """
+    label = np.arange(n, dtype=np.int64)
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    while True:
+        low = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, label[a], low)  # hook each end's label (a root-like node) too
+        np.minimum.at(new, label[b], low)
+        np.minimum.at(new, a, low)
+        np.minimum.at(new, b, low)
+        new = new[new]
+        if np.array_equal(new, label):
+            return label
+        label = new
+
+
+class Decisions(NamedTuple):
+    kept_by: np.ndarray  # int64 per node: -1 for a kept node, else the kept node it duplicates
+    cosine: np.ndarray  # float64 per node: cosine to kept_by (NaN for a kept node)
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.kept_by < 0
+
+
+def keep_or_drop(n: int, a: np.ndarray, b: np.ndarray, cosine: np.ndarray) -> Decisions:
+    """The decision for each of ``n`` nodes numbered in priority order (see the module
+    docstring), from pairs (a[i], b[i]) with their cosines; each pair once, a != b.
+
+    Nodes are visited in order, and each looks only at its neighbours of higher priority
+    (smaller number), in order, stopping at the first kept one. Time O(n + pairs) in a
+    Python loop over those lists (about a microsecond a pair); memory O(n + pairs).
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    earlier, later = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((earlier, later))  # by the later node, then its earlier neighbours in order
+    earlier_list = earlier[order].tolist()
+    pair_of = order.tolist()
+    bounds = np.searchsorted(later[order], np.arange(n + 1)).tolist()
+    kept = [False] * n
+    kept_by = [-1] * n
+    via = [-1] * n
+    for node in range(n):
+        for j in range(bounds[node], bounds[node + 1]):
+            if kept[earlier_list[j]]:
+                kept_by[node], via[node] = earlier_list[j], pair_of[j]
+                break
+        else:
+            kept[node] = True
+    via_pair = np.asarray(via, dtype=np.int64)
+    dropped = via_pair >= 0
+    cos = np.full(n, np.nan)
+    cos[dropped] = np.asarray(cosine, dtype=np.float64)[via_pair[dropped]]
+    return Decisions(np.asarray(kept_by, dtype=np.int64), cos)
+
+
+def priority_order(facts: pa.Table, criteria: list[tuple[str, bool]]) -> np.ndarray:
+    """Row indices of ``facts`` in priority order, as Spark's ``orderBy`` of the same
+    criteria sorts them (:func:`spark.groups.priority_order`): ``pixels`` is width x
+    height; a null sorts last in either direction; NaN is larger than any number; strings
+    compare by their UTF-8 bytes. The criteria must end in a unique column (id)."""
+    keys, columns = [], {}
+    for i, (name, descending) in enumerate(criteria):
+        if name == "pixels":
+            value = pc.multiply(facts.column("width").cast(pa.int64()), facts.column("height").cast(pa.int64()))
+        else:
+            value = facts.column(name)
+        columns[f"null{i}"] = pc.is_null(value)
+        keys.append((f"null{i}", "ascending"))
+        if pa.types.is_floating(value.type):
+            columns[f"nan{i}"] = pc.fill_null(pc.is_nan(value), False)
+            keys.append((f"nan{i}", "descending" if descending else "ascending"))
+        columns[f"value{i}"] = value
+        keys.append((f"value{i}", "descending" if descending else "ascending"))
+    return pc.sort_indices(pa.table(columns), sort_keys=keys).to_numpy()
