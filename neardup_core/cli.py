@@ -1,7 +1,7 @@
 """Command line.
 
-    neardup run --input PATH --output DIR [--config FILE] [--set K=V ...] [--overwrite]
-    neardup pairs --embeddings PATH --output DIR [--config FILE] [--set K=V ...] [--overwrite]
+    neardup run --input PATH --output DIR [--previous RUN] [--config FILE] [--set K=V ...] [--overwrite]
+    neardup pairs --embeddings PATH --output DIR [--previous RUN] [--config FILE] [--set K=V ...] [--overwrite]
     neardup plan --embeddings PATH [--config FILE] [--set K=V ...]
     neardup build-engine [--config FILE] [--set K=V ...] [--device N]
 
@@ -38,12 +38,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="directory of images, or a Parquet/CSV manifest")
     run.add_argument("--output", required=True, help="where results go")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    run.add_argument("--previous", help="a finished run's folder: reuse its images that did not change")
     pairs = sub.add_parser("pairs", parents=[config],
                            help="hash, pair and score embeddings made elsewhere (Parquet: id + embedding)")
     pairs.add_argument("--embeddings", required=True,
                        help="Parquet file or folder with input.id_column and input.embedding_column")
     pairs.add_argument("--output", required=True, help="where results go")
     pairs.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    pairs.add_argument("--previous", help="a finished run's folder: pair only the vectors that are new or changed")
     plan = sub.add_parser("plan", parents=[config],
                           help="print the LSH tables that `pairs`/`run` would choose, and their expected cost")
     plan.add_argument("--embeddings", required=True, help="Parquet file or folder, e.g. a run's embeddings/")
@@ -75,9 +77,9 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         from . import job  # Spark and TensorFlow load only once the invocation is valid
 
         if args.command == "pairs":
-            result = job.run_pairs(cfg, args.embeddings, launched_by_spark_submit, args.verbose)
+            result = job.run_pairs(cfg, args.embeddings, launched_by_spark_submit, args.verbose, args.previous)
         else:
-            result = job.run(cfg, launched_by_spark_submit, args.verbose)
+            result = job.run(cfg, launched_by_spark_submit, args.verbose, args.previous)
     except USAGE_ERRORS as err:
         return _usage_error(err)
     counts = result.counts

@@ -157,7 +157,8 @@ class PairsConfig(_Section):
 # groups.keep criteria that every source has; any other name is a manifest column, except
 # the names the groups stage uses for its own columns.
 KEEP_BUILTINS = ("pixels", "bytes", "modified", "id", "path", "width", "height")
-KEEP_RESERVED = ("id_a", "id_b", "cosine", "rank", "label")
+KEEP_RESERVED = ("id_a", "id_b", "cosine", "rank", "label", "content", "size", "error_message", "error_stage",
+                 "embedding", "keys", "content_hash", "previous_hash", "reused", "fresh")
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class GroupsConfig(_Section):
             parts = item.split()
             ok = (len(parts) == 2 and parts[1] in ("asc", "desc")
                   and parts[0].replace("_", "a").isalnum() and not parts[0][0].isdigit())
-            _require(ok, "groups.keep", self.keep, f"entries must be 'NAME asc' or 'NAME desc', got {item!r}")
+            _require(ok, "groups.keep", self.keep, f"entries must be 'NAME asc' or 'NAME desc' ({item!r} is not)")
             names.append(parts[0])
         _require(len(set(names)) == len(names), "groups.keep", self.keep, "names a criterion twice")
         reserved = sorted(set(names) & set(KEEP_RESERVED))

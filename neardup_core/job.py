@@ -9,6 +9,7 @@ is checked first, so a bad invocation fails in seconds with one message.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import uuid
@@ -18,23 +19,25 @@ from typing import NamedTuple
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from . import __version__, tuning
+from . import __version__, incremental, tuning
 from .config import Config, ConfigError, EmbedConfig, LshConfig
 from .console import without_native_info
 from .embed import prepare_model
 from .lsh import LshTables
-from .output import OutputDir, check_local_output, check_output
+from .output import OutputDir, OutputError, check_local_output, check_output
 from .pairing import BucketStats
 from .progress import Progress
 from .sources import InputError, resolve_format
 from .spark import groups as groups_stage
+from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
 from .spark import pairing as pairing_stage
 from .spark.embed import embed_images
 from .spark.jvm import shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
-from .spark.session import build_session, default_parallelism, set_arrow_batch_size
+from .spark.session import build_session, default_parallelism, set_arrow_batch_size, shuffle_partitions
 
 log = logging.getLogger("neardup")
 
@@ -57,6 +60,9 @@ class RunCounts:
     largest_group: int
     kept: int  # images in a group that are kept
     dropped: int  # images in a group that duplicate a kept one
+    reused: int = 0  # an incremental run: images taken from the previous run, not embedded again
+    changed: int = 0  # images of the previous run whose content changed (embedded again)
+    deleted: int = 0  # images of the previous run no longer listed
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,25 @@ class RunResult:
     manifest: dict
 
 
+class _Prior(NamedTuple):
+    """What ``--previous`` gave: the run, its datasets, and why it cannot be reused (empty
+    when it can)."""
+
+    run: incremental.PreviousRun
+    data: incremental_stage.Previous
+    why_not: list[str]
+
+
 class _Embedded(NamedTuple):
     rows: DataFrame  # persisted, spark.listing.EMBEDDED_SCHEMA
     inputs: int
     errors: int
     dim: int
     extras: DataFrame | None  # id and the input's own columns that groups.keep names
+    fingerprint: dict
+    prior: _Prior | None = None
+    listed: DataFrame | None = None  # id of every input (an incremental run: to count deletions)
+    unchanged: DataFrame | None = None  # id, path, bytes, modified of inputs unchanged by the listing
 
 
 class _Planned(NamedTuple):
@@ -88,13 +107,17 @@ class _Planned(NamedTuple):
                 "expected_core_seconds": round(plan.cost, 1), "sample_size": self.sample_size}
 
 
-def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = False) -> RunResult:
+def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = False,
+        previous: str | None = None) -> RunResult:
     """Run the job end to end on ``cfg.input``: list, embed, then :func:`_pair_and_write`.
+    With ``previous`` (a finished run's folder), images unchanged since that run are
+    taken from it instead of being embedded again (:mod:`neardup_core.incremental`).
 
     Raises:
         ConfigError, InputError, ModelError, OutputError: bad invocation, before any
             Spark job runs.
     """
+    cfg.output.required_path()
     fmt = resolve_format(cfg.input)
     extra_columns = tuple(cfg.groups.manifest_columns())
     if fmt == "directory" and extra_columns:
@@ -107,10 +130,13 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         record["dim"] = prepared.dim
         record["model_file"] = prepared.file
 
-    def produce(spark: SparkSession) -> _Embedded:
+    def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         _check_gpu_resources(spark, cfg.embed)
+        fingerprint = incremental.fingerprint(cfg, prepared.digest, prepared.dim)
+        prior = _previous(spark, out, previous, fingerprint, cfg)
+        reusing = prior is not None and not prior.why_not
         with progress.stage("list") as record:
-            listing = listing_stage.list_inputs(spark, cfg.input, fmt, extra_columns)
+            listing = listing_stage.list_inputs(spark, cfg.input, fmt, extra_columns, with_content=not reusing)
             images = record["rows"] = listing.count()
             if images == 0:
                 kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
@@ -121,29 +147,34 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
                     raise InputError(f"--input {cfg.input.path}: {problem} (column {cfg.input.id_column!r})")
                 listing = listing_stage.spread_manifest(listing, images, cfg.input.rows_per_partition,
                                                         default_parallelism(spark))
+        to_embed, unchanged = listing, None
+        if reusing:
+            to_embed, unchanged = incremental_stage.unchanged_by_listing(listing, prior.data.embeddings)
         with progress.stage("embed", images=images) as record:
-            rows = embed_images(listing, prepared, cfg.model, cfg.embed, cfg.input)
+            rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             record["rows"] = rows.count()
             errors = record["errors"] = rows.filter("error_stage is not null").count()
         extras = listing.select("id", *extra_columns) if extra_columns else None
-        return _Embedded(rows, images, errors, prepared.dim, extras)
+        return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
+                         unchanged)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
 
 
-def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = False, verbose: bool = False
-              ) -> RunResult:
+def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = False, verbose: bool = False,
+              previous: str | None = None) -> RunResult:
     """Hash, pair and score embeddings made elsewhere (``neardup pairs``): the full job's
     outputs from a Parquet table of ids and vectors.
 
     Raises:
         ConfigError, InputError, OutputError: bad invocation, before the pairing runs.
     """
+    cfg.output.required_path()
     check_local_output(cfg.output)
     progress = Progress()
 
-    def produce(spark: SparkSession) -> _Embedded:
+    def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         with progress.stage("read-embeddings") as record:
             extra_columns = tuple(cfg.groups.manifest_columns())
             rows, dim, extras = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column,
@@ -151,16 +182,25 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             problem = listing_stage.manifest_id_problem(rows)
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
+            fingerprint = incremental.fingerprint(cfg, None, dim)
+            prior = _previous(spark, out, previous, fingerprint, cfg)
+            if prior is not None and not prior.why_not:
+                # A vector is reused when the previous run holds its id with the same vector bytes.
+                before = prior.data.embeddings.select("id", F.col("content_hash").alias("previous_hash"))
+                rows = rows.join(before, "id", "left").withColumn(
+                    "reused", F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
+                ).drop("previous_hash")
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             images = record["rows"] = rows.count()
             errors = record["errors"] = rows.filter("error_stage is not null").count()
-        return _Embedded(rows, images, errors, dim, extras if extra_columns else None)
+        return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
+                         rows.select("id"))
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
 
 
 def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
-                 produce: Callable[[SparkSession], _Embedded]) -> RunResult:
+                 produce: Callable[[SparkSession, OutputDir], _Embedded]) -> RunResult:
     path = cfg.output.required_path()
     started = dt.datetime.now(dt.timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
@@ -168,10 +208,12 @@ def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, pro
     out = OutputDir(spark, path, run_id)
     check_output(out.entries(), path, cfg.output.overwrite)
     try:
-        embedded = produce(spark)
-        counts, lsh_record = _pair_and_write(spark, cfg, embedded, out, progress)
-        dim = embedded.dim if counts.embedded else 0  # the width of what embeddings/ holds
+        embedded = produce(spark, out)
+        counts, lsh_record, incremental_record = _pair_and_write(spark, cfg, embedded, out, progress)
+        dim = embedded.dim if counts.embedded + counts.reused else 0  # the width of what embeddings/ holds
         manifest = _manifest(cfg, run_id, started, spark, progress, counts, dim, lsh_record)
+        manifest["fingerprint"] = embedded.fingerprint
+        manifest["incremental"] = incremental_record
         out.commit(manifest)
     except BaseException:
         out.discard_staging()
@@ -179,6 +221,28 @@ def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, pro
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
     return RunResult(path, counts, manifest)
+
+
+def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint: dict, cfg: Config
+              ) -> _Prior | None:
+    """The previous run named by ``--previous``, and why it cannot be reused, if so.
+
+    Raises:
+        InputError: no finished run there, or one made without what an incremental run needs.
+    """
+    if path is None:
+        return None
+    try:
+        manifest = out.read_finished_manifest(spark, path)
+        run = incremental.previous_run(path, manifest)
+    except (OutputError, ValueError) as err:
+        raise InputError(str(err)) from err
+    why_not = incremental.differences(run.fingerprint, fingerprint)
+    why_not += incremental.plan_conflicts(run, cfg.lsh.bits_per_table, cfg.lsh.num_tables)
+    if why_not:
+        log.warning("--previous %s: its embeddings cannot be reused, so every image is embedded and paired again: %s",
+                    path, "; ".join(why_not))
+    return _Prior(run, incremental_stage.read_previous(spark, path), why_not)
 
 
 def _check_gpu_resources(spark: SparkSession, embed: EmbedConfig) -> None:
@@ -190,30 +254,70 @@ def _check_gpu_resources(spark: SparkSession, embed: EmbedConfig) -> None:
 
 
 def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: OutputDir, progress: Progress
-                    ) -> tuple[RunCounts, dict | None]:
+                    ) -> tuple[RunCounts, dict | None, dict | None]:
     """From the embedded rows (id, path, embedding | error): plan the LSH tables, pair
-    (:func:`spark.pairing.pair`), and stage every output."""
+    (:func:`spark.pairing.pair`, or for an incremental run
+    :func:`spark.incremental.pair_incrementally`), group, and stage every output."""
     rows = embedded.rows
+    prior = embedded.prior
+    reusing = prior is not None and not prior.why_not
     errors = rows.filter("error_stage is not null").select(
         "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
-    good = rows.filter("error_stage is null").select("id", "path", "embedding", *IMAGE_FACTS)
-    items = embedded.inputs - embedded.errors
+    fresh = rows.filter("error_stage is null and not reused").select("id", "path", "embedding", *IMAGE_FACTS)
+    fresh_count = embedded.inputs - embedded.errors
+    if reusing:
+        fresh_count = rows.filter("error_stage is null and not reused").count()
+    good, reused, reused_count = fresh, None, 0
+    if reusing:
+        unchanged = rows.filter("reused").select("id", "path", "bytes", "modified")
+        if embedded.unchanged is not None:
+            unchanged = embedded.unchanged.unionByName(unchanged)
+        reused = incremental_stage.reused_rows(unchanged, prior.data.embeddings).persist(StorageLevel.MEMORY_AND_DISK)
+        reused_count = reused.count()
+        good = fresh.unionByName(reused.select(*fresh.columns))
+    items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
 
+    lsh = cfg.lsh
+    if reusing and prior.run.num_tables is not None:  # the previous plan, priced again for the record
+        lsh = dataclasses.replace(lsh, bits_per_table=prior.run.bits_per_table, num_tables=prior.run.num_tables)
     with progress.stage("plan") as record:
-        planned = _plan(good, items, embedded.dim, cfg.lsh, cfg.pairs.cosine_threshold)
+        planned = _plan(good, items, embedded.dim, lsh, cfg.pairs.cosine_threshold)
         if planned is not None:
             record.update(planned.record())
 
     numbered = pairing_stage.number_rows(good)
+    keyed, incremental_record = None, None
+    if prior is not None:
+        incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
     with progress.stage("pairs") as record:
         shuffle_before = shuffle_bytes_written(spark)
+        result = None
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, out.staged("pairs"))
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        else:
+        elif reusing and prior.run.num_tables is not None:
+            keyed = (pairing_stage.keyed_embeddings(pairing_stage.number_rows(fresh), planned.tables)
+                     .withColumn("fresh", F.lit(True))
+                     .unionByName(reused.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
+                     .persist(StorageLevel.MEMORY_AND_DISK))
+            gone = prior.data.embeddings.join(reused.select("id"), "id", "left_anti").select("id", "keys")
+            tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
+                items + prior.run.pairs, cfg.pairs.partition_mb * 2**20, default_parallelism(spark))
+            with shuffle_partitions(spark, tasks):
+                found = incremental_stage.pair_incrementally(keyed, gone, prior.data.pairs, planned.tables,
+                                                             cfg.lsh.max_bucket_size, cfg.pairs.cosine_threshold,
+                                                             out.staged("pairs"))
+            incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
+                                      pairing="incremental" if found.result else "full")
+            result = found.result
+            if result is None:
+                log.info("a bucket the change touches holds %d rows, over lsh.max_bucket_size=%d: pairing in full",
+                         found.largest_touched, cfg.lsh.max_bucket_size)
+        if result is None:
             result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates, cfg.lsh,
                                         cfg.pairs, cfg.spark.shuffle_partitions, out.staged("pairs"))
+        if planned is not None:
             record["tasks"] = result.tasks
         record["rows"] = result.pairs
         record["buckets"] = result.buckets._asdict()
@@ -238,22 +342,38 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     log.info("%d duplicate groups (largest %d images): %d images kept, %d dropped", grouped.groups,
              grouped.largest_group, grouped.kept, grouped.dropped)
 
+    changed = deleted = 0
     with progress.stage("write") as record:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
-            keyed = (pairing_stage.unkeyed_embeddings(numbered) if planned is None
-                     else pairing_stage.keyed_embeddings(numbered, planned.tables))
+            if keyed is not None:
+                keyed = keyed.drop("fresh")
+            elif planned is None:
+                keyed = pairing_stage.unkeyed_embeddings(numbered)
+            else:
+                keyed = pairing_stage.keyed_embeddings(numbered, planned.tables)
             keyed.write.parquet(out.staged("embeddings"))
+        if prior is not None:
+            before = prior.data.embeddings.select("id")
+            incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
+                                      spark.read.parquet(out.staged("groups")), good.select("id")
+                                      ).orderBy("change", "id_a", "id_b", "id").write.parquet(out.staged("changes"))
+            deleted = before.join(embedded.listed, "id", "left_anti").count()
+            changed = before.join(embedded.listed, "id", "left_semi").count() - reused_count
         record["rows"] = embedded.inputs
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
-    counts = RunCounts(inputs=embedded.inputs, embedded=items, errors=embedded.errors,
+    for frame in (reused, keyed):
+        if frame is not None:
+            frame.unpersist()
+    counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,
                        errors_by_stage={row["stage"]: row["count"] for row in by_stage},
                        candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
-                       largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped)
+                       largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped,
+                       reused=reused_count, changed=changed, deleted=deleted)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
-    return counts, lsh_record
+    return counts, lsh_record, incremental_record
 
 
 def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_threshold: float) -> _Planned | None:

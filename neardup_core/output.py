@@ -19,9 +19,9 @@ from pyspark.sql import SparkSession
 
 from .config import OutputConfig
 from .sources import is_local
-from .spark.jvm import hadoop_filesystem
+from .spark.jvm import hadoop_filesystem, read_text
 
-DATASETS = ("pairs", "groups", "embeddings", "errors")
+DATASETS = ("pairs", "groups", "changes", "embeddings", "errors")
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING_PREFIX = "_staging-"
@@ -76,6 +76,21 @@ class OutputDir:
         self.root = self._Path(path)
         self.path = path.rstrip("/")
         self.staging = f"{self.path}/{STAGING_PREFIX}{run_id}"
+
+    def read_finished_manifest(self, spark: SparkSession, path: str) -> dict:
+        """The ``_manifest.json`` of the finished run in ``path`` (``--previous``).
+
+        Raises:
+            OutputError: no finished run there (no ``_SUCCESS``) or an unreadable manifest.
+        """
+        if not self._fs.exists(self._Path(f"{path.rstrip('/')}/{SUCCESS}")):
+            what = "holds no finished run (no _SUCCESS)" if self._fs.exists(self._Path(path)) else "does not exist"
+            raise OutputError(f"--previous {path}: {what}")
+        text = read_text(spark, f"{path.rstrip('/')}/{MANIFEST}")
+        try:
+            return json.loads(text)
+        except ValueError as err:
+            raise OutputError(f"--previous {path}: unreadable {MANIFEST}: {err}") from err
 
     def entries(self) -> list[str] | None:
         if not self._fs.exists(self.root):

@@ -158,3 +158,21 @@ def test_vector_column_is_checked_like_row_by_row(kind, n):
     for g, e in zip(got, expected):
         assert (g is None and e is None) or np.array_equal(np.array(g, np.float32), e)
     assert vectors.type == pa.list_(pa.float32())
+
+
+def test_a_file_whose_hash_matches_is_reused_not_decoded():
+    class Exploding:
+        dim = 3
+
+        def embed(self, pixels):
+            raise AssertionError("called")
+
+    same, other = png((1, 2, 3)), png((4, 5, 6))
+    from neardup_core.incremental import content_hash
+
+    out = embed_batch(["a.png", "b.png"], [same, b"junk"], [None, None], Exploding(), InputConfig(), RGB_16PX,
+                      previous_hash=[content_hash(same), content_hash(other)])
+    assert out.reused == [True, False]
+    assert out.error_stage == [None, "decode"]  # b changed (now junk): decoded again, and fails
+    assert out.content_hash == [content_hash(same), content_hash(b"junk")]
+    assert out.embeddings == [None, None] and out.file_bytes == [len(same), 4]

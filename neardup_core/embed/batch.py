@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from ..config import InputConfig, ModelConfig
 from ..decode import Decoded, DecodeError, decode_with_size
+from ..incremental import content_hash
 from ..sources import ReadError, read_file
 from .base import Embedder
 
@@ -28,6 +29,8 @@ class EmbeddedBatch(NamedTuple):
     height: list[int | None]
     file_bytes: list[int | None]
     modified: list[dt.datetime | None]
+    content_hash: list[str | None]  # of every file read
+    reused: list[bool]  # the file's hash equals its previous_hash: not decoded, not embedded
 
 
 def decode_for_model(data: bytes, model: ModelConfig, max_pixels: int) -> np.ndarray:
@@ -53,13 +56,16 @@ def embed_batch(
     input_cfg: InputConfig,
     model_cfg: ModelConfig,
     listed_modified: Sequence[dt.datetime | None] | None = None,
+    previous_hash: Sequence[str | None] | None = None,
 ) -> EmbeddedBatch:
     """Read (where ``contents`` is None), decode and embed a batch of files.
 
     A file that cannot be read or decoded becomes an error row; the rest of the batch goes
     on. ``prior_errors`` carries reasons found while listing (a file too large to read):
     such rows keep their reason and are not read. ``listed_modified`` is each file's
-    modification time where the listing knows it; a file read here gets its own.
+    modification time where the listing knows it; a file read here gets its own. A file
+    whose content hash equals its ``previous_hash`` (an incremental run) is marked reused
+    and neither decoded nor embedded.
 
     Memory: one decoded (size, size, 3) uint8 image per row, plus the model's activations.
     """
@@ -70,6 +76,8 @@ def embed_batch(
     height: list[int | None] = [None] * n
     file_bytes: list[int | None] = [None] * n
     modified = list(listed_modified) if listed_modified is not None else [None] * n
+    hashes: list[str | None] = [None] * n
+    reused = [False] * n
     pixels: list[np.ndarray] = []
     good: list[int] = []
     for i in range(n):
@@ -79,11 +87,17 @@ def embed_batch(
         data = contents[i]
         try:
             if data is None:
-                data, modified[i] = read_file(paths[i], input_cfg.max_file_bytes)
+                data, read_modified = read_file(paths[i], input_cfg.max_file_bytes)
+                if modified[i] is None:  # the listing's time wins: a full run reads the same one
+                    modified[i] = read_modified
         except ReadError as err:
             stages[i], messages[i] = "read", str(err)
             continue
         file_bytes[i] = len(data)
+        hashes[i] = content_hash(data)
+        if previous_hash is not None and previous_hash[i] == hashes[i]:
+            reused[i] = True
+            continue
         try:
             decoded = decode_prepared(data, model_cfg, input_cfg.max_pixels)
             pixels.append(decoded.pixels)
@@ -102,7 +116,7 @@ def embed_batch(
                 embeddings[row] = vec
             else:  # NaN keys would put the image in bucket 0 of every table
                 stages[row], messages[row] = "embed", "model output is not finite (NaN or inf)"
-    return EmbeddedBatch(embeddings, stages, messages, width, height, file_bytes, modified)
+    return EmbeddedBatch(embeddings, stages, messages, width, height, file_bytes, modified, hashes, reused)
 
 
 def check_vector_column(column: pa.Array, dim: int) -> tuple[pa.Array, pa.Array]:

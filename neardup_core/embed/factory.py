@@ -99,11 +99,14 @@ class PreparedModel(NamedTuple):
             the model itself with ``resolve_model_path(model)`` (the TensorFlow backend,
             whose model may be a SavedModel directory rather than one file). Decided once,
             by :func:`prepare_model`, so no other code asks which backend was configured.
+        digest: SHA-256 of ``file``'s bytes: what an incremental run compares to know
+            that the previous run's embeddings came from the same model.
     """
 
     file: str
     dim: int
     shipped: bool
+    digest: str = ""
 
 
 def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
@@ -115,7 +118,7 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
         ModelError: any problem with the model (see :func:`get_embedder`).
     """
     from .models import resolve_model_path
-    from .onnx_export import onnx_model_path
+    from .onnx_export import model_digest, onnx_model_path
 
     on_tensorflow = embed.backend == "tensorflow"
     source = resolve_model_path(model)
@@ -126,6 +129,8 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
             raise ModelError(f"model.output {model.output!r}: ONNX files are read at their first output; "
                              "export the embedding as the first output and leave model.output null")
     if on_tensorflow:
-        return PreparedModel(source, get_embedder(source, "tensorflow", None, model, embed).dim, shipped=False)
+        dim = get_embedder(source, "tensorflow", None, model, embed).dim
+        return PreparedModel(source, dim, shipped=False, digest=model_digest(source))
     onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
-    return PreparedModel(onnx, get_embedder(onnx, "onnxruntime", None, model, embed).dim, shipped=True)
+    dim = get_embedder(onnx, "onnxruntime", None, model, embed).dim
+    return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx))

@@ -48,14 +48,23 @@ def onnx_model_path(model_path: str, output: str | None, input_size: int, cache_
 
 def export_key(model_path: str, output: str | None, input_size: int) -> str:
     """16 hex digits naming one export: the model's bytes, the options and the converter."""
-    digest = hashlib.sha256()
+    digest = _hash_model_files(hashlib.sha256(), model_path)
+    digest.update(f"|{output}|{input_size}|{version('tf2onnx')}|{OPSET}|{EXPORT_VERSION}".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_digest(model_path: str) -> str:
+    """SHA-256 of a model's files (names and bytes): the same model, the same digest."""
+    return _hash_model_files(hashlib.sha256(), model_path).hexdigest()
+
+
+def _hash_model_files(digest, model_path: str):
     for name in _model_files(model_path):
         digest.update(os.path.relpath(name, model_path).encode() + b"\0")
         with open(name, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    digest.update(f"|{output}|{input_size}|{version('tf2onnx')}|{OPSET}|{EXPORT_VERSION}".encode())
-    return digest.hexdigest()[:16]
+    return digest
 
 
 def _model_files(model_path: str) -> list[str]:

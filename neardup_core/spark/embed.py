@@ -52,6 +52,8 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
                 input_cfg=input_cfg,
                 model_cfg=model,
                 listed_modified=batch.column("modified").to_pylist(),
+                previous_hash=(batch.column("previous_hash").to_pylist()
+                               if "previous_hash" in batch.schema.names else None),
             )
             yield pa.RecordBatch.from_arrays(
                 [
@@ -62,11 +64,13 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
                     pa.array(result.height, type=pa.int32()),
                     pa.array(result.file_bytes, type=pa.int64()),
                     pa.array(result.modified, type=pa.timestamp("us", tz="UTC")),
+                    pa.array(result.content_hash, type=pa.string()),
+                    pa.array(result.reused, type=pa.bool_()),
                     pa.array(result.error_stage, type=pa.string()),
                     pa.array(result.error_message, type=pa.string()),
                 ],
-                names=["id", "path", "embedding", "width", "height", "bytes", "modified", "error_stage",
-                       "error_message"],
+                names=["id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash", "reused",
+                       "error_stage", "error_message"],
             )
 
     return listing.mapInArrow(run, EMBEDDED_SCHEMA)

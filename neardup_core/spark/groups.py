@@ -152,7 +152,8 @@ def _group_in_rounds(pairs: DataFrame, members: DataFrame, criteria: list[tuple[
     decided = (edges.join(labels.toDF("a", "label"), "a").select("label", "a", "b", "cosine")
                .groupBy("label").applyInArrow(_decide_table, _DECIDED_SCHEMA))
     kept_names = ranked.select(F.col("rank").alias("kept_by"), F.col("id").alias("kept_id"))
-    named = decided.join(ranked, "rank").join(kept_names, "kept_by", "left")
+    # Persisted: the sizes and the rows both read it, and the decisions must run once.
+    named = decided.join(ranked, "rank").join(kept_names, "kept_by", "left").persist(StorageLevel.MEMORY_AND_DISK)
     sizes = named.groupBy("label").agg(F.min("id").alias("group_id"), F.count("*").cast("int").alias("group_size"))
     result = (named.join(sizes, "label").orderBy("group_id", "rank")
               .select("id", "path", "group_id", "group_size",
@@ -164,6 +165,7 @@ def _group_in_rounds(pairs: DataFrame, members: DataFrame, criteria: list[tuple[
                        F.count(F.when(F.col("action") == "drop", 1)).alias("dropped")).first()
     result.write.parquet(path)
     result.unpersist()
+    named.unpersist()
     return GroupsResult(stats["groups"], stats["largest"], stats["kept"], stats["dropped"], rounds, False)
 
 
@@ -197,9 +199,11 @@ def components(edges: DataFrame, scratch: str, checkpoint_every: int = 2) -> tup
         if done:
             break
     log.info("components: %d rounds of large-star and small-star", rounds)
-    labels = current.select(F.col("src").alias("node"), F.col("dst").alias("label")).union(
-        current.select(F.col("dst").alias("node"), F.col("dst").alias("label")).distinct())
-    return labels, rounds
+    labels_path = f"{scratch}/components-labels"
+    current.select(F.col("src").alias("node"), F.col("dst").alias("label")).union(
+        current.select(F.col("dst").alias("node"), F.col("dst").alias("label")).distinct()).write.parquet(labels_path)
+    current.unpersist()
+    return spark.read.parquet(labels_path), rounds
 
 
 def _large_star(edges: DataFrame) -> DataFrame:

@@ -1,4 +1,4 @@
-"""The three things neardup needs from Spark that PySpark has no public API for, each
+"""The things neardup needs from Spark that PySpark has no public API for, each
 behind one function. Checked on Spark 4.1 and 4.3 (``pyspark>=4.1,<4.4``, setup); a
 Spark upgrade re-checks this module first.
 """
@@ -16,6 +16,18 @@ def hadoop_filesystem(spark: SparkSession, path: str):
     path_class = jvm.org.apache.hadoop.fs.Path
     fs = path_class(path).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     return fs, path_class
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    """A small UTF-8 file read through Hadoop's FileSystem (Spark's readers skip names
+    starting with ``_``, like ``_manifest.json``). Private: as :func:`hadoop_filesystem`,
+    and Commons IO from Spark's own jars."""
+    fs, path_class = hadoop_filesystem(spark, path)
+    stream = fs.open(path_class(path))
+    try:
+        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
 
 
 def indexed_paths(frame: DataFrame) -> DataFrame | None:

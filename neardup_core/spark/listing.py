@@ -17,26 +17,34 @@ from .jvm import indexed_paths
 
 # The rows the embed stage produces, and that `neardup pairs` reads into: the vector, or
 # the reason there is none; and what the keep/drop priority reads (groups.keep).
+# content_hash is of the file's bytes (of the vector's float32 bytes for `neardup pairs`);
+# reused marks a file an incremental run found unchanged by that hash (no embedding then).
 EMBEDDED_SCHEMA = ("id string, path string, embedding array<float>, width int, height int, bytes bigint, "
-                   "modified timestamp, error_stage string, error_message string")
-IMAGE_FACTS = ("width", "height", "bytes", "modified")
+                   "modified timestamp, content_hash string, reused boolean, error_stage string, "
+                   "error_message string")
+IMAGE_FACTS = ("width", "height", "bytes", "modified", "content_hash")
 _FACT_TYPES = {"width": "int", "height": "int", "bytes": "bigint", "modified": "timestamp"}
 
 
-def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: tuple[str, ...] = ()) -> DataFrame:
-    """id, path, content (bytes, or null to read by path), modified (the file's time,
-    where the listing knows it), error_message (set when the file is known to be
-    unusable before reading it), and a manifest's ``extra_columns`` (groups.keep).
+def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: tuple[str, ...] = (),
+                with_content: bool = True) -> DataFrame:
+    """id, path, content (bytes, or null to read by path), size and modified (the file's
+    bytes and time, where the listing knows them), error_message (set when the file is
+    known to be unusable before reading it), and a manifest's ``extra_columns``.
+
+    Args:
+        with_content: read directory files in the listing; False leaves content null,
+            so a file is read only if the embed stage needs it (an incremental run).
 
     Raises:
         InputError: a manifest without the id, path or extra columns.
     """
     if fmt == "directory":
-        return _list_directory(spark, cfg)
+        return _list_directory(spark, cfg, with_content)
     return _list_manifest(spark, cfg, fmt, extra_columns)
 
 
-def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+def _list_directory(spark: SparkSession, cfg: InputConfig, with_content: bool) -> DataFrame:
     files = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
@@ -46,13 +54,16 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     # The length filter is pushed into the binaryFile reader, so files over the limit
     # are never read into memory; they are reported instead.
     modified = F.col("modificationTime").alias("modified")
+    size = F.col("length").alias("size")
+    content = F.col("content") if with_content else F.lit(None).cast("binary").alias("content")
     readable = files.filter(F.col("length") <= cfg.max_file_bytes).select(
-        F.col("path").alias("id"), "path", "content", modified, F.lit(None).cast("string").alias("error_message")
+        F.col("path").alias("id"), "path", content, size, modified, F.lit(None).cast("string").alias("error_message")
     )
     too_big = files.filter(F.col("length") > cfg.max_file_bytes).select(
         F.col("path").alias("id"),
         "path",
         F.lit(None).cast("binary").alias("content"),
+        size,
         modified,
         F.format_string(f"file is %d bytes, above input.max_file_bytes={cfg.max_file_bytes}", "length")
         .alias("error_message"),
@@ -68,7 +79,8 @@ def _list_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
         paths = paths.select(F.regexp_replace(decoded, "^file:///", "file:/").alias("path"))
         empty = paths.join(files.select("path"), "path", "left_anti").select(
             F.col("path").alias("id"), "path", F.lit(None).cast("binary").alias("content"),
-            F.lit(None).cast("timestamp").alias("modified"), F.lit("empty file").alias("error_message"))
+            F.lit(0).cast("bigint").alias("size"), F.lit(None).cast("timestamp").alias("modified"),
+            F.lit("empty file").alias("error_message"))
         listing = listing.unionByName(empty)
     return listing
 
@@ -94,6 +106,7 @@ def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str, extra_column
         F.col(cfg.id_column).cast("string").alias("id"),
         path.alias("path"),
         F.lit(None).cast("binary").alias("content"),
+        F.lit(None).cast("bigint").alias("size"),
         F.lit(None).cast("timestamp").alias("modified"),
         F.when(F.col(cfg.path_column).isNull(), F.lit("manifest row has no path"))
         .otherwise(F.lit(None).cast("string"))
@@ -103,10 +116,16 @@ def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str, extra_column
 
 
 def _require_columns(table: DataFrame, columns: tuple[str, ...], what: str) -> None:
+    """The groups.keep columns exist and hold values that sort (numbers, strings, times)."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise InputError(f"{what} has no column {', '.join(map(repr, missing))} named in groups.keep "
                          f"(columns: {', '.join(table.columns)})")
+    for name in columns:
+        kind = table.schema[name].dataType.simpleString()
+        if kind.startswith(("array", "map", "struct", "binary")):
+            raise InputError(f"{what}: column {name!r} named in groups.keep is {kind}, which does not sort; "
+                             "use a number, a string, a date or a time")
 
 
 def spread_manifest(listing: DataFrame, rows: int, rows_per_partition: int, min_partitions: int) -> DataFrame:
@@ -161,7 +180,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     _require_columns(table, extra_columns, f"--embeddings {path}")
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
-             for name in IMAGE_FACTS]
+             for name in _FACT_TYPES]
     rows = table.select(F.col(id_column).cast("string").alias("id"), path_col.alias("path"),
                         F.col(embedding_column).alias("vector"), *facts)
     first = rows.filter(F.col("vector").isNotNull()).select("vector").first()
@@ -175,14 +194,21 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         import pyarrow.compute as pc
 
         from neardup_core.embed.batch import check_vector_column
+        from neardup_core.incremental import content_hash
 
         for batch in batches:
             vectors, reasons = check_vector_column(batch.column("vector"), dim)
             stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
+            # An incremental `neardup pairs` compares vectors by the hash of their float32 bytes.
+            flat = vectors.flatten().to_numpy(zero_copy_only=False)
+            offsets = vectors.offsets.to_numpy()
+            valid = vectors.is_valid().to_numpy(zero_copy_only=False)
+            hashes = [content_hash(flat[offsets[i]:offsets[i + 1]].tobytes()) if valid[i] else None
+                      for i in range(len(vectors))]
             yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("path"), vectors, *(batch.column(name) for name in IMAGE_FACTS),
-                 stages, reasons],
-                names=["id", "path", "embedding", *IMAGE_FACTS, "error_stage", "error_message"])
+                [batch.column("id"), batch.column("path"), vectors, *(batch.column(name) for name in _FACT_TYPES),
+                 pa.array(hashes, pa.string()), pa.array([False] * len(vectors)), stages, reasons],
+                names=["id", "path", "embedding", *IMAGE_FACTS, "reused", "error_stage", "error_message"])
 
     extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
     return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim, extras)

@@ -34,7 +34,8 @@ PAIR_SCHEMA = (
     "cosine double, jaccard double, tables_matched int"
 )
 KEYED_SCHEMA = ("id string, path string, embedding array<float>, keys array<bigint>, "
-                "width int, height int, bytes bigint, modified timestamp")
+                "width int, height int, bytes bigint, modified timestamp, content_hash string")
+KEYED_COLUMNS = ("id", "path", "embedding", "keys", "width", "height", "bytes", "modified", "content_hash")
 _SCORED_SCHEMA = "row_a bigint, row_b bigint, cosine double, jaccard double, tables_matched int"
 _NAMED_INPUT_SCHEMA = ("id_x string, id_y string, path_x string, path_y string, "
                        "cosine double, jaccard double, tables_matched int")

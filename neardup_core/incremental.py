@@ -1,0 +1,85 @@
+"""What an incremental run (``--previous RUN``) can reuse from the previous run, and why
+not. Pure: no Spark.
+
+An image is reused, neither read again, decoded nor embedded, when its id is in the
+previous run and its content did not change: same size and modification time from the
+listing, or failing that, the same content hash of its bytes. Everything that changes an
+embedding, a bucket key or which pairs are written must match: the settings in
+:func:`fingerprint`. Pairs among reused images carry over; only pairs that involve a new
+or changed image are computed (:mod:`neardup_core.spark.incremental`), which gives exactly
+what a full run with the same LSH plan gives as long as no bucket touched by the change is
+over ``lsh.max_bucket_size`` (then the pairing runs in full; the groups always do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple
+
+from .config import Config
+
+
+def content_hash(data: bytes) -> str:
+    """128-bit BLAKE2b of a file's bytes, hex: computed while the file is read anyway."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def fingerprint(cfg: Config, model_digest: str | None, dim: int) -> dict[str, Any]:
+    """The settings whose change makes the previous run's embeddings, keys or pairs
+    unusable. ``model_digest`` is None for embeddings made elsewhere (``neardup pairs``)."""
+    images = model_digest is not None
+    return {
+        "model": model_digest,
+        "model.input_size": cfg.model.input_size if images else None,
+        "model.preprocess": cfg.model.preprocess if images else None,
+        "model.output": cfg.model.output if images else None,
+        "model.trim_borders": cfg.model.trim_borders if images else None,
+        "model.colour": cfg.model.colour if images else None,
+        "embedding_dim": dim,
+        "lsh.seed": cfg.lsh.seed,
+        "lsh.split_bits": cfg.lsh.split_bits,
+        "lsh.max_bucket_size": cfg.lsh.max_bucket_size,
+        "pairs.cosine_threshold": cfg.pairs.cosine_threshold,
+    }
+
+
+def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two fingerprints, one phrase per setting."""
+    return [f"{key}: {previous.get(key)!r} before, {current[key]!r} now"
+            for key in current if previous.get(key) != current[key]]
+
+
+class PreviousRun(NamedTuple):
+    path: str
+    fingerprint: dict[str, Any]
+    bits_per_table: int | None  # the previous LSH plan; None when it hashed nothing
+    num_tables: int | None
+    pairs: int  # rows in its pairs/
+
+
+def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
+    """The parts of a finished run's ``_manifest.json`` an incremental run needs.
+
+    Raises:
+        ValueError: the run was made without a fingerprint (an older neardup) or without
+            ``embeddings/``; the message says so.
+    """
+    if "fingerprint" not in manifest:
+        raise ValueError(f"--previous {path}: made by a neardup without incremental runs (no fingerprint in "
+                         "_manifest.json); run in full once")
+    if not manifest.get("config", {}).get("output", {}).get("write_embeddings", True):
+        raise ValueError(f"--previous {path}: has no embeddings/ (output.write_embeddings was false)")
+    lsh = manifest.get("lsh") or {}
+    return PreviousRun(path, manifest["fingerprint"], lsh.get("bits_per_table"), lsh.get("num_tables"),
+                       int(manifest.get("counts", {}).get("pairs", 0)))
+
+
+def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables: int | str) -> list[str]:
+    """Explicit ``lsh.bits_per_table`` / ``lsh.num_tables`` settings that contradict the
+    previous run's plan, which an incremental run reuses."""
+    found = []
+    for key, given, before in (("lsh.bits_per_table", bits_per_table, previous.bits_per_table),
+                               ("lsh.num_tables", num_tables, previous.num_tables)):
+        if given != "auto" and before is not None and given != before:
+            found.append(f"{key}: {before!r} before (the plan), {given!r} now")
+    return found

@@ -1,0 +1,191 @@
+"""Incremental runs (``--previous RUN``) in Spark: which listed images the previous run's
+``embeddings/`` already holds, the pairs that involve a new or changed image (the rest
+carry over), and ``changes/``. The rules are in :mod:`neardup_core.incremental`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..lsh import LshTables
+from ..pairing import BucketStats
+from .arrow import matrix
+from .pairing import PAIR_SCHEMA, PairingResult
+
+CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
+                  "action string, kept_id string")
+_ENTRY_SCHEMA = "code bigint, id string, fresh boolean"
+_CANDIDATE_SCHEMA = "id_a string, id_b string"
+
+
+class Previous(NamedTuple):
+    embeddings: DataFrame  # the previous run's embeddings/ (KEYED_SCHEMA)
+    pairs: DataFrame
+    groups: DataFrame
+
+
+def read_previous(spark: SparkSession, path: str) -> Previous:
+    return Previous(*(spark.read.parquet(f"{path.rstrip('/')}/{name}") for name in ("embeddings", "pairs", "groups")))
+
+
+def unchanged_by_listing(listing: DataFrame, previous: DataFrame) -> tuple[DataFrame, DataFrame]:
+    """(rows to embed, rows unchanged): a listed file is unchanged when the previous run
+    holds its id with the same size and modification time (both known). The rows to embed
+    carry ``previous_hash`` (null for new ids), so the embed stage can still find a file
+    unchanged by content, without decoding it."""
+    before = previous.select("id", F.col("bytes").alias("previous_bytes"),
+                             F.col("modified").alias("previous_modified"),
+                             F.col("content_hash").alias("previous_hash"))
+    joined = listing.join(before, "id", "left")
+    same = F.coalesce((F.col("size") == F.col("previous_bytes")) & (F.col("modified") == F.col("previous_modified"))
+                      & F.col("error_message").isNull(), F.lit(False))
+    unchanged = joined.filter(same).select("id", "path", F.col("size").alias("bytes"), "modified")
+    to_embed = joined.filter(~same).drop("previous_bytes", "previous_modified")
+    return to_embed, unchanged
+
+
+def reused_rows(unchanged: DataFrame, previous: DataFrame) -> DataFrame:
+    """Unchanged images (id, path, bytes, modified as listed or read tonight) with the
+    previous run's embedding, keys, size in pixels and content hash."""
+    kept = previous.select("id", "embedding", "keys", "width", "height", "content_hash")
+    return unchanged.join(kept, "id")
+
+
+class IncrementalPairs(NamedTuple):
+    result: PairingResult | None  # None: a touched bucket is oversized; pair in full instead
+    touched_buckets: int
+    largest_touched: int
+
+
+def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame, tables: LshTables,
+                       max_bucket_size: int, cosine_threshold: float, path: str) -> IncrementalPairs:
+    """Tonight's pairs from last night's: the previous pairs between images still here and
+    unchanged, and the pairs that involve a fresh (new or changed) image, found in the
+    buckets the fresh images hash to. Written to ``path`` like the pairing stage writes.
+
+    Args:
+        keyed: tonight's rows: id, path, embedding, keys, fresh (embedded tonight).
+        gone: id, keys of the previous run's rows that are deleted or changed.
+
+    Exact (what a full run with the same tables gives) while no bucket the change touches
+    holds more than ``max_bucket_size`` rows, before or after: then a pair's buckets
+    depend on its two rows only. Otherwise nothing is written and ``result`` is None.
+    """
+    spark = keyed.sparkSession
+    codes = _codes(keyed.filter("fresh").select("keys")) + _codes(gone.select("keys"))
+    touched = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+    bcast = spark.sparkContext.broadcast(touched)
+    now = keyed.select("id", "keys", "fresh").mapInArrow(_touched_entries(bcast), _ENTRY_SCHEMA)
+    before = gone.select("id", "keys", F.lit(False).alias("fresh")).mapInArrow(_touched_entries(bcast),
+                                                                              _ENTRY_SCHEMA)
+    sizes = (now.select("code", F.lit(1).alias("now"), F.when(F.col("fresh"), 0).otherwise(1).alias("before"))
+             .unionByName(before.select("code", F.lit(0).alias("now"), F.lit(1).alias("before")))
+             .groupBy("code").agg(F.sum("now").alias("now"), F.sum("before").alias("before"))
+             .agg(F.count("*").alias("buckets"), F.max(F.greatest("now", "before")).alias("largest")).first())
+    largest = sizes["largest"] or 0
+    if largest > max_bucket_size:
+        bcast.unpersist()
+        return IncrementalPairs(None, sizes["buckets"], largest)
+    fresh = now.filter("fresh").select("code", F.col("id").alias("id_x"))
+    candidates = (fresh.join(now.select("code", F.col("id").alias("id_y")), "code")
+                  .where(F.col("id_x") != F.col("id_y"))
+                  .select(F.least("id_x", "id_y").alias("id_a"), F.greatest("id_x", "id_y").alias("id_b"))
+                  .distinct().persist())
+    scored = candidates.count()
+    rows = keyed.select("id", "path", "embedding", "keys")
+    ends = (candidates.join(rows.toDF("id_a", "path_a", "vec_a", "keys_a"), "id_a")
+            .join(rows.toDF("id_b", "path_b", "vec_b", "keys_b"), "id_b"))
+    num_tables, dim = tables.num_tables, tables.dim
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.pairing import near_pairs, rowwise_cosine
+
+        for batch in batches:
+            c = batch.column
+            matched = (matrix(c("keys_a"), num_tables) == matrix(c("keys_b"), num_tables)).sum(axis=1)
+            cosine = rowwise_cosine(matrix(c("vec_a"), dim), matrix(c("vec_b"), dim))
+            near = near_pairs(np.arange(batch.num_rows), np.arange(batch.num_rows), cosine, matched, num_tables,
+                              cosine_threshold)
+            index = pa.array(near.a)
+            yield pa.RecordBatch.from_arrays(
+                [c("id_a").take(index), c("id_b").take(index), c("path_a").take(index), c("path_b").take(index),
+                 pa.array(near.cosine), pa.array(near.jaccard), pa.array(near.tables_matched)],
+                names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"])
+
+    found = ends.select("id_a", "id_b", "path_a", "path_b", "vec_a", "vec_b", "keys_a", "keys_b").mapInArrow(
+        score, PAIR_SCHEMA)
+    gone_ids = gone.select("id")
+    names = keyed.select("id", "path")
+    carried = (previous_pairs.select("id_a", "id_b", "cosine", "jaccard", "tables_matched")
+               .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti")
+               .join(names.toDF("id_a", "path_a"), "id_a").join(names.toDF("id_b", "path_b"), "id_b")
+               .select("id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"))
+    pairs = carried.unionByName(found).persist()
+    count = pairs.count()
+    pairs.orderBy("id_a", "id_b").write.parquet(path)
+    pairs.unpersist()
+    candidates.unpersist()
+    bcast.unpersist()
+    return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), sizes["buckets"],
+                            largest)
+
+
+def _codes(frame: DataFrame) -> list[np.ndarray]:
+    """Every (table, key) of the rows' keys, as table << 48 | key (keys have at most 48 bits)."""
+    table = frame.toArrow()
+    if table.num_rows == 0:
+        return []
+    keys = table.column("keys").combine_chunks()
+    width = len(keys[0].as_py())
+    return [_encode(matrix(keys, width))]
+
+
+def _encode(keys: np.ndarray) -> np.ndarray:
+    return ((np.arange(keys.shape[1], dtype=np.int64) << 48) | keys).reshape(-1)
+
+
+def _touched_entries(touched_broadcast):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        touched = touched_broadcast.value
+        for batch in batches:
+            if batch.num_rows == 0 or len(touched) == 0:
+                continue
+            keys = batch.column("keys")
+            width = len(keys[0].as_py())
+            codes = _encode(matrix(keys, width)).reshape(batch.num_rows, width)
+            hit = np.isin(codes, touched)
+            row, table = np.nonzero(hit)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(codes[row, table]), batch.column("id").take(pa.array(row)),
+                 batch.column("fresh").take(pa.array(row))], names=["code", "id", "fresh"])
+
+    return run
+
+
+def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, groups: DataFrame,
+            current_ids: DataFrame) -> DataFrame:
+    """``changes/``: pairs added and removed since the previous run, and images whose
+    action changed where either side is a drop (an image without a pair is kept; one not
+    in the catalog has no action)."""
+    key = ["id_a", "id_b"]
+    added = pairs.join(previous.pairs.select(*key), key, "left_anti").select(
+        F.lit("pair_added").alias("change"), *key, "cosine")
+    removed = previous.pairs.join(pairs.select(*key), key, "left_anti").select(
+        F.lit("pair_removed").alias("change"), *key, "cosine")
+
+    def actions(ids: DataFrame, grouped: DataFrame, suffix: str) -> DataFrame:
+        return ids.join(grouped.select("id", "action", "kept_id"), "id", "left").select(
+            "id", F.coalesce("action", F.lit("keep")).alias(f"action{suffix}"), F.col("kept_id").alias(f"kept{suffix}"))
+
+    both = actions(previous_ids, previous.groups, "_before").join(actions(current_ids, groups, ""), "id", "full")
+    moved = both.where(~F.col("action_before").eqNullSafe(F.col("action"))
+                       & ((F.col("action_before") == "drop") | (F.col("action") == "drop"))).select(
+        F.lit("action_changed").alias("change"), "id", F.col("action_before").alias("previous_action"), "action",
+        F.col("kept").alias("kept_id"))
+    return added.unionByName(removed, allowMissingColumns=True).unionByName(moved, allowMissingColumns=True).select(
+        *[F.col(name).cast(kind) for name, kind in (f.split() for f in CHANGES_SCHEMA.split(", "))])

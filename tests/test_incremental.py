@@ -1,0 +1,165 @@
+"""Incremental runs (--previous): the oracle is a full run on the same catalog with the
+same LSH plan; the incremental run must give the same pairs, groups and decisions."""
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from neardup_core import cli, incremental
+from neardup_core.config import load_config
+
+from .conftest import SAMPLE_CATALOG
+from .references import check_groups_output
+from .test_pairs_command import synthetic
+
+PHOTOS = ["baboon", "building", "fruits", "home", "messi5", "butterfly", "board", "apple", "orange"]
+
+
+def manifest(run):
+    return json.loads((run / "_manifest.json").read_text())
+
+
+def full_run_with_the_same_plan(args, previous_run):
+    lsh = manifest(previous_run)["lsh"]
+    return [*args, "--set", f"lsh.num_tables={lsh['num_tables']}",
+            "--set", f"lsh.bits_per_table={lsh['bits_per_table']}"]
+
+
+def assert_same_results(a, b):
+    pairs_a = pd.read_parquet(a / "pairs").sort_values(["id_a", "id_b"], ignore_index=True)
+    pairs_b = pd.read_parquet(b / "pairs").sort_values(["id_a", "id_b"], ignore_index=True)
+    pd.testing.assert_frame_equal(pairs_a.drop(columns="cosine"), pairs_b.drop(columns="cosine"))
+    np.testing.assert_allclose(pairs_a.cosine, pairs_b.cosine, atol=1e-6)
+    groups_a = pd.read_parquet(a / "groups").sort_values("id", ignore_index=True)
+    groups_b = pd.read_parquet(b / "groups").sort_values("id", ignore_index=True)
+    pd.testing.assert_frame_equal(groups_a.drop(columns="cosine"), groups_b.drop(columns="cosine"))
+    np.testing.assert_allclose(groups_a.cosine, groups_b.cosine, atol=1e-6)
+
+
+@pytest.mark.spark
+@pytest.mark.model
+def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark, tmp_path):
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    for name in PHOTOS:
+        shutil.copy(os.path.join(SAMPLE_CATALOG, f"{name}.jpg"), catalog / f"{name}.jpg")
+    with Image.open(catalog / "baboon.jpg") as im:
+        im.resize((im.width // 2, im.height // 2)).save(catalog / "baboon_small.jpg", quality=85)
+    with Image.open(catalog / "building.jpg") as im:
+        im.save(catalog / "building_q40.jpg", quality=40)
+    night1 = tmp_path / "night1"
+    assert cli.main(["run", "--input", str(catalog), "--output", str(night1)]) == 0
+
+    # Overnight: a new copy arrives (a bigger one: it becomes the kept image), one photo is
+    # replaced by another, a copy is deleted, and one file is touched without changing.
+    with Image.open(catalog / "fruits.jpg") as im:
+        im.resize((im.width * 3 // 2, im.height * 3 // 2)).save(catalog / "fruits_large.jpg", quality=92)
+    shutil.copy(os.path.join(SAMPLE_CATALOG, "starry_night.jpg"), catalog / "home.jpg")
+    os.remove(catalog / "building_q40.jpg")
+    later = time.time() + 5
+    os.utime(catalog / "board.jpg", (later, later))
+
+    night2 = tmp_path / "night2"
+    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1)]) == 0
+    full = tmp_path / "full"
+    assert cli.main(["run", *full_run_with_the_same_plan(["--input", str(catalog), "--output", str(full)],
+                                                         night1)]) == 0
+    check_groups_output(night2)
+    assert_same_results(night2, full)
+
+    counts = manifest(night2)["counts"]
+    assert counts["embedded"] == 2  # fruits_large (new) and home (changed); board was touched only
+    assert (counts["reused"], counts["changed"], counts["deleted"]) == (len(PHOTOS) - 1 + 1, 1, 1)
+    assert manifest(night2)["incremental"]["pairing"] == "incremental"
+    changes = pd.read_parquet(night2 / "changes")
+    uri = f"file:{catalog}"
+    assert set(changes[changes.change == "pair_removed"].id_b) == {f"{uri}/building_q40.jpg"}
+    assert set(changes[changes.change == "pair_added"].id_b) == {f"{uri}/fruits_large.jpg"}
+    moved = changes[changes.change == "action_changed"].set_index("id")
+    assert moved.loc[f"{uri}/fruits.jpg", ["previous_action", "action"]].tolist() == ["keep", "drop"]
+    assert moved.loc[f"{uri}/fruits.jpg", "kept_id"] == f"{uri}/fruits_large.jpg"
+    assert moved.loc[f"{uri}/building_q40.jpg", ["previous_action", "action"]].tolist() == ["drop", None]
+    embeddings = pd.read_parquet(night2 / "embeddings")
+    assert sorted(embeddings.id) == sorted(pd.read_parquet(full / "embeddings").id)
+
+    # A setting that changes the embeddings: said, and everything is embedded again.
+    rgb = tmp_path / "rgb"
+    assert cli.main(["run", "--input", str(catalog), "--output", str(rgb), "--previous", str(night2),
+                     "--set", "model.colour=rgb"]) == 0
+    record = manifest(rgb)["incremental"]
+    assert record["reused"] is False and record["why_not"] == ["model.colour: 'grayscale' before, 'rgb' now"]
+    assert manifest(rgb)["counts"]["embedded"] == len(embeddings) and manifest(rgb)["counts"]["reused"] == 0
+
+
+@pytest.mark.spark
+def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
+    x = synthetic(4, n=1200, planted=80)
+    ids = [f"v{i:05d}" for i in range(len(x))]
+
+    def table(path, rows):
+        pd.DataFrame({"id": [ids[i] for i in rows], "embedding": [list(map(float, x[i])) for i in rows]}
+                     ).to_parquet(path)
+
+    common = ["--set", "pairs.cosine_threshold=0.85"]
+    table(tmp_path / "a.parquet", range(0, 1100))
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "a"),
+                     *common]) == 0
+    rows = [*range(30, 1100), *range(1100, 1200)]  # 30 deleted, 100 new
+    x[40] = x[41]  # and one changed vector: now a copy of its neighbour
+    table(tmp_path / "b.parquet", rows)
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
+                     "--previous", str(tmp_path / "a"), *common]) == 0
+    assert cli.main(["pairs", *full_run_with_the_same_plan(
+        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
+        tmp_path / "a")]) == 0
+    assert_same_results(tmp_path / "b", tmp_path / "full")
+    check_groups_output(tmp_path / "b")
+    counts = manifest(tmp_path / "b")["counts"]
+    assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (101, 1069, 1, 30)
+    assert manifest(tmp_path / "b")["incremental"]["pairing"] == "incremental"
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("setup,message", [
+    ("missing", "--previous {tmp}/night: does not exist"),
+    ("unfinished", "--previous {tmp}/night: holds no finished run (no _SUCCESS)"),
+    ("old", "made by a neardup without incremental runs"),
+])
+def test_an_unusable_previous_run_exits_2(spark, tmp_path, capsys, setup, message):
+    pd.DataFrame({"id": ["a"], "embedding": [[1.0, 0.0]]}).to_parquet(tmp_path / "e.parquet")
+    night = tmp_path / "night"
+    if setup != "missing":
+        night.mkdir()
+    if setup == "old":
+        (night / "_SUCCESS").write_text("")
+        (night / "_manifest.json").write_text(json.dumps({"counts": {}}))
+    code = cli.main(["pairs", "--embeddings", str(tmp_path / "e.parquet"), "--output", str(tmp_path / "out"),
+                     "--previous", str(night)])
+    assert code == 2
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
+
+
+def test_fingerprint_differences_name_each_setting():
+    cfg = load_config()
+    before = incremental.fingerprint(cfg, "abc", 1280)
+    after = incremental.fingerprint(load_config(overrides=["lsh.seed=7", "pairs.cosine_threshold=0.8"]), "abd", 1280)
+    assert incremental.differences(before, after) == [
+        "model: 'abc' before, 'abd' now", "lsh.seed: 20261122 before, 7 now",
+        "pairs.cosine_threshold: 0.7 before, 0.8 now"]
+    assert incremental.differences(before, before) == []
+
+
+def test_plan_conflicts_and_previous_run_errors():
+    run = incremental.previous_run("r", {"fingerprint": {}, "lsh": {"bits_per_table": 9, "num_tables": 62},
+                                         "counts": {"pairs": 3}})
+    assert (run.bits_per_table, run.num_tables, run.pairs) == (9, 62, 3)
+    assert incremental.plan_conflicts(run, "auto", "auto") == []
+    assert incremental.plan_conflicts(run, 9, 40) == ["lsh.num_tables: 62 before (the plan), 40 now"]
+    with pytest.raises(ValueError, match="has no embeddings/"):
+        incremental.previous_run("r", {"fingerprint": {}, "config": {"output": {"write_embeddings": False}}})
