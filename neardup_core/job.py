@@ -296,7 +296,12 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, out.staged("pairs"))
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        elif reusing and prior.run.num_tables is not None:
+        elif reusing and prior.run.num_tables is not None and (
+                cfg.spark.shuffle_partitions or tuning.pairing_tasks(
+                    items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
+                    cfg.pairs.partition_mb * 2**20, default_parallelism(spark)) is not None):
+            # Pairs found incrementally where a full pairing would shuffle; data that fits one
+            # task is paired whole there (seconds, and no carried pairs to join).
             keyed = (pairing_stage.keyed_embeddings(pairing_stage.number_rows(fresh), planned.tables)
                      .withColumn("fresh", F.lit(True))
                      .unionByName(reused.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
@@ -315,6 +320,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 log.info("a bucket the change touches holds %d rows, over lsh.max_bucket_size=%d: pairing in full",
                          found.largest_touched, cfg.lsh.max_bucket_size)
         if result is None:
+            if incremental_record is not None and "pairing" not in incremental_record:
+                incremental_record["pairing"] = "full"
             result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates, cfg.lsh,
                                         cfg.pairs, cfg.spark.shuffle_partitions, out.staged("pairs"))
         if planned is not None:

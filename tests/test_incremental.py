@@ -66,7 +66,10 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
     os.utime(catalog / "board.jpg", (later, later))
 
     night2 = tmp_path / "night2"
-    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1)]) == 0
+    # A set task count takes the shuffled path, where pairs are found incrementally (data that
+    # fits one task is paired whole: see the vectors test).
+    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1),
+                     "--set", "spark.shuffle_partitions=2"]) == 0
     full = tmp_path / "full"
     assert cli.main(["run", *full_run_with_the_same_plan(["--input", str(catalog), "--output", str(full)],
                                                          night1)]) == 0
@@ -114,11 +117,15 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     x[40] = x[41]  # and one changed vector: now a copy of its neighbour
     table(tmp_path / "b.parquet", rows)
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
+                     "--previous", str(tmp_path / "a"), *common, "--set", "spark.shuffle_partitions=2"]) == 0
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b1"),
                      "--previous", str(tmp_path / "a"), *common]) == 0
     assert cli.main(["pairs", *full_run_with_the_same_plan(
         ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
         tmp_path / "a")]) == 0
     assert_same_results(tmp_path / "b", tmp_path / "full")
+    assert_same_results(tmp_path / "b1", tmp_path / "full")
+    assert manifest(tmp_path / "b1")["incremental"]["pairing"] == "full"  # fits one task: paired whole
     check_groups_output(tmp_path / "b")
     counts = manifest(tmp_path / "b")["counts"]
     assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (101, 1069, 1, 30)
