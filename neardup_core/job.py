@@ -9,6 +9,7 @@ is checked first, so a bad invocation fails in seconds with one message.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -150,7 +151,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         to_embed, unchanged = listing, None
         if reusing:
             to_embed, unchanged = incremental_stage.unchanged_by_listing(listing, prior.data.embeddings)
-        with progress.stage("embed", images=images) as record:
+        with progress.stage("embed", images=images) as record, _sized_shuffles(spark, cfg, images if reusing else 0):
             rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
             record["rows"] = rows.count()
@@ -245,6 +246,16 @@ def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint
     return _Prior(run, incremental_stage.read_previous(spark, path), why_not)
 
 
+def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):
+    """Shuffle partitions sized for ``rows`` rows (ids, pairs) in the block, where the
+    user set none; 0 rows: Spark's setting as it is. The incremental run's joins (the
+    listing against the previous run, changes/) otherwise pay 200 tasks a shuffle."""
+    if not rows or cfg.spark.shuffle_partitions:
+        return contextlib.nullcontext()
+    return shuffle_partitions(spark, groups_stage.round_tasks(rows, cfg.pairs.partition_mb * 2**20,
+                                                              default_parallelism(spark)))
+
+
 def _check_gpu_resources(spark: SparkSession, embed: EmbedConfig) -> None:
     if embed.backend == "tensorrt" and not spark.conf.get("spark.task.resource.gpu.amount", None):
         raise ConfigError(
@@ -269,11 +280,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         fresh_count = rows.filter("error_stage is null and not reused").count()
     good, reused, reused_count = fresh, None, 0
     if reusing:
-        unchanged = rows.filter("reused").select("id", "path", "bytes", "modified")
-        if embedded.unchanged is not None:
-            unchanged = embedded.unchanged.unionByName(unchanged)
-        reused = incremental_stage.reused_rows(unchanged, prior.data.embeddings).persist(StorageLevel.MEMORY_AND_DISK)
-        reused_count = reused.count()
+        with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
+            unchanged = rows.filter("reused").select("id", "path", "bytes", "modified")
+            if embedded.unchanged is not None:
+                unchanged = embedded.unchanged.unionByName(unchanged)
+            reused = incremental_stage.reused_rows(unchanged, prior.data.embeddings)
+            reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
+            reused_count = record["rows"] = reused.count()
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
@@ -350,7 +363,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
              grouped.largest_group, grouped.kept, grouped.dropped)
 
     changed = deleted = 0
-    with progress.stage("write") as record:
+    sized = _sized_shuffles(spark, cfg, result.pairs + prior.run.pairs + items if prior is not None else 0)
+    with progress.stage("write") as record, sized:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
             if keyed is not None:
