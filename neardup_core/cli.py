@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
     except USAGE_ERRORS as err:
         return _usage_error(err)
     counts = result.counts
-    print(f"neardup: {counts.inputs} images, {counts.errors} errors, "
+    reuse = f" ({counts.embedded} embedded, {counts.reused} reused)" if args.previous else ""
+    print(f"neardup: {counts.inputs} images{reuse}, {counts.errors} errors, "
           f"{counts.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}), "
           f"{counts.groups} groups, {counts.dropped} images to drop -> {result.output}")
     return 0

@@ -109,3 +109,33 @@ def priority_order(facts: pa.Table, criteria: list[tuple[str, bool]]) -> np.ndar
         columns[f"value{i}"] = value
         keys.append((f"value{i}", "descending" if descending else "ascending"))
     return pc.sort_indices(pa.table(columns), sort_keys=keys).to_numpy()
+
+
+def group_table(pairs: pa.Table, members: pa.Table, criteria: list[tuple[str, bool]]) -> pa.Table:
+    """``groups/`` rows for one graph that fits in memory: the images (``members``: id,
+    path and the criteria's columns, each image in a pair once) ranked by
+    :func:`priority_order`, their components (:func:`components`) named by the smallest id,
+    and the decisions (:func:`keep_or_drop`) from ``pairs`` (id_a, id_b, cosine). Sorted by
+    group_id, then priority; columns as ``spark.groups.GROUP_SCHEMA``."""
+    ranked = members.take(priority_order(members, criteria))
+    ids = ranked.column("id").combine_chunks()
+    n = len(ids)
+    a = pc.index_in(pairs.column("id_a"), value_set=ids).to_numpy()
+    b = pc.index_in(pairs.column("id_b"), value_set=ids).to_numpy()
+    label = components(n, a, b)
+    decided = keep_or_drop(n, a, b, pairs.column("cosine").to_numpy())
+    per_group = pa.table({"label": label, "id": ids}).group_by("label").aggregate([("id", "min"), ("id", "count")])
+    group_labels = per_group.column("label").to_numpy()
+    by_label = np.argsort(group_labels)
+    which = pa.array(by_label[np.searchsorted(group_labels[by_label], label)])
+    kept = decided.kept
+    return pa.table({
+        "id": ids, "path": ranked.column("path").combine_chunks(),
+        "group_id": per_group.column("id_min").take(which),
+        "group_size": per_group.column("id_count").take(which).cast(pa.int32()),
+        "action": pa.array(np.where(kept, "keep", "drop"), pa.string()),
+        "kept_id": pc.if_else(pa.array(kept), pa.scalar(None, pa.string()),
+                              ids.take(pa.array(np.maximum(decided.kept_by, 0)))),
+        "cosine": pa.array(decided.cosine, pa.float64(), mask=kept),
+        "rank": pa.array(np.arange(n)),
+    }).sort_by([("group_id", "ascending"), ("rank", "ascending")]).drop_columns(["rank"])

@@ -89,3 +89,24 @@ def test_a_chain_keeps_every_other_image_not_one():
 def test_no_pairs():
     assert groups.components(3, np.array([], int), np.array([], int)).tolist() == [0, 1, 2]
     assert groups.keep_or_drop(2, np.array([], int), np.array([], int), np.array([])).kept.tolist() == [True, True]
+
+
+@pytest.mark.parametrize("name", ["long chain", "star around a low-priority hub", "clique", "ties in cosine"])
+def test_group_table_equals_the_references(name):
+    """The one-task kernel on Arrow tables: groups named by their smallest id, decisions in
+    priority order (here: most pixels first, ties broken by id)."""
+    import pyarrow as pa
+
+    from .references import expected_groups
+
+    pairs = [(f"i{a:04d}", f"i{b:04d}", c) if a < b else (f"i{b:04d}", f"i{a:04d}", c) for a, b, c in NAMED[name]]
+    ids = sorted({i for a, b, _ in pairs for i in (a, b)})
+    rng = np.random.default_rng(len(name))
+    nodes = [{"id": i, "path": f"/p/{i}", "width": int(rng.integers(1, 4)), "height": 1} for i in ids]
+    criteria = [("pixels", True), ("id", False)]
+    out = groups.group_table(pa.table({"id_a": [p[0] for p in pairs], "id_b": [p[1] for p in pairs],
+                                       "cosine": [p[2] for p in pairs]}),
+                             pa.Table.from_pylist(nodes), criteria)
+    got = {r["id"]: (r["group_id"], r["group_size"], r["action"], r["kept_id"], r["cosine"]) for r in out.to_pylist()}
+    assert got == expected_groups(pairs, nodes, criteria)
+    assert out.column("group_id").to_pylist() == sorted(out.column("group_id").to_pylist())

@@ -170,3 +170,16 @@ def test_plan_conflicts_and_previous_run_errors():
     assert incremental.plan_conflicts(run, 9, 40) == ["lsh.num_tables: 62 before (the plan), 40 now"]
     with pytest.raises(ValueError, match="has no embeddings/"):
         incremental.previous_run("r", {"fingerprint": {}, "config": {"output": {"write_embeddings": False}}})
+
+
+@pytest.mark.parametrize("n,tables,fresh", [(1, 1, 1), (7, 3, 2), (500, 12, 40), (300, 5, 0)])
+def test_touched_rows_are_the_rows_sharing_a_touched_bucket(n, tables, fresh):
+    rng = np.random.default_rng(n)
+    keys = rng.integers(0, 50, (n, tables))
+    new = rng.integers(0, 50, (fresh, tables))
+    codes = (np.arange(tables, dtype=np.int64) << 48) | new
+    touched = np.unique(codes.reshape(-1)) if fresh else np.zeros(0, np.int64)
+    found = incremental.touched_rows(keys, touched)
+    for t in range(tables):
+        expected = [i for i in range(n) if (t << 48 | int(keys[i, t])) in set(touched.tolist())]
+        assert found[t].tolist() == expected

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -85,47 +86,24 @@ def group(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]], 
 def _group_in_one_task(pairs: DataFrame, members: DataFrame, criteria: list[tuple[str, bool]], path: str
                        ) -> GroupsResult:
     """The whole stage in one task, with no shuffle after the members are found: rank
-    (:func:`groups.priority_order`), find components, decide, name and sort in Arrow.
+    (:func:`groups.group_table`: rank, components, decisions, names, in Arrow and NumPy).
     Gives what :func:`_group_in_rounds` gives, in one file."""
     tally = Tally(pairs.sparkSession)
     rows = pairs.select("id_a", "id_b", "cosine").unionByName(members, allowMissingColumns=True)
 
     def run(batches):
-        import pyarrow.compute as pc
-
-        from neardup_core.groups import components, keep_or_drop, priority_order
+        from neardup_core.groups import group_table
 
         batches = list(batches)
         if not batches:
             return
         table = pa.Table.from_batches(batches)
         is_pair = table.column("id_a").is_valid()
-        pair_rows, ranked = table.filter(is_pair), table.filter(pc.invert(is_pair))
-        ranked = ranked.take(priority_order(ranked, criteria))
-        ids = ranked.column("id").combine_chunks()
-        n = len(ids)
-        a = pc.index_in(pair_rows.column("id_a"), value_set=ids).to_numpy()
-        b = pc.index_in(pair_rows.column("id_b"), value_set=ids).to_numpy()
-        label = components(n, a, b)
-        decided = keep_or_drop(n, a, b, pair_rows.column("cosine").to_numpy())
-        per_group = pa.table({"label": label, "id": ids}).group_by("label").aggregate(
-            [("id", "min"), ("id", "count")])
-        group_labels = per_group.column("label").to_numpy()
-        by_label = np.argsort(group_labels)
-        which = pa.array(by_label[np.searchsorted(group_labels[by_label], label)])
-        kept = decided.kept
-        out = pa.table({
-            "id": ids, "path": ranked.column("path"),
-            "group_id": per_group.column("id_min").take(which),
-            "group_size": per_group.column("id_count").take(which).cast(pa.int32()),
-            "action": pa.array(np.where(kept, "keep", "drop"), pa.string()),
-            "kept_id": pc.if_else(pa.array(kept), pa.scalar(None, pa.string()),
-                                  ids.take(pa.array(np.maximum(decided.kept_by, 0)))),
-            "cosine": pa.array(decided.cosine, pa.float64(), mask=kept),
-            "rank": pa.array(np.arange(n)),
-        }).sort_by([("group_id", "ascending"), ("rank", "ascending")]).drop_columns(["rank"])
-        sizes = per_group.column("id_count").to_numpy()
-        tally.record("groups", (len(sizes), sizes.max(), kept.sum(), n - kept.sum()))
+        out = group_table(table.filter(is_pair), table.filter(pc.invert(is_pair)), criteria)
+        sizes = out.column("group_size").to_numpy()
+        kept = int(pc.sum(pc.equal(out.column("action"), "keep")).as_py() or 0)
+        groups = len(pc.unique(out.column("group_id")))
+        tally.record("groups", (groups, sizes.max(), kept, out.num_rows - kept))
         yield from out.to_batches()
 
     rows.coalesce(1).mapInArrow(run, GROUP_SCHEMA).write.parquet(path)

@@ -12,6 +12,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from ..incremental import touched_rows
 from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import matrix
@@ -80,7 +81,9 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     codes = _codes(keyed.filter("fresh").select("keys")) + _codes(gone.select("keys"))
     touched = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
     bcast = spark.sparkContext.broadcast(touched)
-    now = keyed.select("id", "keys", "fresh").mapInArrow(_touched_entries(bcast), _ENTRY_SCHEMA)
+    # The members of the touched buckets: one scan of every row's keys, kept for the three
+    # uses below (bucket sizes, fresh rows' partners, their scores).
+    now = keyed.select("id", "keys", "fresh").mapInArrow(_touched_entries(bcast), _ENTRY_SCHEMA).persist()
     before = gone.select("id", "keys", F.lit(False).alias("fresh")).mapInArrow(_touched_entries(bcast),
                                                                               _ENTRY_SCHEMA)
     sizes = (now.select("code", F.lit(1).alias("now"), F.when(F.col("fresh"), 0).otherwise(1).alias("before"))
@@ -89,6 +92,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
              .agg(F.count("*").alias("buckets"), F.max(F.greatest("now", "before")).alias("largest")).first())
     largest = sizes["largest"] or 0
     if largest > max_bucket_size:
+        now.unpersist()
         bcast.unpersist()
         return IncrementalPairs(None, sizes["buckets"], largest)
     fresh = now.filter("fresh").select("code", F.col("id").alias("id_x"))
@@ -97,7 +101,9 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
                   .select(F.least("id_x", "id_y").alias("id_a"), F.greatest("id_x", "id_y").alias("id_b"))
                   .distinct().persist())
     scored = candidates.count()
-    rows = keyed.select("id", "path", "embedding", "keys")
+    # Only the candidates' rows, picked by a broadcast of their ids, meet the candidates.
+    ends_ids = candidates.select(F.col("id_a").alias("id")).union(candidates.select(F.col("id_b").alias("id")))
+    rows = keyed.select("id", "path", "embedding", "keys").join(F.broadcast(ends_ids.distinct()), "id", "left_semi")
     ends = (candidates.join(rows.toDF("id_a", "path_a", "vec_a", "keys_a"), "id_a")
             .join(rows.toDF("id_b", "path_b", "vec_b", "keys_b"), "id_b"))
     num_tables, dim = tables.num_tables, tables.dim
@@ -130,6 +136,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     pairs.orderBy("id_a", "id_b").write.parquet(path)
     pairs.unpersist()
     candidates.unpersist()
+    now.unpersist()
     bcast.unpersist()
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), sizes["buckets"],
                             largest)
@@ -157,12 +164,13 @@ def _touched_entries(touched_broadcast):
                 continue
             keys = batch.column("keys")
             width = len(keys[0].as_py())
-            codes = _encode(matrix(keys, width)).reshape(batch.num_rows, width)
-            hit = np.isin(codes, touched)
-            row, table = np.nonzero(hit)
-            yield pa.RecordBatch.from_arrays(
-                [pa.array(codes[row, table]), batch.column("id").take(pa.array(row)),
-                 batch.column("fresh").take(pa.array(row))], names=["code", "id", "fresh"])
+            matched = touched_rows(matrix(keys, width), touched)
+            for table, row in enumerate(matched):
+                if len(row):
+                    codes = (np.int64(table) << 48) | matrix(keys, width)[row, table]
+                    yield pa.RecordBatch.from_arrays(
+                        [pa.array(codes), batch.column("id").take(pa.array(row)),
+                         batch.column("fresh").take(pa.array(row))], names=["code", "id", "fresh"])
 
     return run
 
