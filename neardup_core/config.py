@@ -9,8 +9,8 @@ Every section checks its values when it is constructed (also by ``dataclasses.re
 so an invalid configuration cannot exist: an unknown key, a wrong type or an
 out-of-range value raises :class:`ConfigError` naming the key and the value.
 
-One module on purpose (a little over 300 lines): the sections, their checks and the
-loader that builds them are one contract, kept equal to ``conf/default.yaml`` by a test.
+One module on purpose (under 400 lines): the sections, their checks and the loader that
+builds them are one contract, kept equal to ``conf/default.yaml`` by a test.
 """
 
 from __future__ import annotations

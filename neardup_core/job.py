@@ -5,6 +5,11 @@ is checked first, so a bad invocation fails in seconds with one message.
 
     run:       load-model -> list -> embed -> plan -> pairs -> groups -> write -> commit
     run_pairs:                read-embeddings -> plan -> pairs -> groups -> write -> commit
+
+(with ``--previous``, a reuse stage after embed). Over 400 lines because it is the one
+place that says in which order the stages run, for both commands, full and incremental;
+every stage it calls lives in :mod:`neardup_core.spark`, every formula in the pure modules.
+The incremental branch is the next thing to move out if it grows.
 """
 
 from __future__ import annotations
