@@ -153,6 +153,11 @@ class PairsConfig(_Section):
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
 
+    @property
+    def partition_bytes(self) -> int:
+        """``partition_mb`` in bytes: what one task of a sized stage holds."""
+        return self.partition_mb * 2**20
+
 
 # groups.keep criteria that every source has; any other name is a manifest column, except
 # the names the groups stage uses for its own columns.

@@ -90,6 +90,15 @@ def keep_or_drop(n: int, a: np.ndarray, b: np.ndarray, cosine: np.ndarray) -> De
     return Decisions(np.asarray(kept_by, dtype=np.int64), cos)
 
 
+def keep_or_drop_ranks(a: np.ndarray, b: np.ndarray, cosine: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`keep_or_drop` on pairs of global ranks (any int64, smaller first in priority):
+    (the ranks in the pairs, sorted; for each, the rank it duplicates or -1; the cosine)."""
+    nodes = np.unique(np.concatenate([a, b]))  # sorted: local numbers keep the priority order
+    decided = keep_or_drop(len(nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b), cosine)
+    return nodes, np.where(decided.kept, -1, nodes[np.maximum(decided.kept_by, 0)]), decided.cosine
+
+
 def priority_order(facts: pa.Table, criteria: list[tuple[str, bool]]) -> np.ndarray:
     """Row indices of ``facts`` in priority order, as Spark's ``orderBy`` of the same
     criteria sorts them (:func:`spark.groups.priority_order`): ``pixels`` is width x

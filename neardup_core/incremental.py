@@ -87,15 +87,23 @@ def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables:
     return found
 
 
+KEY_BITS = 48  # a bucket key has at most 48 bits (config.MAX_BITS_PER_TABLE)
+
+
+def bucket_codes(keys: np.ndarray) -> np.ndarray:
+    """Each (table, key) of (n, L) keys as one int64, table << 48 | key, row by row."""
+    return ((np.arange(keys.shape[1], dtype=np.int64) << KEY_BITS) | keys).reshape(-1)
+
+
 def touched_rows(keys: np.ndarray, touched: np.ndarray) -> list[np.ndarray]:
     """For each table t, the rows of ``keys`` (n, L) whose key in t is among the sorted
     ``touched`` codes (table << 48 | key). One binary search per table in that table's
     share of the codes: 0.3 s for 10,000 rows x 220 tables against 2.2M codes on this
     machine, where ``np.isin`` over all the codes at once took 2.5 s."""
-    bounds = np.searchsorted(touched, np.arange(keys.shape[1] + 1, dtype=np.int64) << 48)
+    bounds = np.searchsorted(touched, np.arange(keys.shape[1] + 1, dtype=np.int64) << KEY_BITS)
     found = []
     for table in range(keys.shape[1]):
-        in_table = touched[bounds[table]:bounds[table + 1]] & ((1 << 48) - 1)
+        in_table = touched[bounds[table]:bounds[table + 1]] & ((1 << KEY_BITS) - 1)
         if len(in_table) == 0:
             found.append(np.zeros(0, np.int64))
             continue

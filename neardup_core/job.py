@@ -257,7 +257,7 @@ def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):
     listing against the previous run, changes/) otherwise pay 200 tasks a shuffle."""
     if not rows or cfg.spark.shuffle_partitions:
         return contextlib.nullcontext()
-    return shuffle_partitions(spark, groups_stage.round_tasks(rows, cfg.pairs.partition_mb * 2**20,
+    return shuffle_partitions(spark, groups_stage.round_tasks(rows, cfg.pairs.partition_bytes,
                                                               default_parallelism(spark)))
 
 
@@ -317,7 +317,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         elif reusing and prior.run.num_tables is not None and (
                 cfg.spark.shuffle_partitions or tuning.pairing_tasks(
                     items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
-                    cfg.pairs.partition_mb * 2**20, default_parallelism(spark)) is not None):
+                    cfg.pairs.partition_bytes, default_parallelism(spark)) is not None):
             # Pairs found incrementally where a full pairing would shuffle; data that fits one
             # task is paired whole there (seconds, and no carried pairs to join).
             keyed = (pairing_stage.keyed_embeddings(pairing_stage.number_rows(fresh), planned.tables)
@@ -326,7 +326,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                      .persist(StorageLevel.MEMORY_AND_DISK))
             gone = prior.data.embeddings.join(reused.select("id"), "id", "left_anti").select("id", "keys")
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
-                items + prior.run.pairs, cfg.pairs.partition_mb * 2**20, default_parallelism(spark))
+                items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):
                 found = incremental_stage.pair_incrementally(keyed, gone, prior.data.pairs, planned.tables,
                                                              cfg.lsh.max_bucket_size, cfg.pairs.cosine_threshold,
@@ -358,7 +358,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if embedded.extras is not None:
             nodes = nodes.join(embedded.extras, "id", "left")
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
-            result.pairs, cfg.pairs.partition_mb * 2**20, default_parallelism(spark))
+            result.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
         grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, cfg.groups.criteria(),
                                      result.pairs, cfg.groups.max_pairs_in_one_task, out.staged("_groups-scratch"),
                                      out.staged("groups"), tasks)

@@ -242,6 +242,16 @@ def near_pairs(a: np.ndarray, b: np.ndarray, cosine: np.ndarray, tables_matched:
                        jaccard(matched, num_tables), matched.astype(np.int32))
 
 
+def score_with_keys(vec_a: np.ndarray, vec_b: np.ndarray, keys_a: np.ndarray, keys_b: np.ndarray,
+                    cosine_threshold: float) -> ScoredPairs:
+    """Candidate pairs given as both rows' vectors and keys (n, dim) and (n, L), scored as
+    the bucket path scores them when no bucket is split: tables_matched is the number of
+    tables with equal keys. ``a`` and ``b`` of the result are positions in the input."""
+    index = np.arange(len(vec_a))
+    matched = (np.asarray(keys_a) == np.asarray(keys_b)).sum(axis=1)
+    return near_pairs(index, index, rowwise_cosine(vec_a, vec_b), matched, np.shape(keys_a)[1], cosine_threshold)
+
+
 def ordered_by_id(id_x: pa.Array, id_y: pa.Array, path_x: pa.Array, path_y: pa.Array) -> dict[str, pa.Array]:
     """The two ends of each pair named so that ``id_a < id_b`` (byte order of the UTF-8
     ids, as Spark compares strings): id_a, id_b, path_a, path_b."""

@@ -110,3 +110,18 @@ def test_group_table_equals_the_references(name):
     got = {r["id"]: (r["group_id"], r["group_size"], r["action"], r["kept_id"], r["cosine"]) for r in out.to_pylist()}
     assert got == expected_groups(pairs, nodes, criteria)
     assert out.column("group_id").to_pylist() == sorted(out.column("group_id").to_pylist())
+
+
+def test_decisions_on_global_ranks_equal_those_on_local_numbers():
+    pairs = seeded_graph(5, 60)
+    ranks = np.random.default_rng(5).choice(10**9, 60, replace=False)
+    ranks.sort()  # the same priority order, other numbers
+    a = ranks[[p[0] for p in pairs]]
+    b = ranks[[p[1] for p in pairs]]
+    nodes, kept_by, cosine = groups.keep_or_drop_ranks(a, b, np.array([p[2] for p in pairs]))
+    local = groups.keep_or_drop(60, np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs]),
+                                np.array([p[2] for p in pairs]))
+    in_pairs = sorted({x for p in pairs for x in p[:2]})
+    assert nodes.tolist() == ranks[in_pairs].tolist()
+    assert kept_by.tolist() == [-1 if local.kept_by[i] < 0 else int(ranks[local.kept_by[i]]) for i in in_pairs]
+    np.testing.assert_array_equal(cosine, local.cosine[in_pairs])

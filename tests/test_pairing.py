@@ -180,3 +180,21 @@ def test_pair_ends_are_ordered_by_the_byte_order_of_their_ids():
         lo, hi = sorted([u, v], key=lambda s: s.encode())
         assert (named["id_a"][i].as_py(), named["id_b"][i].as_py()) == (lo, hi)
         assert (named["path_a"][i].as_py(), named["path_b"][i].as_py()) == (f"p{lo}", f"p{hi}")
+
+
+def test_scores_from_keys_equal_the_bucket_path_when_nothing_splits():
+    """tables_matched from the keys equals the copies merge_copies counts from buckets."""
+    from neardup_core import lsh
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((80, 16))
+    x[40:] = x[:40] + 0.3 * rng.standard_normal((40, 16))
+    tables = lsh.LshTables.draw(2, 12, 4, 0, 16)
+    keys, subkeys = lsh.signature_keys(x, tables)
+    _, a, b, matched = pairing.all_candidates(keys, subkeys, 10**6, 0)
+    expected = pairing.near_pairs(a, b, pairing.pair_cosines(x, a, b), matched, 12, 0.5)
+    got = pairing.score_with_keys(x[a], x[b], keys[a], keys[b], 0.5)
+    np.testing.assert_array_equal(got.a, np.flatnonzero(pairing.pair_cosines(x, a, b) >= 0.5))
+    np.testing.assert_array_equal(got.tables_matched, expected.tables_matched)
+    np.testing.assert_array_equal(got.cosine, expected.cosine)
+    np.testing.assert_array_equal(got.jaccard, expected.jaccard)

@@ -217,16 +217,12 @@ def _decide_table(table: pa.Table) -> pa.Table:
     """The decisions of one group (:func:`groups.keep_or_drop`), from its pairs of
     global ranks: rank, label (the group's smallest rank), kept_by (null for a kept
     image) and cosine (to kept_by)."""
-    from neardup_core.groups import keep_or_drop
+    from neardup_core.groups import keep_or_drop_ranks
 
-    a = table.column("a").to_numpy()
-    b = table.column("b").to_numpy()
-    nodes = np.unique(np.concatenate([a, b]))  # sorted: local numbers keep the priority order
-    local_a, local_b = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
+    nodes, kept_by, cosine = keep_or_drop_ranks(table.column("a").to_numpy(), table.column("b").to_numpy(),
+                                                table.column("cosine").to_numpy())
+    kept = kept_by < 0
     label = np.full(len(nodes), table.column("label")[0].as_py(), dtype=np.int64)
-    decided = keep_or_drop(len(nodes), local_a, local_b, table.column("cosine").to_numpy())
-    kept = decided.kept
     return pa.table({"rank": pa.array(nodes, pa.int64()), "label": pa.array(label, pa.int64()),
-                     "kept_by": pa.array(np.where(kept, 0, nodes[np.maximum(decided.kept_by, 0)]), pa.int64(),
-                                         mask=kept),
-                     "cosine": pa.array(decided.cosine, pa.float64(), mask=kept)})
+                     "kept_by": pa.array(kept_by, pa.int64(), mask=kept),
+                     "cosine": pa.array(cosine, pa.float64(), mask=kept)})

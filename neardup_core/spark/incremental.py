@@ -12,7 +12,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..incremental import touched_rows
+from ..incremental import KEY_BITS, bucket_codes, touched_rows
 from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import matrix
@@ -78,14 +78,15 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     depend on its two rows only. Otherwise nothing is written and ``result`` is None.
     """
     spark = keyed.sparkSession
-    codes = _codes(keyed.filter("fresh").select("keys")) + _codes(gone.select("keys"))
-    touched = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.int64)
+    num_tables, dim = tables.num_tables, tables.dim
+    codes = [_codes(frame.select("keys"), num_tables) for frame in (keyed.filter("fresh"), gone)]
+    touched = np.unique(np.concatenate(codes))
     bcast = spark.sparkContext.broadcast(touched)
     # The members of the touched buckets: one scan of every row's keys, kept for the three
     # uses below (bucket sizes, fresh rows' partners, their scores).
-    now = keyed.select("id", "keys", "fresh").mapInArrow(_touched_entries(bcast), _ENTRY_SCHEMA).persist()
-    before = gone.select("id", "keys", F.lit(False).alias("fresh")).mapInArrow(_touched_entries(bcast),
-                                                                              _ENTRY_SCHEMA)
+    entries = _touched_entries(bcast, num_tables)
+    now = keyed.select("id", "keys", "fresh").mapInArrow(entries, _ENTRY_SCHEMA).persist()
+    before = gone.select("id", "keys", F.lit(False).alias("fresh")).mapInArrow(entries, _ENTRY_SCHEMA)
     sizes = (now.select("code", F.lit(1).alias("now"), F.when(F.col("fresh"), 0).otherwise(1).alias("before"))
              .unionByName(before.select("code", F.lit(0).alias("now"), F.lit(1).alias("before")))
              .groupBy("code").agg(F.sum("now").alias("now"), F.sum("before").alias("before"))
@@ -106,17 +107,14 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     rows = keyed.select("id", "path", "embedding", "keys").join(F.broadcast(ends_ids.distinct()), "id", "left_semi")
     ends = (candidates.join(rows.toDF("id_a", "path_a", "vec_a", "keys_a"), "id_a")
             .join(rows.toDF("id_b", "path_b", "vec_b", "keys_b"), "id_b"))
-    num_tables, dim = tables.num_tables, tables.dim
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.pairing import near_pairs, rowwise_cosine
+        from neardup_core.pairing import score_with_keys
 
         for batch in batches:
             c = batch.column
-            matched = (matrix(c("keys_a"), num_tables) == matrix(c("keys_b"), num_tables)).sum(axis=1)
-            cosine = rowwise_cosine(matrix(c("vec_a"), dim), matrix(c("vec_b"), dim))
-            near = near_pairs(np.arange(batch.num_rows), np.arange(batch.num_rows), cosine, matched, num_tables,
-                              cosine_threshold)
+            near = score_with_keys(matrix(c("vec_a"), dim), matrix(c("vec_b"), dim), matrix(c("keys_a"), num_tables),
+                                   matrix(c("keys_b"), num_tables), cosine_threshold)
             index = pa.array(near.a)
             yield pa.RecordBatch.from_arrays(
                 [c("id_a").take(index), c("id_b").take(index), c("path_a").take(index), c("path_b").take(index),
@@ -142,32 +140,23 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
                             largest)
 
 
-def _codes(frame: DataFrame) -> list[np.ndarray]:
-    """Every (table, key) of the rows' keys, as table << 48 | key (keys have at most 48 bits)."""
-    table = frame.toArrow()
-    if table.num_rows == 0:
-        return []
-    keys = table.column("keys").combine_chunks()
-    width = len(keys[0].as_py())
-    return [_encode(matrix(keys, width))]
+def _codes(frame: DataFrame, num_tables: int) -> np.ndarray:
+    """Every (table, key) of a small frame's keys (:func:`incremental.bucket_codes`), on the driver."""
+    return bucket_codes(matrix(frame.toArrow().column("keys"), num_tables))
 
 
-def _encode(keys: np.ndarray) -> np.ndarray:
-    return ((np.arange(keys.shape[1], dtype=np.int64) << 48) | keys).reshape(-1)
+def _touched_entries(touched_broadcast, num_tables: int):
+    """A task function: for each row in a touched bucket, its (code, id, fresh)."""
 
-
-def _touched_entries(touched_broadcast):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         touched = touched_broadcast.value
         for batch in batches:
             if batch.num_rows == 0 or len(touched) == 0:
                 continue
-            keys = batch.column("keys")
-            width = len(keys[0].as_py())
-            matched = touched_rows(matrix(keys, width), touched)
-            for table, row in enumerate(matched):
+            keys = matrix(batch.column("keys"), num_tables)
+            for table, row in enumerate(touched_rows(keys, touched)):
                 if len(row):
-                    codes = (np.int64(table) << 48) | matrix(keys, width)[row, table]
+                    codes = (np.int64(table) << KEY_BITS) | keys[row, table]  # as bucket_codes
                     yield pa.RecordBatch.from_arrays(
                         [pa.array(codes), batch.column("id").take(pa.array(row)),
                          batch.column("fresh").take(pa.array(row))], names=["code", "id", "fresh"])

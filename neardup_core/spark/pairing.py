@@ -78,7 +78,7 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
         tasks = (shuffle_partitions, shuffle_partitions)
     else:
         tasks = tuning.pairing_tasks(items, tables.dim, tables.num_tables, expected_candidates,
-                                     pairs_cfg.partition_mb * 2**20, default_parallelism(spark))
+                                     pairs_cfg.partition_bytes, default_parallelism(spark))
     planes = spark.sparkContext.broadcast(tables)
     if tasks is None:
         _pair_in_one_task(numbered, planes, lsh_cfg.max_bucket_size, pairs_cfg.cosine_threshold, tally,
