@@ -111,3 +111,56 @@ def touched_rows(keys: np.ndarray, touched: np.ndarray) -> list[np.ndarray]:
         at = np.minimum(np.searchsorted(in_table, column), len(in_table) - 1)
         found.append(np.flatnonzero(in_table[at] == column))
     return found
+
+
+class FreshCandidates(NamedTuple):
+    a: np.ndarray | None  # row positions of each candidate pair, a < b; None: a touched bucket is oversized
+    b: np.ndarray | None
+    touched_buckets: int
+    largest_touched: int  # rows in the largest touched bucket, tonight or last night
+
+
+def fresh_candidates(keys: np.ndarray, fresh: np.ndarray, gone_keys: np.ndarray, max_bucket_size: int
+                     ) -> FreshCandidates:
+    """Every distinct pair of rows that shares a bucket in some table and involves a fresh
+    row: the candidates an incremental run scores, for data that fits one process.
+
+    Args:
+        keys: (n, L) bucket keys of tonight's rows.
+        fresh: (n,) bool, the rows embedded tonight (new or changed).
+        gone_keys: (g, L) keys of last night's rows that are deleted or changed.
+        max_bucket_size: the pairing's bound; if a touched bucket (one a fresh or gone row
+            hashes to) holds more rows than this tonight or last night, the full pairing
+            would have split or windowed it, so no candidates are given (``a`` is None).
+
+    Memory O(rows in touched buckets x L + candidates).
+    """
+    n, num_tables = keys.shape
+    fresh = np.asarray(fresh, bool)
+    touched = np.unique(np.concatenate([bucket_codes(keys[fresh]), bucket_codes(gone_keys.reshape(-1, num_tables))]))
+    members = touched_rows(keys, touched)
+    rows = np.concatenate([np.zeros(0, np.int64), *members])
+    codes = np.concatenate([np.zeros(0, np.int64),
+                            *((np.int64(t) << KEY_BITS) | keys[m, t] for t, m in enumerate(members))])
+    order = np.argsort(codes, kind="stable")
+    rows, codes = rows[order], codes[order]
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if len(codes) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(codes)])
+    # Last night's size of each bucket: tonight's less its fresh rows, plus its gone rows.
+    fresh_in = np.add.reduceat(fresh[rows].astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
+    gone_codes = np.sort(bucket_codes(gone_keys.reshape(-1, num_tables)))
+    before = sizes - fresh_in + (np.searchsorted(gone_codes, codes[starts], "right")
+                                 - np.searchsorted(gone_codes, codes[starts], "left"))
+    largest = int(max(sizes.max(initial=0), before.max(initial=0)))
+    if largest > max_bucket_size:
+        return FreshCandidates(None, None, len(touched), largest)
+    # Each fresh member against every member of its bucket.
+    group = np.repeat(np.arange(len(starts)), sizes)
+    mine = np.flatnonzero(fresh[rows])
+    partners = sizes[group[mine]]
+    x = np.repeat(rows[mine], partners)
+    offsets = np.arange(partners.sum()) - np.repeat(np.cumsum(partners) - partners, partners)
+    y = rows[np.repeat(starts[group[mine]], partners) + offsets]
+    a, b = np.minimum(x, y), np.maximum(x, y)
+    distinct = np.unique((a * n + b)[a != b])
+    return FreshCandidates(distinct // n, distinct % n, len(touched), largest)

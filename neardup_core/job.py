@@ -310,27 +310,27 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
     with progress.stage("pairs") as record:
         shuffle_before = shuffle_bytes_written(spark)
-        result = None
+        result, found = None, None
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, out.staged("pairs"))
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        elif reusing and prior.run.num_tables is not None and (
-                cfg.spark.shuffle_partitions or tuning.pairing_tasks(
-                    items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
-                    cfg.pairs.partition_bytes, default_parallelism(spark)) is not None):
-            # Pairs found incrementally where a full pairing would shuffle; data that fits one
-            # task is paired whole there (seconds, and no carried pairs to join).
+        elif reusing and prior.run.num_tables is not None:
+            # Only the pairs that involve a new or changed image are found; the rest carry over.
             keyed = (pairing_stage.keyed_embeddings(pairing_stage.number_rows(fresh), planned.tables)
                      .withColumn("fresh", F.lit(True))
                      .unionByName(reused.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
                      .persist(StorageLevel.MEMORY_AND_DISK))
             gone = prior.data.embeddings.join(reused.select("id"), "id", "left_anti").select("id", "keys")
+            one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
+                items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
+                cfg.pairs.partition_bytes, default_parallelism(spark)) is None
+            pair_fresh = (incremental_stage.pair_incrementally_in_one_task if one_task
+                          else incremental_stage.pair_incrementally)
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):
-                found = incremental_stage.pair_incrementally(keyed, gone, prior.data.pairs, planned.tables,
-                                                             cfg.lsh.max_bucket_size, cfg.pairs.cosine_threshold,
-                                                             out.staged("pairs"))
+                found = pair_fresh(keyed, gone, prior.data.pairs, planned.tables, cfg.lsh.max_bucket_size,
+                                   cfg.pairs.cosine_threshold, out.staged("pairs"))
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full")
             result = found.result
@@ -382,7 +382,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if prior is not None:
             before = prior.data.embeddings.select("id")
             incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
-                                      spark.read.parquet(out.staged("groups")), good.select("id")
+                                      spark.read.parquet(out.staged("groups")), good.select("id"), found
                                       ).orderBy("change", "id_a", "id_b", "id").write.parquet(out.staged("changes"))
             deleted = before.join(embedded.listed, "id", "left_anti").count()
             changed = before.join(embedded.listed, "id", "left_semi").count() - reused_count
@@ -390,7 +390,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
-    for frame in (reused, keyed):
+    for frame in (reused, keyed, found.found if found is not None else None):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,

@@ -66,10 +66,8 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
     os.utime(catalog / "board.jpg", (later, later))
 
     night2 = tmp_path / "night2"
-    # A set task count takes the shuffled path, where pairs are found incrementally (data that
-    # fits one task is paired whole: see the vectors test).
-    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1),
-                     "--set", "spark.shuffle_partitions=2"]) == 0
+    # Data this small is paired in one task (the shuffled path: see the vectors test).
+    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1)]) == 0
     full = tmp_path / "full"
     assert cli.main(["run", *full_run_with_the_same_plan(["--input", str(catalog), "--output", str(full)],
                                                          night1)]) == 0
@@ -125,11 +123,41 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
         tmp_path / "a")]) == 0
     assert_same_results(tmp_path / "b", tmp_path / "full")
     assert_same_results(tmp_path / "b1", tmp_path / "full")
-    assert manifest(tmp_path / "b1")["incremental"]["pairing"] == "full"  # fits one task: paired whole
+    assert manifest(tmp_path / "b1")["incremental"]["pairing"] == "incremental"
+    assert manifest(tmp_path / "b1")["lsh"]["buckets"] is not None
     check_groups_output(tmp_path / "b")
+    # changes/, from the pairs found tonight only, against a comparison of the whole outputs.
+    expected = expected_changes(tmp_path / "a", tmp_path / "full")
+    for run in ("b", "b1"):
+        found = pd.read_parquet(tmp_path / run / "changes")
+        assert changes_set(found) == expected, run
     counts = manifest(tmp_path / "b")["counts"]
     assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (101, 1069, 1, 30)
     assert manifest(tmp_path / "b")["incremental"]["pairing"] == "incremental"
+
+
+def changes_set(frame):
+    return {(r.change, r.id_a, r.id_b, r.id, r.previous_action, r.action, r.kept_id)
+            for r in frame.astype(object).where(frame.notna(), None).itertuples()}
+
+
+def expected_changes(before, after):
+    """changes/ by brute force: every pair and every image's action, before and after."""
+    pairs = [{(r.id_a, r.id_b) for r in pd.read_parquet(run / "pairs").itertuples()} for run in (before, after)]
+    found = {("pair_added", a, b, None, None, None, None) for a, b in pairs[1] - pairs[0]}
+    found |= {("pair_removed", a, b, None, None, None, None) for a, b in pairs[0] - pairs[1]}
+
+    def actions(run):
+        ids = pd.read_parquet(run / "embeddings").id
+        groups = pd.read_parquet(run / "groups").set_index("id")
+        return {i: (groups.action.get(i, "keep"), groups.kept_id.get(i)) for i in ids}
+
+    was, now = actions(before), actions(after)
+    for i in set(was) | set(now):
+        a, b = was.get(i, (None, None))[0], now.get(i, (None, None))
+        if a != b[0] and "drop" in (a, b[0]):
+            found.add(("action_changed", None, None, i, a, b[0], b[1]))
+    return found
 
 
 @pytest.mark.spark
@@ -183,3 +211,35 @@ def test_touched_rows_are_the_rows_sharing_a_touched_bucket(n, tables, fresh):
     for t in range(tables):
         expected = [i for i in range(n) if (t << 48 | int(keys[i, t])) in set(touched.tolist())]
         assert found[t].tolist() == expected
+
+
+@pytest.mark.parametrize("n,tables,fresh,gone,max_bucket", [
+    (1, 1, 1, 0, 10), (2, 3, 1, 1, 10), (9, 2, 3, 2, 10), (400, 8, 30, 12, 1000), (300, 5, 0, 4, 1000),
+    (300, 4, 20, 3, 5)])
+def test_fresh_candidates_are_the_pairs_sharing_a_bucket_with_a_fresh_row(n, tables, fresh, gone, max_bucket):
+    rng = np.random.default_rng(n + fresh)
+    keys = rng.integers(0, 40, (n, tables))
+    is_fresh = np.zeros(n, bool)
+    is_fresh[rng.choice(n, min(fresh, n), replace=False)] = True
+    gone_keys = rng.integers(0, 40, (gone, tables))
+    found = incremental.fresh_candidates(keys, is_fresh, gone_keys, max_bucket)
+
+    # The reference: every bucket's sizes counted in a dictionary, every pair tried.
+    now, before = {}, {}
+    for t in range(tables):
+        for i in range(n):
+            now[t, keys[i, t]] = now.get((t, keys[i, t]), 0) + 1
+            if not is_fresh[i]:
+                before[t, keys[i, t]] = before.get((t, keys[i, t]), 0) + 1
+        for g in range(gone):
+            before[t, gone_keys[g, t]] = before.get((t, gone_keys[g, t]), 0) + 1
+    touched = {(t, keys[i, t]) for t in range(tables) for i in range(n) if is_fresh[i]}
+    touched |= {(t, gone_keys[g, t]) for t in range(tables) for g in range(gone)}
+    largest = max([max(now.get(c, 0), before.get(c, 0)) for c in touched], default=0)
+    assert (found.touched_buckets, found.largest_touched) == (len(touched), largest)
+    if largest > max_bucket:
+        assert found.a is None
+        return
+    expected = {(i, j) for i in range(n) for j in range(i + 1, n)
+                if (is_fresh[i] or is_fresh[j]) and (keys[i] == keys[j]).any()}
+    assert list(zip(found.a.tolist(), found.b.tolist())) == sorted(expected)

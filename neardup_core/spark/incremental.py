@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -17,11 +18,16 @@ from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import matrix
 from .pairing import PAIR_SCHEMA, PairingResult
+from .tally import Tally
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
 _ENTRY_SCHEMA = "code bigint, id string, fresh boolean"
-_CANDIDATE_SCHEMA = "id_a string, id_b string"
+_ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embedding", pa.list_(pa.float32())),
+                             ("keys", pa.list_(pa.int64())), ("fresh", pa.bool_())])
+_PAIR_ARROW = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("path_a", pa.string()),
+                         ("path_b", pa.string()), ("cosine", pa.float64()), ("jaccard", pa.float64()),
+                         ("tables_matched", pa.int32())])
 
 
 class Previous(NamedTuple):
@@ -61,13 +67,16 @@ class IncrementalPairs(NamedTuple):
     result: PairingResult | None  # None: a touched bucket is oversized; pair in full instead
     touched_buckets: int
     largest_touched: int
+    found: DataFrame | None = None  # PAIR_SCHEMA: tonight's pairs that involve a fresh row (persisted)
+    lost: DataFrame | None = None  # id_a, id_b, cosine: last night's pairs that involve a gone row
 
 
 def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame, tables: LshTables,
                        max_bucket_size: int, cosine_threshold: float, path: str) -> IncrementalPairs:
-    """Tonight's pairs from last night's: the previous pairs between images still here and
-    unchanged, and the pairs that involve a fresh (new or changed) image, found in the
-    buckets the fresh images hash to. Written to ``path`` like the pairing stage writes.
+    """Tonight's pairs from last night's, for data the full pairing would shuffle: the
+    previous pairs between images still here and unchanged, and the pairs that involve a
+    fresh (new or changed) image, found in the buckets the fresh images hash to. Written to
+    ``path`` like the pairing stage writes.
 
     Args:
         keyed: tonight's rows: id, path, embedding, keys, fresh (embedded tonight).
@@ -122,14 +131,9 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
                 names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"])
 
     found = ends.select("id_a", "id_b", "path_a", "path_b", "vec_a", "vec_b", "keys_a", "keys_b").mapInArrow(
-        score, PAIR_SCHEMA)
-    gone_ids = gone.select("id")
-    names = keyed.select("id", "path")
-    carried = (previous_pairs.select("id_a", "id_b", "cosine", "jaccard", "tables_matched")
-               .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti")
-               .join(names.toDF("id_a", "path_a"), "id_a").join(names.toDF("id_b", "path_b"), "id_b")
-               .select("id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"))
-    pairs = carried.unionByName(found).persist()
+        score, PAIR_SCHEMA).persist()
+    found.count()
+    pairs = _carried(previous_pairs, gone, keyed, broadcast=False).unionByName(found).persist()
     count = pairs.count()
     pairs.orderBy("id_a", "id_b").write.parquet(path)
     pairs.unpersist()
@@ -137,7 +141,82 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     now.unpersist()
     bcast.unpersist()
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), sizes["buckets"],
-                            largest)
+                            largest, found, _lost(previous_pairs, gone))
+
+
+def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame,
+                                   tables: LshTables, max_bucket_size: int, cosine_threshold: float, path: str
+                                   ) -> IncrementalPairs:
+    """As :func:`pair_incrementally`, for data the full pairing would pair in one task:
+    the fresh rows' candidates found and scored in one task (:func:`incremental.fresh_candidates`,
+    no shuffle), the carried pairs named by broadcast joins, and the union sorted in one task."""
+    spark = keyed.sparkSession
+    num_tables, dim = tables.num_tables, tables.dim
+    gone_keys = spark.sparkContext.broadcast(matrix(gone.select("keys").toArrow().column("keys"), num_tables))
+    tally = Tally(spark)
+
+    def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.incremental import fresh_candidates
+        from neardup_core.pairing import ordered_by_id, score_with_keys
+
+        batches = list(batches)  # Spark's own list field names and nullability
+        table = pa.Table.from_batches(batches) if batches else _ONE_TASK_INPUT.empty_table()
+        keys = matrix(table.column("keys"), num_tables)
+        fresh = table.column("fresh").to_numpy(zero_copy_only=False).astype(bool)
+        found = fresh_candidates(keys, fresh, gone_keys.value, max_bucket_size)
+        tally.record("touched", (found.touched_buckets, found.largest_touched, found.a is not None))
+        if found.a is None:
+            return
+        x = matrix(table.column("embedding"), dim)
+        near = score_with_keys(x[found.a], x[found.b], keys[found.a], keys[found.b], cosine_threshold)
+        tally.record("scored", (len(found.a),))
+        a, b = pa.array(found.a[near.a]), pa.array(found.b[near.a])
+        ids, paths = table.column("id"), table.column("path")
+        named = ordered_by_id(ids.take(a), ids.take(b), paths.take(a), paths.take(b))
+        yield from pa.table({**named, "cosine": near.cosine, "jaccard": near.jaccard,
+                             "tables_matched": near.tables_matched}).to_batches()
+
+    found = (keyed.select(*_ONE_TASK_INPUT.names).coalesce(1).mapInArrow(find, PAIR_SCHEMA)
+             .persist(StorageLevel.MEMORY_AND_DISK))
+    found.count()
+    ((touched, largest, exact),) = tally.values("touched")
+    gone_keys.unpersist()
+    if not exact:
+        found.unpersist()
+        return IncrementalPairs(None, touched, largest)
+
+    def sort(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        batches = list(batches)
+        table = pa.Table.from_batches(batches) if batches else _PAIR_ARROW.empty_table()
+        tally.record("pairs", (table.num_rows,))
+        yield from table.sort_by([("id_a", "ascending"), ("id_b", "ascending")]).combine_chunks().to_batches()
+
+    pairs = _carried(previous_pairs, gone, keyed, broadcast=True).unionByName(found)
+    pairs.coalesce(1).mapInArrow(sort, PAIR_SCHEMA).write.parquet(path)
+    count = sum(v[0] for v in tally.values("pairs"))
+    return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], BucketStats(),
+                                          {"incremental": True, "rows": 1}),
+                            touched, largest, found, _lost(previous_pairs, gone))
+
+
+def _carried(previous_pairs: DataFrame, gone: DataFrame, keyed: DataFrame, broadcast: bool) -> DataFrame:
+    """Last night's pairs between rows still here and unchanged, named with tonight's paths."""
+    hint = F.broadcast if broadcast else (lambda frame: frame)
+    gone_ids = F.broadcast(gone.select("id"))
+    names = hint(keyed.select("id", "path"))
+    return (previous_pairs.select("id_a", "id_b", "cosine", "jaccard", "tables_matched")
+            .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti")
+            .join(names.toDF("id_a", "path_a"), "id_a").join(names.toDF("id_b", "path_b"), "id_b")
+            .select("id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"))
+
+
+def _lost(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame:
+    """Last night's pairs that involve a deleted or changed row: the only ones that can be
+    missing tonight."""
+    gone_ids = F.broadcast(gone.select("id"))
+    pairs = previous_pairs.select("id_a", "id_b", "cosine")
+    return (pairs.join(gone_ids.toDF("id_a"), "id_a", "left_semi")
+            .unionByName(pairs.join(gone_ids.toDF("id_b"), "id_b", "left_semi")).distinct())
 
 
 def _codes(frame: DataFrame, num_tables: int) -> np.ndarray:
@@ -165,14 +244,22 @@ def _touched_entries(touched_broadcast, num_tables: int):
 
 
 def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, groups: DataFrame,
-            current_ids: DataFrame) -> DataFrame:
+            current_ids: DataFrame, found: IncrementalPairs | None = None) -> DataFrame:
     """``changes/``: pairs added and removed since the previous run, and images whose
     action changed where either side is a drop (an image without a pair is kept; one not
-    in the catalog has no action)."""
+    in the catalog has no action).
+
+    With ``found`` (pairs found incrementally), the pairs are compared only where they can
+    differ: a pair added involves a fresh row, a pair removed a deleted or changed one.
+    """
     key = ["id_a", "id_b"]
-    added = pairs.join(previous.pairs.select(*key), key, "left_anti").select(
+    if found is not None and found.found is not None:
+        tonight, before = found.found.select(*key, "cosine"), found.lost
+    else:
+        tonight, before = pairs.select(*key, "cosine"), previous.pairs.select(*key, "cosine")
+    added = tonight.join(before.select(*key), key, "left_anti").select(
         F.lit("pair_added").alias("change"), *key, "cosine")
-    removed = previous.pairs.join(pairs.select(*key), key, "left_anti").select(
+    removed = before.join(tonight.select(*key), key, "left_anti").select(
         F.lit("pair_removed").alias("change"), *key, "cosine")
 
     def actions(ids: DataFrame, grouped: DataFrame, suffix: str) -> DataFrame:
