@@ -149,8 +149,13 @@ def main() -> None:
     ve.add_argument("--dim", type=int, default=256)
     ve.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--work", help="keep the catalogs and runs in this new folder (default: a temporary one)")
     args = p.parse_args()
     print(f"{os.cpu_count()} cores; {' '.join(sys.argv[1:])}", flush=True)
+    if args.work:
+        os.makedirs(args.work)
+        (images if args.kind == "images" else vectors)(args, args.work)
+        return
     with tempfile.TemporaryDirectory(prefix="neardup-incremental-") as work:
         (images if args.kind == "images" else vectors)(args, work)
 

@@ -384,8 +384,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
                                       spark.read.parquet(out.staged("groups")), good.select("id"), found
                                       ).orderBy("change", "id_a", "id_b", "id").write.parquet(out.staged("changes"))
-            deleted = before.join(embedded.listed, "id", "left_anti").count()
-            changed = before.join(embedded.listed, "id", "left_semi").count() - reused_count
+            still_listed = before.join(embedded.listed, "id", "left_semi").count()
+            deleted = before.count() - still_listed  # a Parquet count: from the files' footers
+            changed = still_listed - reused_count
         record["rows"] = embedded.inputs
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
