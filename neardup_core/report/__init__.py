@@ -15,9 +15,9 @@ from collections.abc import Callable
 from ..config import ReportConfig
 from ..evaluation import Truth
 from .data import ReportData, ReportError, prepare, read_finished_manifest
-from .render import attach_thumbnails, render, write
+from .render import attach_thumbnails, write
 
-__all__ = ["ReportData", "ReportError", "build", "prepare", "read_finished_manifest", "render", "write"]
+__all__ = ["ReportData", "ReportError", "attach_thumbnails", "build", "prepare", "read_finished_manifest", "write"]
 
 # (image id, path) pairs in; image id -> JPEG bytes, or why none could be made, out.
 Thumbnailer = Callable[[list[tuple[str, str]]], dict[str, "bytes | str"]]
