@@ -260,3 +260,12 @@ def test_report_command_exits_2_with_one_line(tmp_path, capsys, case):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("neardup: error: ")
     assert {"missing": "no such directory", "unfinished": "no finished run", "truth": "cannot read"}[case] in err
+
+
+@pytest.mark.parametrize("key, value", [("max_groups", -1), ("max_images_per_group", 1), ("max_pairs", 10**6),
+                                        ("thumbnail_px", 8)])
+def test_report_config_names_the_key_and_value(key, value):
+    from neardup_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"report\.{key} must be in .*, got {value}"):
+        ReportConfig(**{key: value})

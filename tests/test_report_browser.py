@@ -177,6 +177,10 @@ def test_report_command_rebuilds_with_the_truth(run, catalog, tmp_path, capsys):
     assert re.search(rf"precision\s*{expected.precision:.3f}", text) and re.search(rf"recall\s*{expected.recall:.3f}",
                                                                                   text)
     assert sorted(os.listdir(tmp_path)) == ["again", "profile"]
+    # Without --output: the run's own report/, replaced whole, nothing left beside it.
+    before = set(os.listdir(run))
+    assert cli.main(["report", "--run", str(run)]) == 0
+    assert set(os.listdir(run)) == before and (run / "report" / "index.html").exists()
 
 
 def test_a_report_failure_does_not_fail_the_run(spark, catalog, tmp_path, monkeypatch):
