@@ -269,3 +269,9 @@ def test_report_config_names_the_key_and_value(key, value):
 
     with pytest.raises(ConfigError, match=rf"report\.{key} must be in .*, got {value}"):
         ReportConfig(**{key: value})
+
+
+def test_a_rebuild_killed_half_way_leaves_what_the_next_run_removes():
+    from neardup_core.output import STAGING_PREFIX
+
+    assert render.TMP_PREFIX.startswith(STAGING_PREFIX)

@@ -5,8 +5,8 @@ with every value escaped (``autoescape``), written as a self-contained folder::
     thumbs/*.jpg     one per image shown, named by a hash of its id
 
 The Content-Security-Policy allows only that script (by its hash), inline styles and
-images from the folder, so a page copied anywhere opens from ``file://`` and fetches
-nothing.
+images from the folder or local files (``file:``, for browsers that give each local file
+its own origin), so a page copied anywhere opens from ``file://`` and fetches nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from .thumbs import thumbnail_name
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 THUMBS = "thumbs"
+# Folders written beside the report while it is replaced. Named like the job's staging
+# folders (output.STAGING_PREFIX), so a rebuild killed half-way inside a run's folder leaves
+# nothing the next run calls foreign, and that run removes it.
+TMP_PREFIX = "_staging-report-"
 
 
 def environment() -> Environment:
@@ -79,7 +83,7 @@ def write(data: ReportData, thumbnails: dict[str, bytes], folder: str) -> int:
     it, then renamed over it; an existing report is replaced whole. Returns its bytes."""
     parent = os.path.dirname(os.path.abspath(folder)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".report-tmp-{uuid.uuid4().hex}")
+    tmp = os.path.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}")
     os.makedirs(os.path.join(tmp, THUMBS))
     try:
         total = 0
@@ -93,7 +97,7 @@ def write(data: ReportData, thumbnails: dict[str, bytes], folder: str) -> int:
         total += len(html)
         old = None
         if os.path.exists(folder):
-            old = os.path.join(parent, f".report-old-{uuid.uuid4().hex}")
+            old = os.path.join(parent, f"{TMP_PREFIX}old-{uuid.uuid4().hex}")
             os.rename(folder, old)
         os.rename(tmp, folder)
     except BaseException:
