@@ -4,6 +4,7 @@
     neardup pairs --embeddings PATH --output DIR [--previous RUN] [--config FILE] [--set K=V ...] [--overwrite]
     neardup plan --embeddings PATH [--config FILE] [--set K=V ...]
     neardup build-engine [--config FILE] [--set K=V ...] [--device N]
+    neardup report --run DIR [--output FOLDER] [--truth FILE] [--config FILE] [--set K=V ...]
 
 Exit codes: 0 success, 2 bad invocation (config, input, output, model; one message on
 stderr, before any Spark job runs), 1 any other failure.
@@ -53,6 +54,11 @@ def parser() -> argparse.ArgumentParser:
         "build-engine", parents=[config],
         help="build the TensorRT plan for the configured model on this machine's GPU (into embed.engine_dir)")
     engine.add_argument("--device", type=int, default=0, help="CUDA device index to build on (default 0)")
+    report = sub.add_parser("report", parents=[config],
+                            help="build the review page (report/index.html) again for a finished run")
+    report.add_argument("--run", required=True, help="a finished run's folder")
+    report.add_argument("--output", help="local folder for the report (default: RUN/report), replaced whole")
+    report.add_argument("--truth", help="labelled truth.csv (benchmarks/quality): adds precision, recall, PR curve")
     return p
 
 
@@ -66,6 +72,8 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         return _build_engine(args)
     if args.command == "plan":
         return _plan(args)
+    if args.command == "report":
+        return _report(args, launched_by_spark_submit)
     try:
         cfg = load_config(args.config, args.set)
         # Paths are taken verbatim, not parsed as YAML like --set values.
@@ -126,6 +134,37 @@ def _build_engine(args: argparse.Namespace) -> int:
     except USAGE_ERRORS as err:
         return _usage_error(err)
     print(plan)
+    return 0
+
+
+def _report(args: argparse.Namespace, launched_by_spark_submit: bool) -> int:
+    from .evaluation import read_truth_csv
+    from .report import ReportError, read_finished_manifest
+    from .sources import is_local, local_path
+
+    try:
+        cfg = load_config(args.config, args.set)
+        manifest = read_finished_manifest(args.run)
+        folder = args.output
+        if folder is None:
+            if not is_local(args.run):
+                raise ReportError(f"--run {args.run}: not a local folder; give --output, a local folder")
+            folder = os.path.join(local_path(args.run), "report")
+        elif not is_local(folder):
+            raise ReportError(f"--output {folder}: must be a local folder")
+        try:
+            truth = read_truth_csv(args.truth) if args.truth else None
+        except ValueError as err:
+            raise ReportError(str(err)) from err
+        from .spark.report import build_report
+        from .spark.session import build_session
+
+        spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, args.verbose)
+        record = build_report(spark, args.run, manifest, local_path(folder), cfg, truth)
+    except (*USAGE_ERRORS, ReportError) as err:
+        return _usage_error(err)
+    print(f"neardup: report of {record['groups_shown']} of {record['groups']} groups and {record['pairs_shown']} "
+          f"of {record['pairs']} pairs, {record['thumbnails']} thumbnails -> {os.path.join(folder, 'index.html')}")
     return 0
 
 

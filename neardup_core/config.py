@@ -217,6 +217,23 @@ class OutputConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ReportConfig(_Section):
+    NAME: ClassVar[str] = "report"
+
+    enabled: bool = True
+    max_groups: int = 100
+    max_images_per_group: int = 24
+    max_pairs: int = 50
+    thumbnail_px: int = 160
+
+    def _check(self) -> None:
+        _in_range("report.max_groups", self.max_groups, 0, 100_000)
+        _in_range("report.max_images_per_group", self.max_images_per_group, 2, 10_000)
+        _in_range("report.max_pairs", self.max_pairs, 0, 100_000)
+        _in_range("report.thumbnail_px", self.thumbnail_px, 16, 1024)
+
+
+@dataclass(frozen=True)
 class SparkConfig(_Section):
     NAME: ClassVar[str] = "spark"
 
@@ -239,6 +256,7 @@ class Config:
     groups: GroupsConfig = field(default_factory=GroupsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists for tuples) for the run manifest and ``--print-config``."""

@@ -183,3 +183,32 @@ def recall_by_transform(reported: Iterable[Pair], truth: Truth) -> dict[str, tup
             total[t] += 1
             found[t] += p in seen
     return {t: (found[t], total[t]) for t in sorted(total)}
+
+
+TRUTH_COLUMNS = ("file", "group", "role", "transform")
+
+
+def read_truth_csv(path: str) -> Truth:
+    """The labelled benchmark's ``truth.csv`` (benchmarks/quality/build_set.py): columns
+    file, group, role (original, copy, shipped or ambiguous), transform. A row of role
+    ``ambiguous`` puts its file in the ambiguous set named by ``group``; any other role, in
+    that near-duplicate group. Images are named by file name, as a run's ids end.
+
+    Raises:
+        ValueError: unreadable file, missing columns, or labels :meth:`Truth.from_rows` refuses.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in TRUTH_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"truth file {path}: no column {', '.join(missing)} "
+                                 f"(expected {', '.join(TRUTH_COLUMNS)})")
+            rows = list(reader)
+    except OSError as err:
+        raise ValueError(f"truth file {path}: cannot read: {err.strerror}") from err
+    return Truth.from_rows(
+        (r["file"], r["group"] if r["role"] != "ambiguous" else None,
+         r["group"] if r["role"] == "ambiguous" else None, r["transform"].split(":")[0]) for r in rows)

@@ -40,6 +40,7 @@ from .spark import groups as groups_stage
 from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
 from .spark import pairing as pairing_stage
+from .spark import report as report_stage
 from .spark.embed import embed_images
 from .spark.jvm import shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
@@ -220,6 +221,7 @@ def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, pro
         manifest = _manifest(cfg, run_id, started, spark, progress, counts, dim, lsh_record)
         manifest["fingerprint"] = embedded.fingerprint
         manifest["incremental"] = incremental_record
+        manifest["report"] = report_stage.write_report(spark, cfg, out.staging, manifest)
         out.commit(manifest)
     except BaseException:
         out.discard_staging()

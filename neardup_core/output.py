@@ -4,7 +4,7 @@ looks complete.
 
 Layout of a finished run::
 
-    OUTPUT/pairs/  groups/  embeddings/  errors/  _manifest.json  _SUCCESS
+    OUTPUT/pairs/  groups/  embeddings/  errors/  report/  _manifest.json  _SUCCESS
 
 File operations go through Hadoop's FileSystem API (the one Spark writes with), so the
 same code handles local paths, HDFS and object stores.
@@ -21,7 +21,7 @@ from .config import OutputConfig
 from .sources import is_local
 from .spark.jvm import hadoop_filesystem, read_text
 
-DATASETS = ("pairs", "groups", "changes", "embeddings", "errors")
+DATASETS = ("pairs", "groups", "changes", "embeddings", "errors", "report")
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING_PREFIX = "_staging-"

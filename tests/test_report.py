@@ -1,0 +1,277 @@
+"""The review report's kernels, without Spark: what is chosen for the page, the charts, the
+thumbnails, escaping, the atomic write, and `neardup report`'s checks."""
+
+import io
+import json
+import os
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from neardup_core import cli, report
+from neardup_core.config import ReportConfig
+from neardup_core.evaluation import Truth, read_truth_csv, score_pairs
+from neardup_core.report import charts, render
+from neardup_core.report.data import ReportError, prepare, read_finished_manifest
+from neardup_core.report.thumbs import ThumbnailError, thumbnail, thumbnail_name
+
+HOSTILE = "<img src=x onerror=alert(1)>.jpg"
+THRESHOLD = 0.7
+SCHEMAS = {
+    "pairs": pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("path_a", pa.string()),
+                        ("path_b", pa.string()), ("cosine", pa.float64()), ("jaccard", pa.float64()),
+                        ("tables_matched", pa.int32())]),
+    "groups": pa.schema([("id", pa.string()), ("path", pa.string()), ("group_id", pa.string()),
+                         ("group_size", pa.int32()), ("action", pa.string()), ("kept_id", pa.string()),
+                         ("cosine", pa.float64())]),
+    "errors": pa.schema([("id", pa.string()), ("path", pa.string()), ("stage", pa.string()),
+                         ("message", pa.string())]),
+    "embeddings": pa.schema([("id", pa.string()), ("path", pa.string()), ("width", pa.int32()),
+                             ("height", pa.int32()), ("bytes", pa.int64())]),
+}
+
+
+def seeded_run(root, sizes=(5, 2, 3, 2, 4), seed=0, errors=(), names=None):
+    """A finished run's folder: group k has sizes[k] images, the first kept and the rest
+    dropped with a pair to it (and a chain pair between the last two drops)."""
+    rng = np.random.default_rng(seed)
+    rows = {name: [] for name in SCHEMAS}
+    names = names or {}
+    for k, size in enumerate(sizes):
+        ids = [f"g{k:02d}-{j}.jpg" for j in range(size)]
+        path = {i: f"/photos/{names.get(i, i)}" for i in ids}
+        for i in ids:
+            rows["embeddings"].append({"id": i, "path": path[i], "width": 640, "height": 480, "bytes": 1234})
+        rows["groups"].append({"id": ids[0], "path": path[ids[0]], "group_id": ids[0], "group_size": size,
+                               "action": "keep", "kept_id": None, "cosine": None})
+        for i in ids[1:]:
+            c = float(rng.uniform(THRESHOLD, 1.0))
+            rows["pairs"].append({"id_a": ids[0], "id_b": i, "path_a": path[ids[0]], "path_b": path[i], "cosine": c,
+                                  "jaccard": 0.5, "tables_matched": 3})
+            rows["groups"].append({"id": i, "path": path[i], "group_id": ids[0], "group_size": size, "action": "drop",
+                                   "kept_id": ids[0], "cosine": c})
+        if size > 3:
+            rows["pairs"].append({"id_a": ids[-2], "id_b": ids[-1], "path_a": path[ids[-2]], "path_b": path[ids[-1]],
+                                  "cosine": float(rng.uniform(THRESHOLD, 1.0)), "jaccard": 0.5, "tables_matched": 3})
+    rows["errors"] = [dict(zip(("id", "path", "stage", "message"), e)) for e in errors]
+    for name, schema in SCHEMAS.items():
+        os.makedirs(root / name)
+        pq.write_table(pa.Table.from_pylist(rows[name], schema), root / name / "part-00000.parquet")
+        (root / name / "_SUCCESS").write_text("")
+    manifest = {"run_id": "20261201T000000Z-test", "neardup_version": "0.1.0", "finished_at": "now",
+                "counts": {"inputs": sum(sizes) + len(errors), "errors": len(errors), "pairs": len(rows["pairs"]),
+                           "groups": len(sizes), "kept": len(sizes), "dropped": sum(sizes) - len(sizes)},
+                "lsh": {"num_tables": 8, "bits_per_table": 10, "recall_at_threshold": 0.99},
+                "stages": [{"name": "embed", "seconds": 3.5}, {"name": "pairs", "seconds": 1.25}],
+                "config": {"pairs": {"cosine_threshold": THRESHOLD},
+                           "model": {"input_size": 224, "colour": "grayscale"}, "input": {"path": "/photos"},
+                           "groups": {"keep": ["pixels desc"]}}}
+    (root / "_manifest.json").write_text(json.dumps(manifest))
+    (root / "_SUCCESS").write_text("")
+    return manifest, rows
+
+
+def jpeg(size=(300, 200), colour=(200, 30, 30)):
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_groups_largest_first_with_the_kept_image_first(tmp_path):
+    manifest, rows = seeded_run(tmp_path)
+    data = prepare(str(tmp_path), manifest, ReportConfig())
+    assert [g.size for g in data.groups] == [5, 4, 3, 2, 2]
+    assert [g.group_id for g in data.groups][-2:] == ["g01-0.jpg", "g03-0.jpg"]  # a tie goes by id
+    cosine = {r["id"]: r["cosine"] for r in rows["groups"]}
+    for group in data.groups:
+        assert group.images[0].action == "keep" and group.images[0].id == group.group_id
+        drops = group.images[1:]
+        assert all(i.action == "drop" and i.kept_id == group.group_id for i in drops)
+        assert [i.cosine for i in drops] == sorted((cosine[i.id] for i in drops), reverse=True)
+        assert all((i.width, i.height, i.bytes) == (640, 480, 1234) for i in group.images)
+    assert data.total_groups == 5 and data.total_pairs == len(rows["pairs"])
+    assert data.summary[0] == ("images", "16") and ("LSH plan", "8 tables of 10 bits; recall 0.9900 at the threshold"
+                                                   ) in data.settings
+
+
+def test_limits_bound_what_is_shown_and_the_page_says_so(tmp_path):
+    manifest, rows = seeded_run(tmp_path, sizes=(7, 2, 2, 3))
+    limits = ReportConfig(max_groups=2, max_images_per_group=4, max_pairs=3)
+    data = prepare(str(tmp_path), manifest, limits)
+    assert [(g.size, len(g.images), g.hidden) for g in data.groups] == [(7, 4, 3), (3, 3, 0)]
+    html = render.render(data)
+    assert "Showing the 2 largest of 4 groups" in html and "and 3 more images in this group" in html
+    assert f"Showing 3 of {len(rows['pairs'])} pairs" in html
+
+
+@pytest.mark.parametrize("max_pairs", [1, 2, 3, 7, 100])
+def test_borderline_pairs_are_those_closest_to_the_threshold(tmp_path, max_pairs):
+    manifest, rows = seeded_run(tmp_path, sizes=(6, 4, 2, 3), seed=max_pairs)
+    data = prepare(str(tmp_path), manifest, ReportConfig(max_pairs=max_pairs))
+    expected = sorted(rows["pairs"], key=lambda r: (abs(r["cosine"] - THRESHOLD), r["id_a"], r["id_b"]))[:max_pairs]
+    assert [(p.a.id, p.b.id, p.cosine) for p in data.pairs] == [(r["id_a"], r["id_b"], r["cosine"]) for r in expected]
+
+
+def test_errors_are_counted_by_stage_and_reason(tmp_path):
+    errors = [(f"e{i}", f"/bad/e{i}.jpg", "decode", "cannot identify image file") for i in range(12)]
+    errors += [("r1", "/bad/r1.jpg", "read", "no such file"), ("d1", "/bad/d1.png", "decode", "truncated")]
+    manifest, _ = seeded_run(tmp_path, errors=errors)
+    data = prepare(str(tmp_path), manifest, ReportConfig())
+    assert data.total_errors == 14 and data.total_error_reasons == 3
+    first = data.errors[0]
+    assert (first.stage, first.reason, first.count) == ("decode", "cannot identify image file", 12)
+    assert first.paths == sorted(f"/bad/e{i}.jpg" for i in range(12))[:10]
+    assert [(e.stage, e.count) for e in data.errors[1:]] == [("decode", 1), ("read", 1)]
+    assert "and 2 more" in render.render(data)
+
+
+def test_a_hostile_file_name_is_text(tmp_path):
+    manifest, _ = seeded_run(tmp_path, names={"g00-1.jpg": HOSTILE},
+                             errors=[("h", f"/bad/{HOSTILE}", "decode", f"cannot decode {HOSTILE}")])
+    data = prepare(str(tmp_path), manifest, ReportConfig())
+    render.attach_thumbnails(data, {i.id: jpeg() for i in data.images()})
+    html = render.render(data)
+    assert HOSTILE not in html
+    escaped = "&lt;img src=x onerror=alert(1)&gt;.jpg"
+    assert html.count(escaped) >= 4  # caption, alt text, error path, error message
+    assert "onerror" not in re.sub(r"&lt;img src=x onerror=alert\(1\)&gt;", "", html)
+
+
+def test_histogram_counts_every_pair_and_marks_the_threshold():
+    rng = np.random.default_rng(1)
+    cosines = rng.uniform(0.72, 1.0, 1000)
+    h = charts.histogram(cosines, 0.72)
+    assert sum(b.count for b in h.bars) == 1000 == h.total
+    assert h.plot_left <= h.threshold_x <= h.plot_right
+    assert h.bars[0].low == 0.70 and h.bars[-1].high == 1.0
+    tallest = max(h.bars, key=lambda b: b.count)
+    assert tallest.y == h.plot_top and all(b.y + b.height == pytest.approx(h.plot_bottom) for b in h.bars)
+    assert charts.histogram(np.array([]), 0.9).total == 0
+
+
+def test_thumbnail_is_small_oriented_and_named_by_a_hash():
+    data = jpeg((800, 400))
+    small = Image.open(io.BytesIO(thumbnail(data, 160, 10**8)))
+    assert small.format == "JPEG" and small.size == (160, 80)
+    rotated = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed a quarter turn round: taller than wide
+    Image.new("RGB", (400, 200), "blue").save(rotated, "JPEG", exif=exif)
+    assert Image.open(io.BytesIO(thumbnail(rotated.getvalue(), 100, 10**8))).size == (50, 100)
+    with pytest.raises(ThumbnailError, match="cannot make a thumbnail"):
+        thumbnail(b"<html>not an image</html>", 160, 10**8)
+    with pytest.raises(ThumbnailError, match="above input.max_pixels=1000"):
+        thumbnail(data, 160, 1000)
+    assert re.fullmatch(r"[0-9a-f]{32}\.jpg", thumbnail_name(f"../../{HOSTILE}"))
+    assert thumbnail_name("a") != thumbnail_name("b")
+
+
+def test_build_writes_a_self_contained_folder_and_replaces_it_whole(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest, _ = seeded_run(run)
+    asked = []
+
+    def thumbs(items):
+        asked.extend(items)
+        return {i: (jpeg() if not i.startswith("g04") else "no such file") for i, _ in items}
+
+    folder = tmp_path / "report"
+    (folder / "thumbs").mkdir(parents=True)
+    (folder / "thumbs" / "stale.jpg").write_bytes(b"old")
+    record = report.build(str(run), manifest, str(folder), ReportConfig(max_groups=4, max_pairs=2), thumbs)
+    shown = prepare(str(run), manifest, ReportConfig(max_groups=4, max_pairs=2))
+    assert sorted(asked) == sorted({(i.id, i.path) for i in shown.images()})  # each image once, only those shown
+    assert record["groups_shown"] == 4 and record["pairs_shown"] == 2 and record["written"]
+    files = sorted(os.listdir(folder / "thumbs"))
+    assert "stale.jpg" not in files and len(files) == record["thumbnails"]
+    html = (folder / "index.html").read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)
+    assert "no thumbnail: no such file" in html
+    assert sorted(os.listdir(tmp_path)) == ["report", "run"]  # no temporary folder left
+
+
+def test_a_failed_write_leaves_the_old_report(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest, _ = seeded_run(run)
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "index.html").write_text("old report")
+
+    def broken(data):
+        raise RuntimeError("template broke")
+
+    monkeypatch.setattr(render, "render", broken)
+    with pytest.raises(RuntimeError):
+        report.build(str(run), manifest, str(folder), ReportConfig(), lambda items: {})
+    assert (folder / "index.html").read_text() == "old report"
+    assert sorted(os.listdir(tmp_path)) == ["report", "run"]
+
+
+def test_truth_gives_precision_recall_and_a_curve(tmp_path):
+    manifest, rows = seeded_run(tmp_path, sizes=(3, 2))
+    truth_csv = tmp_path / "truth.csv"
+    # g00 is one true group; g01-0 and g01-1 are different photos; x.jpg has no copy.
+    lines = ["file,group,role,transform", "g00-0.jpg,A,original,", "g00-1.jpg,A,copy,scale:0.5", "g00-2.jpg,A,copy,",
+             "g01-0.jpg,B,original,", "g01-1.jpg,C,original,", "x.jpg,D,original,", "y.jpg,D,copy,jpeg"]
+    truth_csv.write_text("\n".join(lines) + "\n")
+    truth = read_truth_csv(str(truth_csv))
+    data = prepare(str(tmp_path), manifest, ReportConfig(), truth)
+    expected = score_pairs([(r["id_a"], r["id_b"]) for r in rows["pairs"]], truth)
+    t = data.truth
+    assert (t.precision, t.recall) == (expected.precision, expected.recall)
+    assert (t.true_positives, t.false_positives, t.false_negatives) == (2, 1, 2)
+    assert t.unlabelled_pairs == 0 and len(t.curve.points) == 41
+    assert all(a.threshold >= b.threshold for a, b in zip(t.curve.points, t.curve.points[1:]))
+    assert "Against the labels" in render.render(data)
+    truth_csv.write_text("name,group\nx.jpg,A\n")
+    with pytest.raises(ValueError, match="no column file, role, transform"):
+        read_truth_csv(str(truth_csv))
+    assert isinstance(Truth.from_rows([]), Truth)
+
+
+def test_read_finished_manifest_refuses_what_is_not_a_finished_run(tmp_path):
+    with pytest.raises(ReportError, match="no such directory"):
+        read_finished_manifest(str(tmp_path / "nope"))
+    (tmp_path / "_manifest.json").write_text("{}")
+    with pytest.raises(ReportError, match=r"holds no finished run \(no _SUCCESS\)"):
+        read_finished_manifest(str(tmp_path))
+    (tmp_path / "_SUCCESS").write_text("")
+    (tmp_path / "_manifest.json").write_text("{not json")
+    with pytest.raises(ReportError, match="unreadable _manifest.json"):
+        read_finished_manifest(str(tmp_path))
+
+
+@pytest.mark.parametrize("case", ["missing", "unfinished", "truth"])
+def test_report_command_exits_2_with_one_line(tmp_path, capsys, case):
+    run = tmp_path / "run"
+    argv = ["report", "--run", str(run)]
+    if case == "unfinished":
+        run.mkdir()
+    if case == "truth":
+        seeded_run(run.mkdir() or run)
+        argv += ["--truth", str(tmp_path / "no-truth.csv")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("neardup: error: ")
+    assert {"missing": "no such directory", "unfinished": "no finished run", "truth": "cannot read"}[case] in err
+
+
+@pytest.mark.parametrize("key, value", [("max_groups", -1), ("max_images_per_group", 1), ("max_pairs", 10**6),
+                                        ("thumbnail_px", 8)])
+def test_report_config_names_the_key_and_value(key, value):
+    from neardup_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"report\.{key} must be in .*, got {value}"):
+        ReportConfig(**{key: value})
+
+
+def test_a_rebuild_killed_half_way_leaves_what_the_next_run_removes():
+    from neardup_core.output import STAGING_PREFIX
+
+    assert render.TMP_PREFIX.startswith(STAGING_PREFIX)
