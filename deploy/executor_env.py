@@ -15,7 +15,8 @@ path. By default PREFIX is where this build's interpreter lives; ``--python-pref
 the nodes' one instead (``/usr`` for Debian's ``python3.11``, or the prefix in the
 executor image).
 
-Steps: a venv under ``build/executor-env`` with the dependencies (reused while the
+Steps (skipped while the archive is up to date with pyproject.toml, neardup_core's files and
+the interpreter): a venv under ``build/executor-env`` with the dependencies (reused while the
 dependency list and the interpreter are unchanged), neardup reinstalled into it from this
 checkout every time, a check that every ``neardup_core`` module imports there with
 PySpark's own zip files on the path and without TensorFlow, then venv-pack. Prints the
@@ -145,6 +146,19 @@ def pack(env: str, output: str, python_prefix: str | None) -> None:
             fh.write(original_cfg)
 
 
+def sources_key(python_prefix: str | None) -> str:
+    """What the archive is built from: pyproject.toml, this script, neardup_core's files,
+    the interpreter and ``python_prefix``. The same key, the same archive."""
+    digest = hashlib.sha256(json.dumps([sys.version, sys.base_prefix, python_prefix]).encode())
+    files = [os.path.join(REPO, "pyproject.toml"), os.path.abspath(__file__)]
+    for root, dirs, names in os.walk(os.path.join(REPO, "neardup_core")):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        files += [os.path.join(root, n) for n in sorted(names) if not n.endswith(".pyc")]
+    for path in files:
+        digest.update(os.path.relpath(path, REPO).encode() + b"\0" + pathlib.Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def _run(cmd: list[str], **kwargs) -> None:
     subprocess.run(cmd, check=True, **kwargs)
 
@@ -170,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--python-prefix {args.python_prefix}: must be an absolute path")
     requirements = executor_requirements(os.path.join(REPO, "pyproject.toml"))
     print("executor-env: " + " ".join(requirements))
-    build_env(args.build_dir, requirements)
-    install_neardup(args.build_dir)
-    check_imports(args.build_dir)
-    pack(args.build_dir, args.output, args.python_prefix)
+    key = json.dumps({"output": os.path.abspath(args.output), "sources": sources_key(args.python_prefix)})
+    stamp = os.path.join(args.build_dir, ".archive-key")
+    if os.path.exists(args.output) and os.path.exists(stamp) and pathlib.Path(stamp).read_text() == key:
+        print(f"executor-env: {args.output} is up to date (same pyproject.toml, sources and interpreter)")
+    else:
+        build_env(args.build_dir, requirements)
+        install_neardup(args.build_dir)
+        check_imports(args.build_dir)
+        pack(args.build_dir, args.output, args.python_prefix)
+        pathlib.Path(stamp).write_text(key)
     interpreter = os.path.join(args.python_prefix or sys.base_prefix, "bin", os.path.basename(python_link(
         args.build_dir)))
     size = os.path.getsize(args.output)
