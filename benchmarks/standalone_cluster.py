@@ -106,9 +106,11 @@ class StandaloneCluster:
         raise TimeoutError(f"no {count} x {text!r} in {path} after {timeout} s")
 
     def executor_pids(self) -> list[int]:
-        """Pids of the executors our Workers launched (CoarseGrainedExecutorBackend)."""
+        """Pids of the executors our Workers launched (CoarseGrainedExecutorBackend). ``-ww``: ps
+        otherwise cuts command lines at $COLUMNS, before the class name."""
         workers = {p.pid for p in self.processes[1:]}
-        out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True, check=True).stdout
+        ps = ["ps", "-ww", "-eo", "pid=,ppid=,args="]
+        out = subprocess.run(ps, capture_output=True, text=True, check=True).stdout
         pids = []
         for line in out.splitlines():
             pid, ppid, args = line.split(None, 2)

