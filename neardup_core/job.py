@@ -137,7 +137,8 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         raise ConfigError(f"groups.keep names {', '.join(map(repr, extra_columns))}, which a directory input "
                           "does not have (built in: pixels, bytes, modified, id); use a manifest with that column")
     check_local_output(cfg.output)
-    _check_gpu_setting(cfg.embed, launch_setting(cfg.spark, GPU_PER_TASK, launched_by_spark_submit))
+    if cfg.embed.backend == "tensorrt":  # before the model and Spark: spark-submit's settings tell already
+        _check_gpu_setting(cfg.embed, launch_setting(cfg.spark, GPU_PER_TASK, launched_by_spark_submit))
     progress = Progress()
     with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
         prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim

@@ -165,3 +165,5 @@ def test_readme_spark_submit_on_a_standalone_cluster_survives_a_killed_executor(
                 second.kill()
         assert not embed_done_before_kill, "the executor was killed after the embed stage, not during it"
         assert read_pairs(str(tmp_path / "second")) == expected
+    # Each executor of each run unpacked the environment (about 370 MB); the logs stay on failure.
+    shutil.rmtree(tmp_path / "cluster", ignore_errors=True)
