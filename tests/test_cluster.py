@@ -122,9 +122,12 @@ def test_readme_spark_submit_on_a_standalone_cluster_survives_a_killed_executor(
     """A Master and two Workers (1 core, 2 GB each) on 127.0.0.1; the executor environment
     built (or reused) by ``make executor-env``'s script; ``spark-submit jobs/dedup.py`` as
     the README says, twice: the pairs equal a local-mode run's, and equal them again when
-    one executor is killed (SIGKILL) as the embed stage starts. About 3 minutes on 2 shared
-    cores with the environment cached; a first build adds about a minute (PyPI)."""
+    the driver runs the archive with a pre-exported ONNX model.path (cluster deploy mode's
+    set-up) and one executor is killed (SIGKILL) as the embed stage starts. About 6 minutes
+    on 2 shared cores with the environment cached; a first build adds about 2 (PyPI)."""
     from benchmarks.standalone_cluster import (
+        ENV_ARCHIVE,
+        PRIVATE_ENV,
         Submission,
         build_executor_env,
         copied_catalog,
@@ -151,8 +154,17 @@ def test_readme_spark_submit_on_a_standalone_cluster_survives_a_killed_executor(
             assert json.load(fh)["spark"]["master"] == cluster.master_url
         assert read_pairs(str(tmp_path / "first")) == expected
 
-        second = Submission(submit_command(cluster.master_url, catalog, str(tmp_path / "second")),
-                            driver_env(), str(tmp_path / "second.log"))
+        # The second run's driver runs the archive too, as in cluster deploy mode: no TensorFlow,
+        # no pip PySpark, neardup from the archive, the model exported by the local run.
+        driver = tmp_path / "driver-env"
+        driver.mkdir()
+        subprocess.run(["tar", "xzf", ENV_ARCHIVE, "-C", str(driver)], check=True, timeout=300)
+        with open(tmp_path / "local" / "_manifest.json") as fh:
+            onnx = next(st["model_file"] for st in json.load(fh)["stages"] if st["name"] == "load-model")
+        second = Submission(submit_command(cluster.master_url, catalog, str(tmp_path / "second"),
+                                           {"spark.pyspark.driver.python": str(driver / "bin" / "python")},
+                                           ("--set", f"model.path={onnx}")),
+                            {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}, str(tmp_path / "second.log"))
         try:
             assert second.wait_for_line("stage embed: started", 600), second.output[-4000:]
             executors = cluster.executor_pids()
@@ -167,3 +179,4 @@ def test_readme_spark_submit_on_a_standalone_cluster_survives_a_killed_executor(
         assert read_pairs(str(tmp_path / "second")) == expected
     # Each executor of each run unpacked the environment (about 370 MB); the logs stay on failure.
     shutil.rmtree(tmp_path / "cluster", ignore_errors=True)
+    shutil.rmtree(tmp_path / "driver-env", ignore_errors=True)
