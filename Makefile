@@ -4,12 +4,13 @@
 #   make test-fast   the kernel tests only (no Spark, no model): seconds
 #   make lint   ruff, configured in pyproject.toml
 #   make bench-quality   build the labelled photo set, run the job on it, score it beside its peers
+#   make executor-env   pack what cluster executors run into dist/neardup-executor-env.tar.gz (README, "On a cluster")
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo-output
 
-.PHONY: install demo test test-fast lint bench-quality clean
+.PHONY: install demo test test-fast lint bench-quality executor-env clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +42,16 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench-quality: $(VENV)/.bench-installed
 	PYSPARK_PYTHON=$(abspath $(PY)) $(PY) benchmarks/quality/run.py --work bench-quality
+
+# Where Python lives on the cluster's nodes (PREFIX/bin/python3.11); empty: this machine's.
+EXECUTOR_PYTHON_PREFIX ?=
+
+$(VENV)/.cluster-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[cluster]'
+	touch $@
+
+executor-env: $(VENV)/.cluster-installed
+	$(PY) deploy/executor_env.py $(if $(EXECUTOR_PYTHON_PREFIX),--python-prefix $(EXECUTOR_PYTHON_PREFIX))
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-quality *.egg-info

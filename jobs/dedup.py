@@ -1,6 +1,7 @@
 """spark-submit entry point: ``spark-submit [spark options] jobs/dedup.py --input ... --output ...``.
 
-The package must reach the executors (see README, "On a cluster").
+The driver runs the full install; executors run the archive that ``make executor-env``
+builds. The command for each cluster manager is in README.md, section "On a cluster".
 """
 
 import sys

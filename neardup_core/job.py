@@ -44,7 +44,14 @@ from .spark import report as report_stage
 from .spark.embed import embed_images
 from .spark.jvm import shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
-from .spark.session import build_session, default_parallelism, set_arrow_batch_size, shuffle_partitions
+from .spark.session import (
+    build_session,
+    default_parallelism,
+    executor_status,
+    launch_setting,
+    set_arrow_batch_size,
+    shuffle_partitions,
+)
 
 log = logging.getLogger("neardup")
 
@@ -131,6 +138,8 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         raise ConfigError(f"groups.keep names {', '.join(map(repr, extra_columns))}, which a directory input "
                           "does not have (built in: pixels, bytes, modified, id); use a manifest with that column")
     check_local_output(cfg.output)
+    if cfg.embed.backend == "tensorrt":  # before the model and Spark: spark-submit's settings tell already
+        _check_gpu_setting(cfg.embed, launch_setting(cfg.spark, GPU_PER_TASK, launched_by_spark_submit))
     progress = Progress()
     with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
         prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
@@ -212,6 +221,7 @@ def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, pro
     started = dt.datetime.now(dt.timezone.utc)
     run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
     spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose)
+    progress.executors = lambda: executor_status(spark)
     out = OutputDir(spark, path, run_id)
     check_output(out.entries(), path, cfg.output.overwrite)
     try:
@@ -263,10 +273,19 @@ def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):
                                                               default_parallelism(spark)))
 
 
+GPU_PER_TASK = "spark.task.resource.gpu.amount"
+
+
 def _check_gpu_resources(spark: SparkSession, embed: EmbedConfig) -> None:
-    if embed.backend == "tensorrt" and not spark.conf.get("spark.task.resource.gpu.amount", None):
+    _check_gpu_setting(embed, spark.conf.get(GPU_PER_TASK, None))
+
+
+def _check_gpu_setting(embed: EmbedConfig, gpu_per_task: str | None) -> None:
+    """Refuse ``embed.backend`` tensorrt when no task would get a GPU: checked before Spark
+    starts (the configuration and spark-submit's settings) and again in the session."""
+    if embed.backend == "tensorrt" and not gpu_per_task:
         raise ConfigError(
-            "embed.backend tensorrt: spark.task.resource.gpu.amount is not set, so no task would get a GPU; "
+            f"embed.backend tensorrt: {GPU_PER_TASK} is not set, so no task would get a GPU; "
             "see conf/spark-gpu.conf, or use embed.backend auto"
         )
 

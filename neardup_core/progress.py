@@ -7,6 +7,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("neardup.progress")
@@ -18,12 +19,21 @@ class Progress:
 
     While a stage runs, a heartbeat logs Spark's task counts every ``heartbeat_seconds``,
     so a long embed stage on a big catalog still shows that it moves, and how fast.
-    A stage's record (a dict the ``with`` block fills) goes into the manifest; its
-    ``rows`` and ``errors``, where set, are also logged.
+    On a cluster, ``executors`` (set by the job: :func:`spark.session.executor_status`)
+    gives (executors registered, asked for or None); while fewer are registered than asked
+    for, or none at all, or none has started the stage's tasks yet, a line every
+    ``executor_wait_seconds`` says so instead, so a job waiting for a cluster's resources or
+    for its executors to start says what it waits for.
+
+    The stage's Spark jobs carry its name as their description (``neardup embed``) in the
+    Spark UI and event log. A stage's record (a dict the ``with`` block fills) goes into
+    the manifest; its ``rows`` and ``errors``, where set, are also logged.
     """
 
     spark: object = None
     heartbeat_seconds: float = 30.0
+    executors: Callable[[], tuple[int, int | None] | None] | None = None
+    executor_wait_seconds: float = 10.0
     stages: list[dict] = field(default_factory=list)
 
     @contextlib.contextmanager
@@ -34,11 +44,13 @@ class Progress:
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(name, start, stop), daemon=True)
         beat.start()
+        self._describe_jobs(f"neardup {name}")
         try:
             yield record
         finally:
             stop.set()
             beat.join()
+            self._describe_jobs(None)
         seconds = time.perf_counter() - start
         record["seconds"] = round(seconds, 3)
         self.stages.append(record)
@@ -47,13 +59,41 @@ class Progress:
         errors = f", {record['errors']} errors" if "errors" in record else ""
         log.info("stage %s: done in %.1f s%s%s%s", name, seconds, rows, rate, errors)
 
+    def _describe_jobs(self, description: str | None) -> None:
+        """Name the stage's Spark jobs (the Spark UI's and event log's job description)."""
+        if self.spark is not None:
+            self.spark.sparkContext.setJobDescription(description)
+
     def _heartbeat(self, name: str, start: float, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat_seconds):
+        last = start
+        while not stop.wait(min(self.heartbeat_seconds, self.executor_wait_seconds)):
             if self.spark is None:
                 continue
+            now = time.perf_counter()
             tracker = self.spark.sparkContext.statusTracker()
-            infos = [tracker.getStageInfo(i) for i in tracker.getActiveStageIds()]
-            done = sum(i.numCompletedTasks for i in infos if i)
-            total = sum(i.numTasks for i in infos if i)
-            log.info("stage %s: running for %.0f s, %d of %d Spark tasks done", name,
-                     time.perf_counter() - start, done, total)
+            infos = [info for info in map(tracker.getStageInfo, tracker.getActiveStageIds()) if info]
+            done = sum(i.numCompletedTasks for i in infos)
+            total = sum(i.numTasks for i in infos)
+            waiting = self._waiting_for(sum(i.numActiveTasks for i in infos), done, total)
+            if waiting:
+                log.info("stage %s: running for %.0f s, waiting for executors: %s", name, now - start, waiting)
+                last = now
+            elif now - last >= self.heartbeat_seconds:
+                log.info("stage %s: running for %.0f s, %d of %d Spark tasks done", name, now - start, done, total)
+                last = now
+
+    def _waiting_for(self, running: int, done: int, total: int) -> str | None:
+        """``"0 of 2 registered"`` while executors are missing, or a note while the registered
+        ones have not started any of the stage's tasks yet; None when nothing is awaited."""
+        status = self.executors() if self.executors is not None else None
+        if status is None:
+            return None
+        registered, expected = status
+        if expected is not None and registered < expected:
+            return f"{registered} of {expected} registered"
+        if registered == 0:
+            return "none registered yet"
+        if total and not running and not done:
+            return (f"{registered} registered, none running a task yet (a starting executor fetches and "
+                    "unpacks --archives first)")
+        return None

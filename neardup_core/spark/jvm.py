@@ -60,3 +60,26 @@ def shuffle_bytes_written(spark: SparkSession) -> int:
         return int(total)
     except Exception:  # noqa: BLE001 - the status store API is internal and may change
         return -1
+
+
+def registered_executors(spark: SparkSession) -> int:
+    """Executors registered with the driver now (the driver itself not counted), or -1 if
+    it cannot be read. Private: ``SparkContext._jsc``; PySpark's status tracker has no
+    executor list (Scala's ``getExecutorMemoryStatus`` lists the driver and each executor)."""
+    try:
+        return int(spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()) - 1
+    except Exception:  # noqa: BLE001 - internal API; the count is a progress hint, never a reason to fail
+        return -1
+
+
+def submit_settings() -> dict[str, str]:
+    """The Spark settings spark-submit was given (``--conf``, ``--properties-file``,
+    ``spark-defaults.conf``), read before any SparkContext starts: the JVM that
+    spark-submit launched holds them as system properties. Call only under spark-submit,
+    where connecting to that JVM costs milliseconds; elsewhere it would start one.
+    Private: ``SparkContext._ensure_initialized`` (PySpark's ``SparkConf`` reads the JVM only
+    once a gateway is up)."""
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()
+    return dict(SparkConf().getAll())

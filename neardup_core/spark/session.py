@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -10,6 +11,9 @@ from collections.abc import Iterator
 from pyspark.sql import SparkSession
 
 from ..config import SparkConfig
+from .jvm import registered_executors, submit_settings
+
+log = logging.getLogger("neardup")
 
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
 
@@ -25,10 +29,12 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
             JVM logs warnings and errors only.
     """
     builder = SparkSession.builder.appName(cfg.app_name)
-    if cfg.master is not None:
-        builder = builder.master(cfg.master)
-    elif not launched_by_spark_submit:
-        builder = builder.master("local[*]")
+    master, ignored = session_master(cfg, launched_by_spark_submit)
+    for key, value in ignored:
+        log.warning("%s %s from the configuration is ignored: under spark-submit, spark-submit's --master "
+                    "decides", key, value)
+    if master is not None:
+        builder = builder.master(master)
     if not launched_by_spark_submit:
         # Local workers must run the interpreter that has our dependencies installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -43,11 +49,38 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     if cfg.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
-        builder = builder.config(key, value)
+        if key != "spark.master" or not launched_by_spark_submit:
+            builder = builder.config(key, value)
     spark = builder.getOrCreate()
     if not verbose:
         spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def session_master(cfg: SparkConfig, launched_by_spark_submit: bool) -> tuple[str | None, list[tuple[str, str]]]:
+    """(the master the job's builder sets, the configured masters it ignores).
+
+    Run by ``neardup``: ``spark.master`` (or ``spark.conf``'s), else ``local[*]``. Under
+    spark-submit: None, since spark-submit's ``--master`` has already configured the
+    session; a master in the configuration would silently replace it (a cluster submit
+    running ``local[2]`` on the submitting machine), so it is ignored and returned for a
+    warning."""
+    configured = [(key, value) for key, value in (("spark.master", cfg.master),
+                                                  ("spark.conf.spark.master", cfg.conf.get("spark.master")))
+                  if value is not None]
+    if launched_by_spark_submit:
+        return None, configured
+    if cfg.master is not None:
+        return cfg.master, []
+    return (None if "spark.master" in cfg.conf else "local[*]"), []
+
+
+def launch_setting(cfg: SparkConfig, key: str, launched_by_spark_submit: bool) -> str | None:
+    """Spark setting ``key`` as the session will have it, known before it starts: from
+    ``spark.conf``, else under spark-submit from spark-submit's own settings."""
+    if key in cfg.conf:
+        return cfg.conf[key]
+    return submit_settings().get(key) if launched_by_spark_submit else None
 
 
 def set_arrow_batch_size(spark: SparkSession, rows: int) -> None:
@@ -62,6 +95,33 @@ def executor_cores(spark: SparkSession) -> int:
     if configured:
         return int(configured)
     return spark.sparkContext.defaultParallelism if spark.sparkContext.master.startswith("local") else 1
+
+
+def expected_executors(conf: dict[str, str]) -> int | None:
+    """How many executors the application asked for, from its Spark settings:
+    ``spark.executor.instances`` (YARN, Kubernetes), or on a standalone master
+    ``spark.cores.max // spark.executor.cores``; None when they do not say (dynamic
+    allocation, or standalone executors that take a whole worker)."""
+    if conf.get("spark.dynamicAllocation.enabled", "false").lower() == "true":
+        return None
+    if conf.get("spark.executor.instances"):
+        return int(conf["spark.executor.instances"])
+    if conf.get("spark.master", "").startswith("spark://") and conf.get("spark.cores.max") and conf.get(
+            "spark.executor.cores"):
+        return int(conf["spark.cores.max"]) // int(conf["spark.executor.cores"])
+    return None
+
+
+def executor_status(spark: SparkSession) -> tuple[int, int | None] | None:
+    """(executors registered, executors asked for or None) on a cluster; None in local mode
+    or when the count cannot be read. What the progress lines say while executors start."""
+    sc = spark.sparkContext
+    if sc.master.startswith("local"):
+        return None
+    registered = registered_executors(spark)
+    if registered < 0:
+        return None
+    return registered, expected_executors(dict(sc.getConf().getAll()))
 
 
 def default_parallelism(spark: SparkSession) -> int:
