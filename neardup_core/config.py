@@ -205,6 +205,7 @@ class OutputConfig(_Section):
     path: str | None = None
     overwrite: bool = False
     write_embeddings: bool = True
+    break_lock: bool = False  # take over a stale output lock (neardup_core.lock)
 
     def _check(self) -> None:
         _require(self.path is None or bool(self.path.strip()), "output.path", self.path, "must not be empty")

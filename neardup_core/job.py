@@ -31,17 +31,18 @@ from . import __version__, incremental, tuning
 from .config import Config, ConfigError, EmbedConfig, LshConfig
 from .console import without_native_info
 from .embed import prepare_model
+from .lock import HadoopLockFile, LocalLockFile, OutputLock
 from .lsh import LshTables
 from .output import OutputDir, OutputError, check_local_output, check_output
 from .pairing import BucketStats
 from .progress import Progress
-from .sources import InputError, resolve_format
+from .sources import InputError, is_local, local_path, resolve_format
 from .spark import groups as groups_stage
 from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
 from .spark import pairing as pairing_stage
 from .spark.embed import embed_images
-from .spark.jvm import shuffle_bytes_written
+from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
 from .spark.session import build_session, default_parallelism, set_arrow_batch_size, shuffle_partitions
 
@@ -129,12 +130,16 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
     if fmt == "directory" and extra_columns:
         raise ConfigError(f"groups.keep names {', '.join(map(repr, extra_columns))}, which a directory input "
                           "does not have (built in: pixels, bytes, modified, id); use a manifest with that column")
-    check_local_output(cfg.output)
+    lock = _lock_output(cfg)
     progress = Progress()
-    with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
-        prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
-        record["dim"] = prepared.dim
-        record["model_file"] = prepared.file
+    try:
+        with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
+            prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
+            record["dim"] = prepared.dim
+            record["model_file"] = prepared.file
+    except BaseException:
+        lock.release()
+        raise
 
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         _check_gpu_resources(spark, cfg.embed)
@@ -165,7 +170,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
                          unchanged)
 
-    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
+    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
 
 def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = False, verbose: bool = False,
@@ -177,7 +182,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         ConfigError, InputError, OutputError: bad invocation, before the pairing runs.
     """
     cfg.output.required_path()
-    check_local_output(cfg.output)
+    lock = _lock_output(cfg)
     progress = Progress()
 
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
@@ -202,17 +207,58 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"))
 
-    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
+    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+
+
+def _lock_output(cfg: Config) -> OutputLock:
+    """The output lock (:mod:`neardup_core.lock`) for a new run id, taken now where the
+    output is local (before any work; creating it also proves the folder writable), and
+    the output checked again under it. A remote output's lock needs Hadoop's file system,
+    so :func:`_run_session` takes it once the session is up, before any Spark job.
+
+    Raises:
+        OutputError, LockError: see :func:`check_output` and :meth:`OutputLock.acquire`.
+    """
+    check_local_output(cfg.output)  # a finished run or foreign files: say so before locking
+    path = cfg.output.required_path()
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    lock = OutputLock(path, run_id, cfg.output.break_lock)
+    if is_local(path):
+        lock.acquire(LocalLockFile(local_path(path)))
+        try:
+            check_local_output(cfg.output)  # again: a run may have finished while this one waited
+        except BaseException:
+            lock.release()
+            raise
+    return lock
 
 
 def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
-                 produce: Callable[[SparkSession, OutputDir], _Embedded]) -> RunResult:
+                 produce: Callable[[SparkSession, OutputDir], _Embedded], lock: OutputLock) -> RunResult:
+    try:
+        return _run_locked(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
+                produce: Callable[[SparkSession, OutputDir], _Embedded], lock: OutputLock) -> RunResult:
     path = cfg.output.required_path()
     started = dt.datetime.now(dt.timezone.utc)
-    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = lock.me.run_id
     spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose)
+    if not lock.held:
+        fs, path_class = hadoop_filesystem(spark, path)
+        lock.acquire(HadoopLockFile(fs, path_class, path, lambda name: read_text(spark, name)))
+    if lock.broken:
+        log.warning("--output %s: took over the stale lock of %s (--break-lock)", path, lock.broken)
     out = OutputDir(spark, path, run_id)
     check_output(out.entries(), path, cfg.output.overwrite)
+    stale = out.stale_staging()
+    if stale:  # the lock proves their runs are gone
+        log.warning("--output %s: removing %d staging folders left by runs that died (%s)", path, len(stale),
+                    ", ".join(stale[:3]))
+        out.remove_staging(stale)
     try:
         embedded = produce(spark, out)
         counts, lsh_record, incremental_record = _pair_and_write(spark, cfg, embedded, out, progress)
