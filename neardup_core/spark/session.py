@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
-from ..config import SparkConfig
+from ..config import ConfigError, SparkConfig
 
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
 
@@ -44,7 +44,11 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as err:  # the JVM refused the settings (a bad master, too little memory)
+        first = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ConfigError(f"Spark could not start with these settings (spark.master, spark.conf): {first}") from err
     if not verbose:
         spark.sparkContext.setLogLevel("WARN")
     return spark
