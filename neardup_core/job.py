@@ -37,6 +37,7 @@ from .output import OutputDir, OutputError, check_local_output, check_output
 from .pairing import BucketStats
 from .progress import Progress
 from .sources import InputError, is_local, local_path, resolve_format
+from .spark import exact as exact_stage
 from .spark import groups as groups_stage
 from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
@@ -70,6 +71,7 @@ class RunCounts:
     reused: int = 0  # an incremental run: images taken from the previous run, not embedded again
     changed: int = 0  # images of the previous run whose content changed (embedded again)
     deleted: int = 0  # images of the previous run no longer listed
+    exact_copies: int = 0  # embedded images with the same bytes as another one, paired only with it
 
 
 @dataclass(frozen=True)
@@ -266,6 +268,7 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         manifest = _manifest(cfg, run_id, started, spark, progress, counts, dim, lsh_record)
         manifest["fingerprint"] = embedded.fingerprint
         manifest["incremental"] = incremental_record
+        _check_accounting(counts)
         out.commit(manifest)
     except BaseException:
         out.discard_staging()
@@ -273,6 +276,17 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
     return RunResult(path, counts, manifest)
+
+
+def _check_accounting(counts: RunCounts) -> None:
+    """Every input is embedded, reused or an error row: checked before ``_SUCCESS``.
+
+    Raises:
+        RuntimeError: the counts do not add up (a bug; the run is not committed).
+    """
+    if counts.inputs != counts.embedded + counts.reused + counts.errors:
+        raise RuntimeError(f"accounting: {counts.inputs} inputs but {counts.embedded} embedded + {counts.reused} "
+                           f"reused + {counts.errors} errors; not committing this run")
 
 
 def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint: dict, cfg: Config
@@ -326,9 +340,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     errors = rows.filter("error_stage is not null").select(
         "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
     fresh = rows.filter("error_stage is null and not reused").select("id", "path", "embedding", *IMAGE_FACTS)
-    fresh_count = embedded.inputs - embedded.errors
-    if reusing:
-        fresh_count = rows.filter("error_stage is null and not reused").count()
+    # Counted, not derived, so that the accounting check before _SUCCESS can fail.
+    fresh_count = rows.filter("error_stage is null and not reused").count()
     good, reused, reused_count = fresh, None, 0
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
@@ -341,6 +354,10 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
+    every = good  # every good row; `good` is one row per content from here (spark.exact)
+    collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
+    good, items, copies = collapsed.representatives, items - collapsed.count, collapsed.copies
+    pairs_path = out.staged("pairs") if copies is None else out.staged("_near-pairs")
 
     lsh = cfg.lsh
     if reusing and prior.run.num_tables is not None:  # the previous plan, priced again for the record
@@ -358,7 +375,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         shuffle_before = shuffle_bytes_written(spark)
         result = None
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
-            pairing_stage.write_no_pairs(spark, out.staged("pairs"))
+            pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
         elif reusing and prior.run.num_tables is not None and (
                 cfg.spark.shuffle_partitions or tuning.pairing_tasks(
@@ -387,7 +404,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             if incremental_record is not None and "pairing" not in incremental_record:
                 incremental_record["pairing"] = "full"
             result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates, cfg.lsh,
-                                        cfg.pairs, cfg.spark.shuffle_partitions, out.staged("pairs"))
+                                        cfg.pairs, cfg.spark.shuffle_partitions, pairs_path)
+        if copies is not None:
+            exact_stage.write_pairs_with_copies(spark.read.parquet(pairs_path), copies, planned.tables.num_tables,
+                                                out.staged("pairs"))
+            result = result._replace(pairs=result.pairs + collapsed.count)
         if planned is not None:
             record["tasks"] = result.tasks
         record["rows"] = result.pairs
@@ -400,14 +421,17 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     _log_oversized(result.buckets, cfg.lsh)
 
     with progress.stage("groups") as record:
-        nodes = good.select("id", "path", *IMAGE_FACTS)
+        nodes = every.select("id", "path", *IMAGE_FACTS)
         if embedded.extras is not None:
             nodes = nodes.join(embedded.extras, "id", "left")
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
             result.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
         grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, cfg.groups.criteria(),
                                      result.pairs, cfg.groups.max_pairs_in_one_task, out.staged("_groups-scratch"),
-                                     out.staged("groups"), tasks)
+                                     out.staged("groups" if copies is None else "_groups-decided"), tasks)
+        if copies is not None:
+            grouped = exact_stage.copies_follow_representatives(
+                spark.read.parquet(out.staged("_groups-decided")), copies, grouped, out.staged("groups"))
         record.update(grouped.record())
         record["rows"] = grouped.kept + grouped.dropped
     log.info("%d duplicate groups (largest %d images): %d images kept, %d dropped", grouped.groups,
@@ -418,6 +442,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     with progress.stage("write") as record, sized:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
+            if copies is not None:
+                numbered = pairing_stage.number_rows(every)  # embeddings/ holds the copies too
             if keyed is not None:
                 keyed = keyed.drop("fresh")
             elif planned is None:
@@ -436,16 +462,28 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
-    for frame in (reused, keyed):
+    for frame in (reused, keyed, copies):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,
                        errors_by_stage={row["stage"]: row["count"] for row in by_stage},
                        candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
                        largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped,
-                       reused=reused_count, changed=changed, deleted=deleted)
+                       reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
     return counts, lsh_record, incremental_record
+
+
+def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, prior: _Prior | None,
+                     progress: Progress) -> exact_stage.Collapsed:
+    """One row per content to pair (:mod:`spark.exact`); an incremental run pairs every
+    row as it did before (its carried pairs and reuse are per id)."""
+    if prior is not None:
+        return exact_stage.Collapsed(good, None, 0)
+    with progress.stage("exact-copies") as record:
+        collapsed = exact_stage.collapse(good, cfg.groups.criteria(), extras)
+        record["rows"] = collapsed.count
+    return collapsed
 
 
 def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_threshold: float) -> _Planned | None:
