@@ -45,7 +45,14 @@ from .spark import pairing as pairing_stage
 from .spark.embed import embed_images
 from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
-from .spark.session import build_session, default_parallelism, set_arrow_batch_size, shuffle_partitions
+from .spark.session import (
+    build_session,
+    default_parallelism,
+    quiet_interrupts,
+    set_arrow_batch_size,
+    shuffle_partitions,
+    wait_for_idle,
+)
 
 log = logging.getLogger("neardup")
 
@@ -249,6 +256,8 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
     started = dt.datetime.now(dt.timezone.utc)
     run_id = lock.me.run_id
     spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose)
+    if not verbose:
+        quiet_interrupts(spark)
     if not lock.held:
         fs, path_class = hadoop_filesystem(spark, path)
         lock.acquire(HadoopLockFile(fs, path_class, path, lambda name: read_text(spark, name)))
@@ -270,7 +279,9 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         manifest["incremental"] = incremental_record
         _check_accounting(counts)
         out.commit(manifest)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
         out.discard_staging()
         raise
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",

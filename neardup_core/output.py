@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from pyspark.sql import SparkSession
 
 from .config import OutputConfig
 from .lock import LOCK_NAME
-from .sources import is_local
+from .sources import is_local, local_path
 from .spark.jvm import hadoop_filesystem, read_text
 
 DATASETS = ("pairs", "groups", "changes", "embeddings", "errors")
@@ -123,9 +124,14 @@ class OutputDir:
 
     def discard_staging(self) -> None:
         """Remove this run's own staging folder (never another run's: it may be live)."""
-        path = self._Path(self.staging)
-        if self._fs.exists(path):
-            self._fs.delete(path, True)
+        try:
+            path = self._Path(self.staging)
+            if self._fs.exists(path):
+                self._fs.delete(path, True)
+        except Exception:  # the JVM is going away (an interrupt): a local folder is removed here
+            if not is_local(self.staging):
+                raise
+            shutil.rmtree(local_path(self.staging), ignore_errors=True)
 
     def stale_staging(self) -> list[str]:
         """The staging folders of other runs (names). While this run holds the output

@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,7 +88,7 @@ def test_a_file_where_the_folder_should_be(tmp_path):
 def cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO, PYSPARK_PYTHON=sys.executable)
     return subprocess.Popen([sys.executable, "-m", "neardup_core.cli", "run", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
 
 
 @pytest.mark.spark
@@ -120,3 +121,27 @@ def test_two_real_runs_into_one_output(tmp_path):
     assert manifest["run_id"] == holder["run_id"] and manifest["counts"]["inputs"] == 3
     assert sorted(os.listdir(out)) == sorted(["_SUCCESS", "._SUCCESS.crc", "_manifest.json", "._manifest.json.crc",
                                               "pairs", "groups", "embeddings", "errors"])
+
+
+@pytest.mark.spark
+@pytest.mark.model
+def test_ctrl_c_prints_one_line_and_leaves_nothing(tmp_path):
+    """SIGINT to the run's process group, as a terminal sends it, once its staging exists."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("baboon", "fruits", "home"):
+        shutil.copy(os.path.join(SAMPLE_CATALOG, f"{name}.jpg"), src)
+    out = tmp_path / "out"
+    run = cli("--input", str(src), "--output", str(out), "--set", "spark.master=local[1]")
+    deadline = time.monotonic() + 180
+    while not (out.exists() and any(n.startswith("_staging-") for n in os.listdir(out))):
+        assert run.poll() is None, run.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1)
+    os.killpg(run.pid, signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if " INFO neardup" not in line and "incubator" not in line]
+    assert lines == ["neardup: interrupted; the output folder holds what it held before"], err[-3000:]
+    assert not out.exists()  # the run made it; its staging and lock are gone, and so is it

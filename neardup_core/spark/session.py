@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
 from ..config import ConfigError, SparkConfig
+from .jvm import silence_jvm_logs
 
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
 
@@ -84,3 +89,38 @@ def shuffle_partitions(spark: SparkSession, partitions: int) -> Iterator[None]:
         yield
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
+
+
+def quiet_interrupts(spark: SparkSession) -> None:
+    """On Ctrl-C: silence Spark's log, cancel the running jobs, and raise
+    KeyboardInterrupt, so the console gets neardup's one line instead of every cancelled
+    task's stack trace (PySpark's own handler only cancels). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    sc = spark.sparkContext
+
+    def cancel():
+        with contextlib.suppress(Exception):
+            silence_jvm_logs(spark)
+            sc.cancelAllJobs()
+
+    def interrupted(signum, frame):
+        # py4j's connection is per thread, and this one may be inside a call: another
+        # thread talks to the JVM. py4j logs the interrupted call on the root logger.
+        logging.disable(logging.CRITICAL)
+        helper = threading.Thread(target=cancel, daemon=True)
+        helper.start()
+        helper.join(10)
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def wait_for_idle(spark: SparkSession, seconds: float = 30.0) -> None:
+    """Wait until no Spark job runs (cancelled tasks may still write for a moment), at
+    most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(Exception):
+        tracker = spark.sparkContext.statusTracker()
+        while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+            time.sleep(0.2)
