@@ -367,7 +367,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
     every = good  # every good row; `good` is one row per content from here (spark.exact)
     collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
-    good, items, copies = collapsed.representatives, items - collapsed.count, collapsed.copies
+    items -= collapsed.count if collapsed.representatives is not good else 0
+    good, copies = collapsed.representatives, collapsed.copies
     pairs_path = out.staged("pairs") if copies is None else out.staged("_near-pairs")
 
     lsh = cfg.lsh
@@ -404,7 +405,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             with shuffle_partitions(spark, tasks):
                 found = incremental_stage.pair_incrementally(keyed, gone, prior.data.pairs, planned.tables,
                                                              cfg.lsh.max_bucket_size, cfg.pairs.cosine_threshold,
-                                                             out.staged("pairs"))
+                                                             pairs_path)
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full")
             result = found.result
@@ -417,9 +418,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates, cfg.lsh,
                                         cfg.pairs, cfg.spark.shuffle_partitions, pairs_path)
         if copies is not None:
-            exact_stage.write_pairs_with_copies(spark.read.parquet(pairs_path), copies, planned.tables.num_tables,
-                                                out.staged("pairs"))
-            result = result._replace(pairs=result.pairs + collapsed.count)
+            written = exact_stage.write_pairs_with_copies(spark.read.parquet(pairs_path), copies,
+                                                          planned.tables.num_tables, out.staged("pairs"))
+            result = result._replace(pairs=written)
         if planned is not None:
             record["tasks"] = result.tasks
         record["rows"] = result.pairs
@@ -487,13 +488,14 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
 
 def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, prior: _Prior | None,
                      progress: Progress) -> exact_stage.Collapsed:
-    """One row per content to pair (:mod:`spark.exact`); an incremental run pairs every
-    row as it did before (its carried pairs and reuse are per id)."""
-    if prior is not None:
-        return exact_stage.Collapsed(good, None, 0)
+    """One row per content to pair (:mod:`spark.exact`). An incremental run pairs every
+    row as before (its carried pairs and reuse are per id), and its copies' pairs are then
+    replaced by the exact pairs, so it writes what a full run writes."""
     with progress.stage("exact-copies") as record:
         collapsed = exact_stage.collapse(good, cfg.groups.criteria(), extras)
         record["rows"] = collapsed.count
+    if prior is not None:
+        return collapsed._replace(representatives=good)
     return collapsed
 
 

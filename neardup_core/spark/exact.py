@@ -5,7 +5,8 @@ A flood of copies (one image uploaded a thousand times) would otherwise fill one
 per table with identical vectors, and pairing a bucket costs the square of its size.
 Instead, before the LSH stage, each set of copies is collapsed to its *representative*:
 the copy that ranks first under ``groups.keep`` (so decisions stay those of the full
-graph). Only representatives are planned, hashed and paired; each other copy gets one pair
+graph). Only representatives are planned, hashed and paired (an incremental run pairs every
+row, then leaves out the copies' pairs); each other copy gets one pair
 with its representative, marked ``exact`` (cosine 1), and takes its representative's
 decision (docs/design.md, "Exact copies"):
 
@@ -64,10 +65,11 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
     return Collapsed(good.join(copies.select("id"), "id", "left_anti"), copies, count)
 
 
-def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_matched: int, path: str) -> None:
-    """``pairs/``: the representatives' pairs (``exact`` false) and one pair per copy with
-    its representative (``exact`` true, cosine and jaccard 1, every table matched), sorted
-    by id_a, id_b."""
+def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_matched: int, path: str) -> int:
+    """``pairs/``: the representatives' pairs (``exact`` false; pairs with a copy at either
+    end, which an incremental run finds, are left out) and one pair per copy with its
+    representative (``exact`` true, cosine and jaccard 1, every table matched), sorted by
+    id_a, id_b. Returns the pairs written."""
     low = F.col("id") < F.col("representative")
     exact = copies.select(
         F.when(low, F.col("id")).otherwise(F.col("representative")).alias("id_a"),
@@ -76,8 +78,12 @@ def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_mat
         F.when(low, F.col("representative_path")).otherwise(F.col("path")).alias("path_b"),
         F.lit(1.0).alias("cosine"), F.lit(1.0).alias("jaccard"),
         F.lit(tables_matched).cast("int").alias("tables_matched"), F.lit(True).alias("exact"))
-    near = near_pairs.withColumn("exact", F.lit(False))
+    ids = F.broadcast(copies.select("id"))
+    near = (near_pairs.join(ids.withColumnRenamed("id", "id_a"), "id_a", "left_anti")
+            .join(ids.withColumnRenamed("id", "id_b"), "id_b", "left_anti")
+            .select(*near_pairs.columns).withColumn("exact", F.lit(False)))
     near.unionByName(exact.select(*near.columns)).orderBy("id_a", "id_b").write.parquet(path)
+    return near_pairs.sparkSession.read.parquet(path).count()
 
 
 def copies_follow_representatives(groups: DataFrame, copies: DataFrame, result: GroupsResult, path: str
