@@ -145,3 +145,32 @@ def test_ctrl_c_prints_one_line_and_leaves_nothing(tmp_path):
     lines = [line for line in err.splitlines() if " INFO neardup" not in line and "incubator" not in line]
     assert lines == ["neardup: interrupted; the output folder holds what it held before"], err[-3000:]
     assert not out.exists()  # the run made it; its staging and lock are gone, and so is it
+
+
+@pytest.mark.spark
+def test_the_hadoop_lock_file_behaves_like_the_local_one(spark, tmp_path):
+    """The remote path's code, through Hadoop's local file system (whose create is not
+    atomic; HDFS's is): exclusive, names its holder, breaks a stale lock, removes itself."""
+    from neardup_core.lock import HadoopLockFile
+    from neardup_core.spark.jvm import hadoop_filesystem, read_text
+
+    out = "file:" + str(tmp_path / "out")
+    fs, path_class = hadoop_filesystem(spark, out)
+
+    def lock_file():
+        return HadoopLockFile(fs, path_class, out, lambda name: read_text(spark, name))
+
+    first = OutputLock(out, "run-1")
+    first.acquire(lock_file())
+    assert json.loads((tmp_path / "out" / LOCK_NAME).read_text())["run_id"] == "run-1"
+    with pytest.raises(LockError, match="locked by run run-1 .* which is still running"):
+        OutputLock(out, "run-2", break_lock=True).acquire(lock_file())
+    first.release()
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+    write_lock(tmp_path / "out", Holder("run-dead", Holder.me("x").host, dead_pid()))
+    with pytest.raises(LockError, match="looks stale"):
+        OutputLock(out, "run-3").acquire(lock_file())
+    third = OutputLock(out, "run-3", break_lock=True)
+    third.acquire(lock_file())
+    assert "run-dead" in third.broken
+    third.release()
