@@ -20,10 +20,11 @@ import sys
 from .config import ConfigError, load_config
 from .console import configure_logging
 from .embed import ModelError
+from .lock import LockError
 from .output import OutputError
 from .sources import InputError
 
-USAGE_ERRORS = (ConfigError, InputError, ModelError, OutputError)
+USAGE_ERRORS = (ConfigError, InputError, ModelError, OutputError, LockError)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="directory of images, or a Parquet/CSV manifest")
     run.add_argument("--output", required=True, help="where results go")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    run.add_argument("--break-lock", action="store_true",
+                     help="take over a stale lock on --output (a run that died without removing it)")
     run.add_argument("--previous", help="a finished run's folder: reuse its images that did not change")
     pairs = sub.add_parser("pairs", parents=[config],
                            help="hash, pair and score embeddings made elsewhere (Parquet: id + embedding)")
@@ -46,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                        help="Parquet file or folder with input.id_column and input.embedding_column")
     pairs.add_argument("--output", required=True, help="where results go")
     pairs.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
+    pairs.add_argument("--break-lock", action="store_true",
+                     help="take over a stale lock on --output (a run that died without removing it)")
     pairs.add_argument("--previous", help="a finished run's folder: pair only the vectors that are new or changed")
     plan = sub.add_parser("plan", parents=[config],
                           help="print the LSH tables that `pairs`/`run` would choose, and their expected cost")
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         cfg = cfg.replace(
             input=dataclasses.replace(cfg.input, path=getattr(args, "input", None)),
             output=dataclasses.replace(cfg.output, path=args.output,
-                                       overwrite=args.overwrite or cfg.output.overwrite),
+                                       overwrite=args.overwrite or cfg.output.overwrite,
+                                       break_lock=args.break_lock or cfg.output.break_lock),
         )
         from . import job  # Spark and TensorFlow load only once the invocation is valid
 
@@ -90,6 +96,10 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
             result = job.run(cfg, launched_by_spark_submit, args.verbose, args.previous)
     except USAGE_ERRORS as err:
         return _usage_error(err)
+    except KeyboardInterrupt:
+        # The run's own staging folder and its output lock are already removed (finally blocks).
+        print("neardup: interrupted; the output folder holds what it held before", file=sys.stderr)
+        return 130
     counts = result.counts
     reuse = f" ({counts.embedded} embedded, {counts.reused} reused)" if args.previous else ""
     print(f"neardup: {counts.inputs} images{reuse}, {counts.errors} errors, "

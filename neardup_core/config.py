@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import reprlib
 import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
@@ -205,6 +207,7 @@ class OutputConfig(_Section):
     path: str | None = None
     overwrite: bool = False
     write_embeddings: bool = True
+    break_lock: bool = False  # take over a stale output lock (neardup_core.lock)
 
     def _check(self) -> None:
         _require(self.path is None or bool(self.path.strip()), "output.path", self.path, "must not be empty")
@@ -214,6 +217,10 @@ class OutputConfig(_Section):
         if self.path is None:
             raise ConfigError("--output is required (output.path is not set)")
         return self.path
+
+
+# The master URLs Spark itself accepts (SparkContext's master parser).
+_SPARK_MASTER = re.compile(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?|local-cluster\[.+\]|yarn|(spark|k8s|mesos)://.+")
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,8 @@ class SparkConfig(_Section):
 
     def _check(self) -> None:
         _in_range("spark.shuffle_partitions", self.shuffle_partitions, 0, 10**6)
+        _require(self.master is None or bool(_SPARK_MASTER.fullmatch(self.master)), "spark.master", self.master,
+                 "must be local, local[N], local[*], local-cluster[...], yarn, or a URL spark://, k8s://, mesos://")
 
 
 @dataclass(frozen=True)
@@ -283,25 +292,63 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
     if config_file is not None:
         try:
             with open(config_file, encoding="utf-8") as fh:
-                user = yaml.safe_load(fh) or {}
+                user = _load_yaml(fh.read(MAX_CONFIG_BYTES + 1)) or {}
         except OSError as err:
             raise ConfigError(f"--config {config_file}: cannot read: {err.strerror}") from err
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"--config {config_file}: not a UTF-8 text file (byte {err.start})") from err
         except yaml.YAMLError as err:
-            raise ConfigError(f"--config {config_file}: not valid YAML: {err}") from err
+            raise ConfigError(f"--config {config_file}: not valid YAML: {_one_line(err)}") from err
         if not isinstance(user, dict):
             raise ConfigError(f"--config {config_file}: must hold a mapping of sections, got {type(user).__name__}")
         _merge(merged, user, source=config_file)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
-            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. lsh.num_tables=16")
+            raise ConfigError(f"--set {_brief(item)}: expected SECTION.KEY=VALUE, e.g. lsh.num_tables=16")
         section, name = key.strip().split(".", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from err
+            raise ConfigError(f"--set {_brief(item)}: value is not valid YAML: {_one_line(err)}") from err
         _merge(merged, {section: {name: value}}, source="--set")
     return from_dict(merged)
+
+
+# A config file is a few kilobytes; this bounds what a mistaken --config (a data file) costs.
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without anchors' aliases (``*name``, ``<<: *name``): a few lines of
+    aliases can expand to billions of nodes (a "billion laughs"), and a config needs none."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a neardup config",
+                                              mark)
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    if len(text) > MAX_CONFIG_BYTES:
+        raise yaml.YAMLError(f"over {MAX_CONFIG_BYTES} bytes, too large for a configuration")
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no Python objects
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxdict, _BRIEF.maxlist, _BRIEF.maxtuple, _BRIEF.maxset = 2, 4, 4, 4, 4
+_BRIEF.maxstring, _BRIEF.maxother, _BRIEF.maxlong = 80, 80, 40
+
+
+def _brief(value: Any) -> str:
+    """A value for an error message, cut short: never the whole of a huge value."""
+    return _BRIEF.repr(value)
+
+
+def _one_line(err: Exception, limit: int = 300) -> str:
+    return " ".join(str(err).split())[:limit]
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -310,9 +357,9 @@ def from_dict(data: dict[str, Any]) -> Config:
     hints = get_type_hints(Config)
     for name, value in data.items():
         if name not in hints:
-            raise ConfigError(f"unknown configuration section {name!r}; known: {', '.join(hints)}")
+            raise ConfigError(f"unknown configuration section {_brief(name)}; known: {', '.join(hints)}")
         if not isinstance(value, dict):
-            raise ConfigError(f"{name}: must be a mapping of keys, got {value!r}")
+            raise ConfigError(f"{name}: must be a mapping of keys, got {_brief(value)}")
         sections[name] = _section(hints[name], name, value)
     return Config(**sections)
 
@@ -321,7 +368,8 @@ def _section(cls: type, section: str, values: dict[str, Any]) -> Any:
     known = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in known:
-            raise ConfigError(f"unknown configuration key {section}.{key}; known in {section}: {', '.join(known)}")
+            raise ConfigError(f"unknown configuration key {section}.{_brief(str(key))[1:-1]}; "
+                              f"known in {section}: {', '.join(known)}")
     return cls(**values)  # coerced and checked on construction
 
 
@@ -336,10 +384,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return _coerce(key, value, option)
             except ConfigError:
                 pass
-        raise ConfigError(f"{key} must be {' or '.join(_describe(o) for o in options)}, got {value!r}")
+        raise ConfigError(f"{key} must be {' or '.join(_describe(o) for o in options)}, got {_brief(value)}")
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {value!r}")
+            raise ConfigError(f"{key} must be one of {', '.join(map(repr, args))}, got {_brief(value)}")
         return value
     if args and type(None) in args:  # Optional[X]
         if value is None:
@@ -350,27 +398,27 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
+            raise ConfigError(f"{key} must be a list, got {_brief(value)}")
         return tuple(_coerce(key, v, args[0]) for v in value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+            raise ConfigError(f"{key} must be a mapping, got {_brief(value)}")
         return {str(k): str(v) for k, v in value.items()}
     if hint is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
+            raise ConfigError(f"{key} must be true or false, got {_brief(value)}")
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            raise ConfigError(f"{key} must be an integer, got {_brief(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
+            raise ConfigError(f"{key} must be a number, got {_brief(value)}")
         return float(value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
+            raise ConfigError(f"{key} must be a string, got {_brief(value)}")
         return str(value)
     raise TypeError(f"unsupported config type {hint} for {key}")
 
@@ -384,7 +432,7 @@ def _describe(hint: Any) -> str:
 def _merge(base: dict, update: dict, source: str) -> None:
     for section, values in update.items():
         if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {values!r}")
+            raise ConfigError(f"{source}: section {section!r} must be a mapping, got {_brief(values)}")
         base.setdefault(section, {})
         if not isinstance(base[section], dict):
             base[section] = {}
@@ -393,12 +441,12 @@ def _merge(base: dict, update: dict, source: str) -> None:
 
 def _require(ok: bool, key: str, value: Any, problem: str) -> None:
     if not ok:
-        raise ConfigError(f"{key} {problem}, got {value!r}")
+        raise ConfigError(f"{key} {problem}, got {_brief(value)}")
 
 
 def _in_range(key: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
-        raise ConfigError(f"{key} must be in {lo}..{hi}, got {value!r}")
+        raise ConfigError(f"{key} must be in {lo}..{hi}, got {_brief(value)}")
 
 
 def _plain(obj: Any) -> Any:

@@ -31,26 +31,30 @@ from . import __version__, incremental, tuning
 from .config import Config, ConfigError, EmbedConfig, LshConfig
 from .console import without_native_info
 from .embed import prepare_model
+from .lock import HadoopLockFile, LocalLockFile, OutputLock
 from .lsh import LshTables
 from .output import OutputDir, OutputError, check_local_output, check_output
 from .pairing import BucketStats
 from .progress import Progress
-from .sources import InputError, resolve_format
+from .sources import InputError, is_local, local_path, resolve_format
+from .spark import exact as exact_stage
 from .spark import groups as groups_stage
 from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
 from .spark import pairing as pairing_stage
 from .spark import report as report_stage
 from .spark.embed import embed_images
-from .spark.jvm import shuffle_bytes_written
+from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
 from .spark.session import (
     build_session,
     default_parallelism,
     executor_status,
     launch_setting,
+    quiet_interrupts,
     set_arrow_batch_size,
     shuffle_partitions,
+    wait_for_idle,
 )
 
 log = logging.getLogger("neardup")
@@ -77,6 +81,7 @@ class RunCounts:
     reused: int = 0  # an incremental run: images taken from the previous run, not embedded again
     changed: int = 0  # images of the previous run whose content changed (embedded again)
     deleted: int = 0  # images of the previous run no longer listed
+    exact_copies: int = 0  # embedded images with the same bytes as another one, paired only with it
 
 
 @dataclass(frozen=True)
@@ -137,14 +142,18 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
     if fmt == "directory" and extra_columns:
         raise ConfigError(f"groups.keep names {', '.join(map(repr, extra_columns))}, which a directory input "
                           "does not have (built in: pixels, bytes, modified, id); use a manifest with that column")
-    check_local_output(cfg.output)
     if cfg.embed.backend == "tensorrt":  # before the model and Spark: spark-submit's settings tell already
         _check_gpu_setting(cfg.embed, launch_setting(cfg.spark, GPU_PER_TASK, launched_by_spark_submit))
+    lock = _lock_output(cfg)
     progress = Progress()
-    with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
-        prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
-        record["dim"] = prepared.dim
-        record["model_file"] = prepared.file
+    try:
+        with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
+            prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
+            record["dim"] = prepared.dim
+            record["model_file"] = prepared.file
+    except BaseException:
+        lock.release()
+        raise
 
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         _check_gpu_resources(spark, cfg.embed)
@@ -175,7 +184,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
                          unchanged)
 
-    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
+    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
 
 def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = False, verbose: bool = False,
@@ -187,7 +196,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         ConfigError, InputError, OutputError: bad invocation, before the pairing runs.
     """
     cfg.output.required_path()
-    check_local_output(cfg.output)
+    lock = _lock_output(cfg)
     progress = Progress()
 
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
@@ -212,18 +221,61 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"))
 
-    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce)
+    return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+
+
+def _lock_output(cfg: Config) -> OutputLock:
+    """The output lock (:mod:`neardup_core.lock`) for a new run id, taken now where the
+    output is local (before any work; creating it also proves the folder writable), and
+    the output checked again under it. A remote output's lock needs Hadoop's file system,
+    so :func:`_run_session` takes it once the session is up, before any Spark job.
+
+    Raises:
+        OutputError, LockError: see :func:`check_output` and :meth:`OutputLock.acquire`.
+    """
+    check_local_output(cfg.output)  # a finished run or foreign files: say so before locking
+    path = cfg.output.required_path()
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    lock = OutputLock(path, run_id, cfg.output.break_lock)
+    if is_local(path):
+        lock.acquire(LocalLockFile(local_path(path)))
+        try:
+            check_local_output(cfg.output)  # again: a run may have finished while this one waited
+        except BaseException:
+            lock.release()
+            raise
+    return lock
 
 
 def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
-                 produce: Callable[[SparkSession, OutputDir], _Embedded]) -> RunResult:
+                 produce: Callable[[SparkSession, OutputDir], _Embedded], lock: OutputLock) -> RunResult:
+    try:
+        return _run_locked(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
+                produce: Callable[[SparkSession, OutputDir], _Embedded], lock: OutputLock) -> RunResult:
     path = cfg.output.required_path()
     started = dt.datetime.now(dt.timezone.utc)
-    run_id = started.strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = lock.me.run_id
     spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose)
     progress.executors = lambda: executor_status(spark)
+    if not verbose:
+        quiet_interrupts(spark)
+    if not lock.held:
+        fs, path_class = hadoop_filesystem(spark, path)
+        lock.acquire(HadoopLockFile(fs, path_class, path, lambda name: read_text(spark, name)))
+    if lock.broken:
+        log.warning("--output %s: took over the stale lock of %s (--break-lock)", path, lock.broken)
     out = OutputDir(spark, path, run_id)
     check_output(out.entries(), path, cfg.output.overwrite)
+    stale = out.stale_staging()
+    if stale:  # the lock proves their runs are gone
+        log.warning("--output %s: removing %d staging folders left by runs that died (%s)", path, len(stale),
+                    ", ".join(stale[:3]))
+        out.remove_staging(stale)
     try:
         embedded = produce(spark, out)
         counts, lsh_record, incremental_record = _pair_and_write(spark, cfg, embedded, out, progress)
@@ -231,14 +283,28 @@ def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, pro
         manifest = _manifest(cfg, run_id, started, spark, progress, counts, dim, lsh_record)
         manifest["fingerprint"] = embedded.fingerprint
         manifest["incremental"] = incremental_record
+        _check_accounting(counts)
         manifest["report"] = report_stage.write_report(spark, cfg, out.staging, manifest)
         out.commit(manifest)
-    except BaseException:
+    except BaseException as err:
+        if isinstance(err, KeyboardInterrupt):
+            wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
         out.discard_staging()
         raise
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
     return RunResult(path, counts, manifest)
+
+
+def _check_accounting(counts: RunCounts) -> None:
+    """Every input is embedded, reused or an error row: checked before ``_SUCCESS``.
+
+    Raises:
+        RuntimeError: the counts do not add up (a bug; the run is not committed).
+    """
+    if counts.inputs != counts.embedded + counts.reused + counts.errors:
+        raise RuntimeError(f"accounting: {counts.inputs} inputs but {counts.embedded} embedded + {counts.reused} "
+                           f"reused + {counts.errors} errors; not committing this run")
 
 
 def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint: dict, cfg: Config
@@ -301,9 +367,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     errors = rows.filter("error_stage is not null").select(
         "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
     fresh = rows.filter("error_stage is null and not reused").select("id", "path", "embedding", *IMAGE_FACTS)
-    fresh_count = embedded.inputs - embedded.errors
-    if reusing:
-        fresh_count = rows.filter("error_stage is null and not reused").count()
+    # Counted, not derived, so that the accounting check before _SUCCESS can fail.
+    fresh_count = rows.filter("error_stage is null and not reused").count()
     good, reused, reused_count = fresh, None, 0
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
@@ -316,6 +381,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
+    every = good  # every good row; `good` is one row per content from here (spark.exact)
+    collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
+    items -= collapsed.count if collapsed.representatives is not good else 0
+    good, copies = collapsed.representatives, collapsed.copies
+    pairs_path = out.staged("pairs") if copies is None else out.staged("_near-pairs")
 
     lsh = cfg.lsh
     if reusing and prior.run.num_tables is not None:  # the previous plan, priced again for the record
@@ -333,7 +403,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         shuffle_before = shuffle_bytes_written(spark)
         result, found = None, None
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
-            pairing_stage.write_no_pairs(spark, out.staged("pairs"))
+            pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
         elif reusing and prior.run.num_tables is not None:
             # Only the pairs that involve a new or changed image are found; the rest carry over.
@@ -351,7 +421,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):
                 found = pair_fresh(keyed, gone, prior.data.pairs, planned.tables, cfg.lsh.max_bucket_size,
-                                   cfg.pairs.cosine_threshold, out.staged("pairs"))
+                                   cfg.pairs.cosine_threshold, pairs_path)
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full")
             result = found.result
@@ -362,7 +432,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             if incremental_record is not None and "pairing" not in incremental_record:
                 incremental_record["pairing"] = "full"
             result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates, cfg.lsh,
-                                        cfg.pairs, cfg.spark.shuffle_partitions, out.staged("pairs"))
+                                        cfg.pairs, cfg.spark.shuffle_partitions, pairs_path)
+        if copies is not None:
+            written = exact_stage.write_pairs_with_copies(spark.read.parquet(pairs_path), copies,
+                                                          planned.tables.num_tables, out.staged("pairs"))
+            result = result._replace(pairs=written)
         if planned is not None:
             record["tasks"] = result.tasks
         record["rows"] = result.pairs
@@ -375,14 +449,17 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     _log_oversized(result.buckets, cfg.lsh)
 
     with progress.stage("groups") as record:
-        nodes = good.select("id", "path", *IMAGE_FACTS)
+        nodes = every.select("id", "path", *IMAGE_FACTS)
         if embedded.extras is not None:
             nodes = nodes.join(embedded.extras, "id", "left")
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
             result.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
         grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, cfg.groups.criteria(),
                                      result.pairs, cfg.groups.max_pairs_in_one_task, out.staged("_groups-scratch"),
-                                     out.staged("groups"), tasks)
+                                     out.staged("groups" if copies is None else "_groups-decided"), tasks)
+        if copies is not None:
+            grouped = exact_stage.copies_follow_representatives(
+                spark.read.parquet(out.staged("_groups-decided")), copies, grouped, out.staged("groups"))
         record.update(grouped.record())
         record["rows"] = grouped.kept + grouped.dropped
     log.info("%d duplicate groups (largest %d images): %d images kept, %d dropped", grouped.groups,
@@ -393,6 +470,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     with progress.stage("write") as record, sized:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
+            if copies is not None:
+                numbered = pairing_stage.number_rows(every)  # embeddings/ holds the copies too
             if keyed is not None:
                 keyed = keyed.drop("fresh")
             elif planned is None:
@@ -412,16 +491,29 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
-    for frame in (reused, keyed, found.found if found is not None else None):
+    for frame in (reused, keyed, copies, found.found if found is not None else None):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,
                        errors_by_stage={row["stage"]: row["count"] for row in by_stage},
                        candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
                        largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped,
-                       reused=reused_count, changed=changed, deleted=deleted)
+                       reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
     return counts, lsh_record, incremental_record
+
+
+def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, prior: _Prior | None,
+                     progress: Progress) -> exact_stage.Collapsed:
+    """One row per content to pair (:mod:`spark.exact`). An incremental run pairs every
+    row as before (its carried pairs and reuse are per id), and its copies' pairs are then
+    replaced by the exact pairs, so it writes what a full run writes."""
+    with progress.stage("exact-copies") as record:
+        collapsed = exact_stage.collapse(good, cfg.groups.criteria(), extras)
+        record["rows"] = collapsed.count
+    if prior is not None:
+        return collapsed._replace(representatives=good)
+    return collapsed
 
 
 def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_threshold: float) -> _Planned | None:

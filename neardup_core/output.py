@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 from pyspark.sql import SparkSession
 
 from .config import OutputConfig
-from .sources import is_local
+from .lock import LOCK_NAME
+from .sources import is_local, local_path
 from .spark.jvm import hadoop_filesystem, read_text
 
 DATASETS = ("pairs", "groups", "changes", "embeddings", "errors", "report")
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING_PREFIX = "_staging-"
-OWN_NAMES = frozenset(DATASETS) | {MANIFEST, SUCCESS}
+OWN_NAMES = frozenset(DATASETS) | {MANIFEST, SUCCESS, LOCK_NAME}
 # Hadoop's local file system writes a checksum file beside each file it writes.
 OWN_NAMES |= {f".{name}.crc" for name in OWN_NAMES}
 
@@ -121,12 +123,29 @@ class OutputDir:
         self.discard_staging()
 
     def discard_staging(self) -> None:
-        """Remove this run's staging folder and any left by runs that were killed."""
-        if not self._fs.exists(self.root):
-            return
-        for status in self._fs.listStatus(self.root):
-            if status.getPath().getName().startswith(STAGING_PREFIX):
-                self._fs.delete(status.getPath(), True)
+        """Remove this run's own staging folder (never another run's: it may be live)."""
+        try:
+            path = self._Path(self.staging)
+            if self._fs.exists(path):
+                self._fs.delete(path, True)
+        except Exception:  # the JVM is going away (an interrupt): a local folder is removed here
+            if not is_local(self.staging):
+                raise
+            shutil.rmtree(local_path(self.staging), ignore_errors=True)
+
+    def stale_staging(self) -> list[str]:
+        """The staging folders of other runs (names). While this run holds the output
+        lock (:mod:`neardup_core.lock`), no other run is live, so they are dead runs'."""
+        if not self._fs.exists(self.root) or not self._fs.getFileStatus(self.root).isDirectory():
+            return []
+        own = self.staging.rsplit("/", 1)[-1]
+        return sorted(name for name in (s.getPath().getName() for s in self._fs.listStatus(self.root))
+                      if name.startswith(STAGING_PREFIX) and name != own)
+
+    def remove_staging(self, names: list[str]) -> None:
+        """Remove other runs' staging folders; call only while holding the output lock."""
+        for name in names:
+            self._fs.delete(self._Path(f"{self.path}/{name}"), True)
 
     def _delete(self, name: str) -> None:
         path = self._Path(f"{self.path}/{name}")

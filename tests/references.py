@@ -129,10 +129,23 @@ def check_groups_output(run_dir):
     assert (groups.groupby("group_id").size() == groups.groupby("group_id").group_size.first()).all()
     cosine = {(a, b): c for a, b, c in zip(pairs.id_a, pairs.id_b, pairs.cosine)}
     action = dict(zip(groups.id, groups.action))
+    # An exact copy (spark.exact) is paired with its representative only, and may be dropped
+    # for the image its representative was dropped for, with the representative's cosine.
+    exact_partners = {}
+    if "exact" in pairs.columns:
+        for a, b in zip(pairs.id_a[pairs.exact], pairs.id_b[pairs.exact]):
+            exact_partners.setdefault(a, []).append(b)
+            exact_partners.setdefault(b, []).append(a)
+    kept_of = dict(zip(groups.id, groups.kept_id))
+    cosine_of = dict(zip(groups.id, groups.cosine))
     for i, kept_id, cos in zip(groups.id, groups.kept_id, groups.cosine):
         if action[i] == "drop":
             assert action[kept_id] == "keep"
-            assert cosine.get((min(i, kept_id), max(i, kept_id))) == cos
+            if (min(i, kept_id), max(i, kept_id)) in cosine:
+                assert cosine[(min(i, kept_id), max(i, kept_id))] == cos
+            else:
+                assert any(action[r] == "drop" and kept_of[r] == kept_id and cosine_of[r] == cos
+                           for r in exact_partners.get(i, ())), i
         else:
             assert kept_id is None and pd.isna(cos)
     assert not any(action[a] == "keep" and action[b] == "keep" for a, b in cosine)

@@ -188,3 +188,48 @@ def test_feature_model_outputs_pooled_embedding(state_dict):
     out = np.asarray(model(np.full((2, 224, 224, 3), 128.0, np.float32), training=False))
     assert out.shape == (2, 1280)
     assert np.all(out >= 0) and np.all(out <= 6)  # mean of ReLU6 outputs, not normalised
+
+
+def test_a_storage_larger_than_the_file_is_refused_before_allocating(tmp_path, monkeypatch):
+    """A crafted header may declare any storage size (the probe asked for 149 GiB): it is
+    checked against what the file holds before any read allocates it."""
+    import collections
+    import io
+    import sys
+    import types
+
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while pickling")
+
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    torch.FloatStorage, torch._utils, utils._rebuild_tensor_v2 = FloatStorage, utils, _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    numel = 40_000_000_000  # 149 GiB of float32
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, (Storage(), 0, (numel,), (1,), False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump(collections.OrderedDict(w=Tensor()))
+    path = tmp_path / "huge.pth"
+    path.write_bytes(_legacy_header() + buf.getvalue() + pickle.dumps(["0"], protocol=2)
+                     + numel.to_bytes(8, "little") + b"\0" * 64)
+    with pytest.raises(ValueError, match=r"huge\.pth.*truncated in data of storage .0.: it declares 160000000000 "
+                                         r"bytes, but the file has 64 left"):
+        load_legacy_state_dict(path)

@@ -176,3 +176,24 @@ def test_a_file_whose_hash_matches_is_reused_not_decoded():
     assert out.error_stage == [None, "decode"]  # b changed (now junk): decoded again, and fails
     assert out.content_hash == [content_hash(same), content_hash(b"junk")]
     assert out.embeddings == [None, None] and out.file_bytes == [len(same), 4]
+
+
+def test_copies_in_a_task_are_embedded_once():
+    class Counting(MeanColourEmbedder):
+        rows = 0
+
+        def embed(self, pixels):
+            Counting.rows += len(pixels)
+            return super().embed(pixels)
+
+    a, b = png((10, 20, 30)), png((40, 50, 60), size=(12, 8))
+    memo, embedder = {}, Counting()
+    first = embed_batch(["a", "b", "a2"], [a, b, a], [None] * 3, embedder, InputConfig(), RGB_16PX, memo=memo)
+    second = embed_batch(["b2", "a3"], [b, a], [None] * 2, embedder, InputConfig(), RGB_16PX, memo=memo)
+    plain = embed_batch(["a", "b"], [a, b], [None] * 2, MeanColourEmbedder(), InputConfig(), RGB_16PX)
+    assert Counting.rows == 3  # a and b in the first batch (a2 is decoded there too), nothing in the second
+    for got, want in ((first.embeddings[2], plain.embeddings[0]), (second.embeddings[0], plain.embeddings[1]),
+                      (second.embeddings[1], plain.embeddings[0])):
+        np.testing.assert_array_equal(got, want)
+    assert (second.width, second.height) == ([12, 10], [8, 10])
+    assert second.content_hash == [plain.content_hash[1], plain.content_hash[0]]

@@ -53,3 +53,48 @@ def test_read_file_errors(tmp_path, setup, message):
         path.write_bytes(b"x" * 11)
     with pytest.raises(ReadError, match=message):
         read_file(str(path), 10)
+
+
+@pytest.mark.parametrize("setup,message", [
+    ("fifo", "not a regular file (a FIFO)"),
+    ("dangling", "dangling symbolic link"),
+    ("proc", "file is more than input.max_file_bytes=10 bytes"),  # reports size 0, holds more
+])
+def test_read_file_never_blocks_or_reads_past_the_limit(tmp_path, setup, message):
+    path = tmp_path / "x.jpg"
+    if setup == "fifo":
+        os.mkfifo(path)
+    if setup == "dangling":
+        path.symlink_to(tmp_path / "gone.jpg")
+    if setup == "proc":
+        path.symlink_to("/proc/self/status")
+    with pytest.raises(ReadError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_file(str(path), 10)
+
+
+def test_read_file_refuses_devices():
+    with pytest.raises(ReadError, match=r"not a regular file \(a character device\)"):
+        read_file("/dev/zero", 10)
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/a.jpg", "http://host/a.jpg", "https://host/a.jpg", "foo://h/a",
+                                 "FTP://host/a.jpg"])
+def test_read_file_unsupported_schemes_are_row_errors(uri):
+    with pytest.raises(ReadError, match=r"unsupported URI scheme '\w+' \(neardup reads local paths"):
+        read_file(uri, 10)
+
+
+def test_unreachable_object_store_fails_fast_and_once(monkeypatch):
+    import time
+
+    from neardup_core import sources
+
+    monkeypatch.setattr(sources, "REMOTE_TIMEOUT_S", 1)
+    sources._filesystem_for.cache_clear()
+    # Offline (or without credentials) neither store can be read; each must fail in seconds.
+    for uri in ("gs://neardup-no-such-bucket/a.jpg", "s3://neardup-no-such-bucket/a.jpg"):
+        started = time.monotonic()
+        with pytest.raises(ReadError):
+            read_file(uri, 10)
+        assert time.monotonic() - started < 30
+    sources._filesystem_for.cache_clear()

@@ -33,6 +33,11 @@ class EmbeddedBatch(NamedTuple):
     reused: list[bool]  # the file's hash equals its previous_hash: not decoded, not embedded
 
 
+# Vectors a task remembers by content hash (embed_batch's memo): 20,000 x 1,280 float32
+# is 100 MB at most.
+MEMO_ROWS = 20_000
+
+
 def decode_for_model(data: bytes, model: ModelConfig, max_pixels: int) -> np.ndarray:
     """:func:`decode_prepared`, the pixels only."""
     return decode_prepared(data, model, max_pixels).pixels
@@ -57,6 +62,7 @@ def embed_batch(
     model_cfg: ModelConfig,
     listed_modified: Sequence[dt.datetime | None] | None = None,
     previous_hash: Sequence[str | None] | None = None,
+    memo: dict | None = None,
 ) -> EmbeddedBatch:
     """Read (where ``contents`` is None), decode and embed a batch of files.
 
@@ -65,7 +71,9 @@ def embed_batch(
     such rows keep their reason and are not read. ``listed_modified`` is each file's
     modification time where the listing knows it; a file read here gets its own. A file
     whose content hash equals its ``previous_hash`` (an incremental run) is marked reused
-    and neither decoded nor embedded.
+    and neither decoded nor embedded. ``memo`` (content hash -> (vector, width, height),
+    kept by the caller across a task's batches, at most :data:`MEMO_ROWS` entries) lets a
+    copy of a file embedded earlier in the task take its vector without being decoded.
 
     Memory: one decoded (size, size, 3) uint8 image per row, plus the model's activations.
     """
@@ -80,6 +88,7 @@ def embed_batch(
     reused = [False] * n
     pixels: list[np.ndarray] = []
     good: list[int] = []
+    copied: dict[int, tuple[np.ndarray, int, int]] = {}  # row -> a memo entry
     for i in range(n):
         if messages[i] is not None:
             stages[i] = "read"
@@ -98,6 +107,9 @@ def embed_batch(
         if previous_hash is not None and previous_hash[i] == hashes[i]:
             reused[i] = True
             continue
+        if memo is not None and hashes[i] in memo:
+            copied[i] = memo[hashes[i]]
+            continue
         try:
             decoded = decode_prepared(data, model_cfg, input_cfg.max_pixels)
             pixels.append(decoded.pixels)
@@ -114,8 +126,12 @@ def embed_batch(
         for row, vec, ok in zip(good, vectors, finite):
             if ok:
                 embeddings[row] = vec
+                if memo is not None and len(memo) < MEMO_ROWS:
+                    memo[hashes[row]] = (vec, width[row], height[row])
             else:  # NaN keys would put the image in bucket 0 of every table
                 stages[row], messages[row] = "embed", "model output is not finite (NaN or inf)"
+    for row, (vec, w, h) in copied.items():
+        embeddings[row], width[row], height[row] = vec, w, h
     return EmbeddedBatch(embeddings, stages, messages, width, height, file_bytes, modified, hashes, reused)
 
 

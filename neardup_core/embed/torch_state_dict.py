@@ -190,10 +190,28 @@ def _load_pickle(f: BinaryIO, what: str) -> tuple[Any, _RestrictedUnpickler]:
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    # A crafted header can declare any size; read() would allocate it before reading.
+    left = _bytes_left(f)
+    if left is not None and n > left:
+        raise _FormatError(f"truncated in {what}: it declares {n} bytes, but the file has {left} left")
     data = f.read(n)
     if len(data) != n:
         raise _FormatError(f"truncated in {what}: wanted {n} bytes, got {len(data)}")
     return data
+
+
+def _bytes_left(f: BinaryIO) -> int | None:
+    """Bytes between the position and the end of ``f``, or None for a stream without size."""
+    try:
+        return os.fstat(f.fileno()).st_size - f.tell()
+    except (AttributeError, OSError, ValueError):
+        try:
+            here = f.tell()
+            end = f.seek(0, os.SEEK_END)
+            f.seek(here)
+            return end - here
+        except (AttributeError, OSError, ValueError):
+            return None
 
 
 def _read_storages(f: BinaryIO, keys: list, storages: dict[str, _StorageRef],

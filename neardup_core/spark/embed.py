@@ -43,6 +43,7 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
         backend, device = task_backend(embed_cfg.backend)
         local_file = resolve_model_path(model) if shipped is None else SparkFiles.get(shipped)
         embedder = get_embedder(local_file, backend, device, model, embed_cfg)
+        memo: dict = {}  # identical files in this task are decoded and embedded once
         for batch in batches:
             result = embed_batch(
                 paths=batch.column("path").to_pylist(),
@@ -54,6 +55,7 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
                 listed_modified=batch.column("modified").to_pylist(),
                 previous_hash=(batch.column("previous_hash").to_pylist()
                                if "previous_hash" in batch.schema.names else None),
+                memo=memo,
             )
             yield pa.RecordBatch.from_arrays(
                 [

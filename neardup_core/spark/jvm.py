@@ -83,3 +83,12 @@ def submit_settings() -> dict[str, str]:
 
     SparkContext._ensure_initialized()
     return dict(SparkConf().getAll())
+
+
+def silence_jvm_logs(spark: SparkSession) -> None:
+    """Turn every JVM logger off, including those the quiet profile sets by name (which
+    ``setLogLevel`` leaves alone): used once a run is interrupted, when the cancelled tasks'
+    stack traces say nothing. Private: ``SparkContext._jvm`` and Log4j 2's Configurator."""
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.logging.log4j.core.config.Configurator.setAllLevels(
+        "", jvm.org.apache.logging.log4j.Level.OFF)

@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import InputConfig
-from ..sources import InputError, extension_glob, is_local, local_path
+from ..sources import InputError, extension_glob, is_local, local_path, walk_directory
 from .jvm import indexed_paths
 
 # The rows the embed stage produces, and that `neardup pairs` reads into: the vector, or
@@ -45,6 +45,8 @@ def list_inputs(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: 
 
 
 def _list_directory(spark: SparkSession, cfg: InputConfig, with_content: bool) -> DataFrame:
+    if is_local(cfg.path):
+        return _list_local_directory(spark, cfg)
     files = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
@@ -85,9 +87,40 @@ def _list_directory(spark: SparkSession, cfg: InputConfig, with_content: bool) -
     return listing
 
 
+def _list_local_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
+    """A local directory, walked on the driver (:func:`sources.walk_directory`: hidden
+    names, links, loops, special files and names Hadoop's ``Path`` cannot parse, such as
+    ``12:30 shot.jpg``, all accounted for); the files are read by the embed stage."""
+    found = walk_directory(local_path(cfg.path), cfg.extensions, cfg.max_file_bytes)
+    ids = ["file:" + row.path for row in found]
+    table = pa.table({
+        "id": pa.array(ids, pa.string()),
+        "path": pa.array(ids, pa.string()),
+        "content": pa.nulls(len(found), pa.binary()),
+        "size": pa.array([row.size for row in found], pa.int64()),
+        "modified": pa.array([row.modified for row in found], pa.timestamp("us", tz="UTC")),
+        "error_message": pa.array([row.error for row in found], pa.string()),
+    })
+    schema = "id string, path string, content binary, size bigint, modified timestamp, error_message string"
+    if not found:
+        return spark.createDataFrame([], schema)
+    frame = spark.createDataFrame(table.to_pandas(), schema)
+    slices = max(spark.sparkContext.defaultParallelism, -(-len(found) // cfg.rows_per_partition))
+    return frame.repartition(slices) if slices > 1 else frame
+
+
 def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: tuple[str, ...]) -> DataFrame:
-    reader = spark.read.option("header", "true") if fmt == "csv" else spark.read
-    table = reader.format(fmt).load(cfg.path)
+    reader = spark.read
+    if fmt == "csv":
+        # RFC 4180 quoting: a quoted field may hold newlines and doubled quotes ("a ""b"""),
+        # which Spark's defaults (one record a line, backslash escapes) would split or keep.
+        reader = reader.option("header", "true").option("multiLine", "true").option("escape", '"')
+    try:
+        table = reader.format(fmt).load(cfg.path)
+        table.schema  # noqa: B018 - a Parquet footer is read here: a directory of images fails now
+    except Exception as err:  # AnalysisException, SparkException: not a manifest of this format
+        first = " ".join(str(err).split())[:300] or type(err).__name__
+        raise InputError(f"--input {cfg.path}: cannot read as a {fmt} manifest (input.format): {first}") from err
     missing = [c for c in (cfg.id_column, cfg.path_column) if c not in table.columns]
     if missing:
         raise InputError(
@@ -108,7 +141,8 @@ def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str, extra_column
         F.lit(None).cast("binary").alias("content"),
         F.lit(None).cast("bigint").alias("size"),
         F.lit(None).cast("timestamp").alias("modified"),
-        F.when(F.col(cfg.path_column).isNull(), F.lit("manifest row has no path"))
+        F.when(F.col(cfg.path_column).isNull() | (F.trim(F.col(cfg.path_column).cast("string")) == ""),
+               F.lit("manifest row has no path"))
         .otherwise(F.lit(None).cast("string"))
         .alias("error_message"),
         *extra_columns,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 
 from pyspark.sql import SparkSession
 
-from ..config import SparkConfig
-from .jvm import registered_executors, submit_settings
+from ..config import ConfigError, SparkConfig
+from .jvm import registered_executors, silence_jvm_logs, submit_settings
 
 log = logging.getLogger("neardup")
 
@@ -51,7 +54,11 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     for key, value in cfg.conf.items():
         if key != "spark.master" or not launched_by_spark_submit:
             builder = builder.config(key, value)
-    spark = builder.getOrCreate()
+    try:
+        spark = builder.getOrCreate()
+    except Exception as err:  # the JVM refused the settings (a bad master, too little memory)
+        first = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ConfigError(f"Spark could not start with these settings (spark.master, spark.conf): {first}") from err
     if not verbose:
         spark.sparkContext.setLogLevel("WARN")
     return spark
@@ -140,3 +147,38 @@ def shuffle_partitions(spark: SparkSession, partitions: int) -> Iterator[None]:
         yield
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
+
+
+def quiet_interrupts(spark: SparkSession) -> None:
+    """On Ctrl-C: silence Spark's log, cancel the running jobs, and raise
+    KeyboardInterrupt, so the console gets neardup's one line instead of every cancelled
+    task's stack trace (PySpark's own handler only cancels). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    sc = spark.sparkContext
+
+    def cancel():
+        with contextlib.suppress(Exception):
+            silence_jvm_logs(spark)
+            sc.cancelAllJobs()
+
+    def interrupted(signum, frame):
+        # py4j's connection is per thread, and this one may be inside a call: another
+        # thread talks to the JVM. py4j logs the interrupted call on the root logger.
+        logging.disable(logging.CRITICAL)
+        helper = threading.Thread(target=cancel, daemon=True)
+        helper.start()
+        helper.join(10)
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGINT, interrupted)
+
+
+def wait_for_idle(spark: SparkSession, seconds: float = 30.0) -> None:
+    """Wait until no Spark job runs (cancelled tasks may still write for a moment), at
+    most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(Exception):
+        tracker = spark.sparkContext.statusTracker()
+        while tracker.getActiveJobsIds() and time.monotonic() < deadline:
+            time.sleep(0.2)
