@@ -102,7 +102,8 @@ def test_pair_scores_agree_with_the_embeddings(first_run):
     cfg = load_config()
     pairs = read_pairs(first_run)
     emb = pd.read_parquet(os.path.join(first_run, "embeddings")).set_index("id")
-    assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
+    assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched",
+                                   "inliers", "verified"]
     for row in pairs.itertuples():
         a = np.asarray(emb.loc[row.id_a, "embedding"], dtype=np.float64)
         b = np.asarray(emb.loc[row.id_b, "embedding"], dtype=np.float64)
