@@ -127,8 +127,16 @@ def good_matches(a: Features, b: Features, ratio: float = 0.75) -> tuple[np.ndar
 
 def count_inliers(a: Features, b: Features, ratio: float = 0.75, transform: TransformKind = "similarity",
                   ransac_pixels: float = RANSAC_PIXELS, seed: int = 0) -> int:
-    """How many of ``a`` and ``b``'s ratio-test matches agree on one ``transform`` of
-    ``a`` onto ``b``, fitted by RANSAC: 0 when too few matches to fit one.
+    """How many of ``a`` and ``b``'s ratio-test matches (:func:`good_matches`) agree on one
+    ``transform`` of ``a`` onto ``b`` (:func:`fit_inliers`)."""
+    ia, ib = good_matches(a, b, ratio)
+    return fit_inliers(a.points[ia], b.points[ib], transform, ransac_pixels, seed)
+
+
+def fit_inliers(src: np.ndarray, dst: np.ndarray, transform: TransformKind = "similarity",
+                ransac_pixels: float = RANSAC_PIXELS, seed: int = 0) -> int:
+    """How many matched positions ``src[i] -> dst[i]`` ((n, 2) each) agree on one
+    ``transform`` fitted by RANSAC; 0 when there are too few to fit one.
 
     ``transform``: "similarity" (rotation, uniform scale, shift: 4 degrees of freedom),
     "affine" (6: also a stretch or shear) or "homography" (8: also perspective). The more
@@ -136,11 +144,12 @@ def count_inliers(a: Features, b: Features, ratio: float = 0.75, transform: Tran
     """
     import cv2
 
-    ia, ib = good_matches(a, b, ratio)
-    if len(ia) < MIN_MATCHES[transform]:
+    if transform not in MIN_MATCHES:
+        raise ValueError(f"unknown transform {transform!r}; use 'similarity', 'affine' or 'homography'")
+    if len(src) < MIN_MATCHES[transform]:
         return 0
-    src = a.points[ia].reshape(-1, 1, 2)
-    dst = b.points[ib].reshape(-1, 1, 2)
+    src = np.asarray(src, np.float32).reshape(-1, 1, 2)
+    dst = np.asarray(dst, np.float32).reshape(-1, 1, 2)
     cv2.setRNGSeed(seed)  # RANSAC draws from OpenCV's generator: the same pair, the same count
     if transform == "homography":
         _, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_pixels, maxIters=RANSAC_MAX_ITERS,
@@ -148,11 +157,9 @@ def count_inliers(a: Features, b: Features, ratio: float = 0.75, transform: Tran
     elif transform == "affine":
         _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_pixels,
                                        maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
-    elif transform == "similarity":
+    else:
         _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_pixels,
                                               maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
-    else:
-        raise ValueError(f"unknown transform {transform!r}; use 'similarity', 'affine' or 'homography'")
     return 0 if mask is None else int(mask.sum())
 
 

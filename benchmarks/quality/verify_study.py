@@ -1,0 +1,288 @@
+"""Choose the pairing defaults on tuning photos, report them on held-out test photos.
+
+The labelled sets (build_set.py, one per seed) are split BY SOURCE PHOTO: every image
+made from one photo, and every photo of one hard-negative set, lands in the same half,
+the same half for every seed (a hash of the photo's name). Pairs across the halves count
+in neither.
+
+For each seed and each preparation (model.colour, model.trim_borders), `neardup run`
+embeds the set once with verification off; every pair at cosine >= FLOOR is then scored
+exactly from the embeddings, and verified here with the job's own kernel
+(neardup_core.verify) for each feature kind, ratio and transform. The grid of
+(preparation, features, ratio, transform, cosine_threshold, accept_cosine, min_inliers)
+is scored on the tuning photos of all seeds together; the best F1 among settings with
+tuning precision >= MIN_PRECISION is chosen, and only then scored on the test photos.
+Prints the choice, test scores per seed and pooled, the spread over seeds, per-transform
+recall and every false positive on the test photos; writes study.json into --work.
+
+    python benchmarks/quality/verify_study.py [--work bench-quality] [--seeds 4 5 6]
+
+Prints measured numbers; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import build_set
+from run import load_truth, neardup
+
+from neardup_core import verify
+from neardup_core.evaluation import Truth, pair, recall_by_transform, score_pairs
+
+FLOOR = 0.55  # pairs below this cosine are never reported by any setting tried
+MIN_PRECISION = 0.98
+PREPARATIONS = {  # name -> the job's --set overrides
+    "grayscale+trim": [],
+    "rgb+trim": ["model.colour=rgb"],
+    "grayscale": ["model.trim_borders=false"],
+}
+FEATURES = {"sift-512": ("sift", 512), "orb-512": ("orb", 512)}
+RATIOS = [0.7, 0.75, 0.8]
+TRANSFORMS = ["similarity", "affine", "homography"]
+THRESHOLDS = [round(t, 3) for t in np.arange(0.55, 0.851, 0.025)]
+ACCEPTS = [round(t, 3) for t in np.arange(0.6, 1.001, 0.05)]
+MIN_INLIERS = [4, 6, 8, 10, 12, 15, 20, 25, 30]
+MAX_KEYPOINTS = 1000
+
+
+def half_of(source: str) -> str:
+    """'tuning' or 'test' for a split unit (a photo or a hard-negative set), the same on every machine."""
+    return "tuning" if hashlib.sha1(source.encode()).digest()[0] % 2 == 0 else "test"
+
+
+def split(set_dir: str, rows: list[dict]) -> dict[str, str]:
+    """Each image's half. The unit is its source photo, or the hard-negative sets that
+    photo is in (joined when they share a photo), so hard negatives stay within a half."""
+    base = {r["file"]: r["source"].split(": ")[0] for r in rows}
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.get(x, x) != x:
+            x = parent[x]
+        return x
+
+    sets: dict[str, list[str]] = {}
+    with open(os.path.join(set_dir, "hard_negatives.csv")) as f:
+        for r in csv.DictReader(f):
+            sets.setdefault(r["set"], []).append(base[r["file"]])
+    for members in sets.values():
+        for m in members[1:]:
+            parent[find(m)] = find(members[0])
+    group_unit: dict[str, str] = {}  # a group's originals and copies follow its first source
+    for r in sorted(rows, key=lambda r: r["role"] != "original"):
+        group_unit.setdefault(r["group"], find(base[r["file"]]))
+    return {r["file"]: half_of(group_unit[r["group"]]) for r in rows}
+
+
+def embed(set_dir: str, work: str, name: str, overrides: list[str]) -> tuple[list[str], np.ndarray, float]:
+    out = os.path.join(work, f"run-{name}")
+    seconds = neardup(["run", "--input", os.path.join(set_dir, "images"), "--output", out, "--overwrite",
+                       "--set", "pairs.accept_cosine=-1", *[x for kv in overrides for x in ("--set", kv)]])
+    table = pq.read_table(os.path.join(out, "embeddings"), columns=["id", "embedding"]).to_pydict()
+    return [os.path.basename(i) for i in table["id"]], np.asarray(table["embedding"], np.float64), seconds
+
+
+def cosine_pairs(ids: list[str], vectors: np.ndarray) -> dict[tuple[str, str], float]:
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    i, j = np.nonzero(np.triu(sims >= FLOOR, k=1))
+    return {pair(ids[a], ids[b]): float(sims[a, b]) for a, b in zip(i, j)}
+
+
+def inliers_for(set_dir: str, pairs: list[tuple[str, str]]) -> tuple[dict, dict]:
+    """inliers[features][ratio][transform][pair], and the seconds each step took."""
+    import cv2
+
+    images = sorted({x for p in pairs for x in p})
+    result, seconds = {}, {}
+    for name, (kind, side) in FEATURES.items():
+        start = time.perf_counter()
+        feats = {}
+        for image in images:
+            with open(os.path.join(set_dir, "images", image), "rb") as f:
+                feats[image] = verify.features(verify.gray_image(f.read(), side, 10**9), kind, MAX_KEYPOINTS)
+        featurized = time.perf_counter() - start
+        start = time.perf_counter()
+        norm = cv2.NORM_L2 if kind == "sift" else cv2.NORM_HAMMING
+        matcher = cv2.BFMatcher(norm)
+        out = {r: {t: {} for t in TRANSFORMS} for r in RATIOS}
+        for p in pairs:
+            a, b = feats[p[0]], feats[p[1]]
+            knn = []
+            if len(a) and len(b) >= 2:
+                da = a.descriptors.astype(np.float32) if kind == "sift" else a.descriptors
+                db = b.descriptors.astype(np.float32) if kind == "sift" else b.descriptors
+                knn = [m for m in matcher.knnMatch(da, db, k=2) if len(m) == 2]
+            q = np.array([m[0].queryIdx for m in knn], np.int64)
+            t = np.array([m[0].trainIdx for m in knn], np.int64)
+            d1 = np.array([m[0].distance for m in knn])
+            d2 = np.array([m[1].distance for m in knn])
+            for r in RATIOS:
+                keep = d1 < r * d2 if len(knn) else np.zeros(0, bool)
+                for tr in TRANSFORMS:
+                    out[r][tr][p] = verify.fit_inliers(a.points[q[keep]], b.points[t[keep]], tr)
+        result[name] = out
+        seconds[name] = {"featurize_per_image": featurized / max(len(images), 1),
+                         "match_and_fit_9_per_pair": (time.perf_counter() - start) / max(len(pairs), 1)}
+    return result, seconds
+
+
+def decide(cosines: dict, inliers: dict, threshold: float, accept: float, min_inliers: int) -> list:
+    keys = list(cosines)
+    c = np.array([cosines[k] for k in keys])
+    n = np.array([inliers.get(k, -1) for k in keys])
+    keep = verify.accepted(c, n, threshold, accept, min_inliers)
+    return [k for k, ok in zip(keys, keep) if ok]
+
+
+def restricted(truth_rows: list[dict], halves: dict[str, str], half: str) -> Truth:
+    return Truth.from_rows(
+        (r["file"], r["group"] if r["role"] != "ambiguous" else None,
+         r["group"] if r["role"] == "ambiguous" else None, r["transform"].split(":")[0])
+        for r in truth_rows if halves[r["file"]] == half)
+
+
+def pooled(scores: list) -> tuple[float, float, float, int, int, int]:
+    tp = sum(s.true_positives for s in scores)
+    fp = sum(s.false_positives for s in scores)
+    fn = sum(s.false_negatives for s in scores)
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0), tp, fp, fn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", default="bench-quality")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[4, 5, 6])
+    args = parser.parse_args()
+    seeds = {}
+    for seed in args.seeds:
+        work = os.path.join(args.work, f"seed-{seed}")
+        set_dir = os.path.join(work, "set")
+        if not os.path.exists(os.path.join(set_dir, "set.json")):
+            print(json.dumps(build_set.build(set_dir, seed, build_set.default_cache())))
+        _, rows = load_truth(set_dir)
+        halves = split(set_dir, rows)
+        cache = os.path.join(work, "verify-study.json")
+        if os.path.exists(cache):
+            with open(cache) as f:
+                data = json.load(f)
+            data["cosines"] = {k: {tuple(p.split("|")): c for p, c in v.items()} for k, v in data["cosines"].items()}
+            data["inliers"] = {f: {float(r): {t: {tuple(p.split("|")): n for p, n in d.items()} for t, d in rv.items()}
+                                   for r, rv in fv.items()} for f, fv in data["inliers"].items()}
+        else:
+            data = {"cosines": {}, "job_seconds": {}}
+            for name, overrides in PREPARATIONS.items():
+                ids, vectors, seconds = embed(set_dir, work, name, overrides)
+                data["cosines"][name] = cosine_pairs(ids, vectors)
+                data["job_seconds"][name] = seconds
+            every = sorted({p for c in data["cosines"].values() for p in c})
+            data["inliers"], data["seconds"] = inliers_for(set_dir, every)
+            data["pairs_verified_in_study"] = len(every)
+            with open(cache, "w") as f:
+                json.dump({**data,
+                           "cosines": {k: {"|".join(p): c for p, c in v.items()} for k, v in data["cosines"].items()},
+                           "inliers": {f: {str(r): {t: {"|".join(p): n for p, n in d.items()} for t, d in rv.items()}
+                                           for r, rv in fv.items()} for f, fv in data["inliers"].items()}}, f)
+        data["halves"] = halves
+        data["rows"] = rows
+        data["truth"] = {h: restricted(rows, halves, h) for h in ("tuning", "test")}
+        seeds[seed] = data
+        n = {h: sum(v == h for v in halves.values()) for h in ("tuning", "test")}
+        print(f"seed {seed}: {len(rows)} images ({n['tuning']} tuning, {n['test']} test), "
+              f"true pairs {len(data['truth']['tuning'].positives)} tuning / {len(data['truth']['test'].positives)} "
+              f"test; feature cost {json.dumps(data['seconds'])}")
+
+    def scores_for(setting: tuple, half: str) -> list:
+        prep, feats, ratio, transform, threshold, accept, min_inl = setting
+        out = []
+        for data in seeds.values():
+            halves = data["halves"]
+            cosines = {p: c for p, c in data["cosines"][prep].items()
+                       if halves[p[0]] == half and halves[p[1]] == half}
+            kept = decide(cosines, data["inliers"][feats][ratio][transform], threshold, accept, min_inl)
+            out.append(score_pairs(kept, data["truth"][half]))
+        return out
+
+    start = time.perf_counter()
+    results = []
+    for prep, feats, ratio, transform in itertools.product(PREPARATIONS, FEATURES, RATIOS, TRANSFORMS):
+        for threshold in THRESHOLDS:
+            for accept in [a for a in ACCEPTS if a > threshold] + [threshold]:  # the last: verification off
+                for min_inl in MIN_INLIERS if accept > threshold else [MIN_INLIERS[0]]:
+                    setting = (prep, feats, ratio, transform, threshold, accept, min_inl)
+                    results.append((setting, pooled(scores_for(setting, "tuning"))))
+    print(f"\n{len(results)} settings scored on the tuning photos in {time.perf_counter() - start:.0f} s")
+
+    def best(candidates):
+        ok = [r for r in candidates if r[1][0] >= MIN_PRECISION] or candidates
+        # Best F1; among equals the one that verifies least (highest threshold... cheapest).
+        return max(ok, key=lambda r: (round(r[1][2], 4), -(r[0][5] - r[0][4])))
+
+    chosen = best(results)
+    no_verify = best([r for r in results if r[0][5] <= r[0][4] and r[0][0] == chosen[0][0]])
+    old = next(r for r in results if r[0][:2] == ("grayscale+trim", "sift-512") and r[0][4] == 0.7
+               and r[0][5] == 0.7 and r[0][2] == 0.75 and r[0][3] == "similarity")
+    print("\nsettings: preparation, features, ratio, transform, cosine_threshold, accept_cosine, min_inliers")
+    print(f"{'':<34}{'tuning P':>9} {'R':>6} {'F1':>6}   {'test P':>7} {'R':>6} {'F1':>6}  test F1 per seed")
+    report = {}
+    for label, (setting, tuned) in [("before: cosine >= 0.7, no verify", old),
+                                    ("best cosine alone (on tuning)", no_verify),
+                                    ("chosen: with verification", chosen)]:
+        per_seed = scores_for(setting, "test")
+        tested = pooled(per_seed)
+        f1s = [s.f1 for s in per_seed]
+        print(f"{label:<34}{tuned[0]:9.3f} {tuned[1]:6.3f} {tuned[2]:6.3f}   {tested[0]:7.3f} {tested[1]:6.3f} "
+              f"{tested[2]:6.3f}  {' '.join(f'{x:.3f}' for x in f1s)} (spread {max(f1s) - min(f1s):.3f})")
+        print(f"{'':<34}{setting}")
+        report[label] = {"setting": setting, "tuning": tuned, "test": tested,
+                         "test_per_seed": [s._asdict() for s in per_seed]}
+    for half in ("tuning", "test"):
+        both = pooled(scores_for(chosen[0], half))
+        print(f"chosen on {half:<7}: precision {both[0]:.3f} recall {both[1]:.3f} F1 {both[2]:.3f} "
+              f"(TP {both[3]}, FP {both[4]}, FN {both[5]})")
+
+    prep, feats, ratio, transform, threshold, accept, min_inl = chosen[0]
+    print("\ntest photos, chosen setting: recall by transform, false positives, share verified")
+    found: dict[str, list[int]] = {}
+    for seed, data in seeds.items():
+        halves, truth = data["halves"], data["truth"]["test"]
+        cosines = {p: c for p, c in data["cosines"][prep].items() if halves[p[0]] == "test" == halves[p[1]]}
+        inl = data["inliers"][feats][ratio][transform]
+        kept = decide(cosines, inl, threshold, accept, min_inl)
+        for t, (f, n) in recall_by_transform(kept, truth).items():
+            found.setdefault(t, [0, 0])
+            found[t][0] += f
+            found[t][1] += n
+        source = {r["file"]: r["source"].split(": ")[0].split("/")[-1] for r in data["rows"]}
+        for p in kept:
+            if truth.label(*p) is False:
+                print(f"  FP seed {seed}: {p[0]} ({source[p[0]]}) ~ {p[1]} ({source[p[1]]}) "
+                      f"cosine {cosines[p]:.3f} inliers {inl.get(p)}")
+        above = [p for p, c in cosines.items() if c >= threshold]
+        borderline = [p for p in above if cosines[p] < accept]
+        print(f"  seed {seed}: {len(borderline)} of {len(above)} pairs at cosine >= {threshold} verified "
+              f"({len(borderline) / max(len(above), 1):.0%})")
+    print("  recall by transform: " + ", ".join(f"{t} {f}/{n}" for t, (f, n) in sorted(found.items())))
+    report["recall_by_transform"] = found
+    with open(os.path.join(args.work, "study.json"), "w") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(f"\nwrote {args.work}/study.json")
+
+
+if __name__ == "__main__":
+    main()
