@@ -40,6 +40,10 @@ RANSAC_MAX_ITERS = 2000
 # The fewest matches each transform can be fitted from.
 MIN_MATCHES = {"similarity": 2, "affine": 3, "homography": 4}
 SIFT_BYTES = 128
+# SIFT's contrast threshold (OpenCV's default is 0.04). Smooth artwork, gradients and dark
+# wallpapers have almost no keypoints at 0.04, so their copies could never be verified; at
+# 0.01 they have hundreds, and different images still match few (docs/quality.md).
+SIFT_CONTRAST = 0.01
 
 
 class FeatureError(ValueError):
@@ -88,7 +92,7 @@ def features(gray: np.ndarray, kind: FeatureKind = "sift", max_keypoints: int = 
     import cv2
 
     if kind == "sift":
-        detector = cv2.SIFT_create(nfeatures=max_keypoints)
+        detector = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=SIFT_CONTRAST)
     elif kind == "orb":
         detector = cv2.ORB_create(nfeatures=max_keypoints)
     else:

@@ -23,9 +23,10 @@ SKIMAGE_WHEEL = "scikit-image==0.25.2"
 OPENCV = "usr/share/doc/opencv-doc/examples/data"
 GNOME = "usr/share/backgrounds/gnome"
 DEBIAN_THEMES = "usr/share/desktop-base"
-# Artwork series: one design in a light and a dark colouring (gnome-backgrounds), and the
-# boot-screen artworks of Debian's release themes (desktop-base). Different pictures that
-# share a palette, a geometry or a shape: hard negatives (build_set.HARD_NEGATIVES).
+# Artwork: one design in a light and a dark colouring (gnome-backgrounds; the two count
+# neither way in verify_study.py, as the set's own colour and grayscale copies are positives),
+# and the boot-screen artworks of Debian's release themes (desktop-base): different pictures
+# of one series, sharing a palette and a style: hard negatives (build_set.HARD_NEGATIVES).
 GNOME_SERIES = ["adwaita", "licorice", "pixels", "truchet", "wood", "grid", "symbolic"]
 DEBIAN_THEME_NAMES = ["emerald", "homeworld", "joy", "softwaves", "futureprototype", "lines", "moonlight", "spacefun"]
 BACKGROUNDS = "usr/share/backgrounds"
