@@ -146,13 +146,13 @@ class LshConfig(_Section):
 class PairsConfig(_Section):
     NAME: ClassVar[str] = "pairs"
 
-    cosine_threshold: float = 0.70
+    cosine_threshold: float = 0.625
     partition_mb: int = 64
     # Geometric verification of borderline pairs (neardup_core.verify).
-    accept_cosine: float = 0.85
-    min_inliers: int = 12
+    accept_cosine: float = 0.75
+    min_inliers: int = 15
     features: Literal["sift", "orb"] = "sift"
-    transform: Literal["similarity", "affine", "homography"] = "affine"
+    transform: Literal["similarity", "affine", "homography"] = "homography"
     max_keypoints: int = 1000
     max_side: int = 512
     ratio: float = 0.75

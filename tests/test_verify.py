@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from neardup_core import verify
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
-MIN_INLIERS = 12  # the default pairs.min_inliers is checked against these in test_config
+MIN_INLIERS = 15  # the default pairs.min_inliers
 
 pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason="needs the opencv-doc package (its sample photos)")
 

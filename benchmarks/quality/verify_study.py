@@ -15,7 +15,7 @@ tuning precision >= MIN_PRECISION is chosen, and only then scored on the test ph
 Prints the choice, test scores per seed and pooled, the spread over seeds, per-transform
 recall and every false positive on the test photos; writes study.json into --work.
 
-    python benchmarks/quality/verify_study.py [--work bench-quality] [--seeds 4 5 6]
+    python benchmarks/quality/verify_study.py [--work bench-quality] [--seeds 4 5 6] [--check-job]
 
 Prints measured numbers; it is not a test.
 """
@@ -203,6 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="bench-quality")
     parser.add_argument("--seeds", type=int, nargs="+", default=[4, 5, 6])
+    parser.add_argument("--check-job", action="store_true",
+                        help="then run `neardup run` with the configured defaults on each set and score it")
     args = parser.parse_args()
     seeds = {}
     for seed in args.seeds:
@@ -233,6 +235,7 @@ def main() -> None:
                            "inliers": {f: {str(r): {t: {"|".join(p): n for p, n in d.items()} for t, d in rv.items()}
                                            for r, rv in fv.items()} for f, fv in data["inliers"].items()}}, f)
         data["halves"] = halves
+        data["set_dir"] = set_dir
         data["base"] = {r["file"]: r["source"].split(": ")[0] for r in rows}
         data["rows"] = rows
         data["truth"] = {h: restricted(rows, halves, h) for h in ("tuning", "test")}
@@ -353,6 +356,60 @@ def main() -> None:
     with open(os.path.join(args.work, "study.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     print(f"\nwrote {args.work}/study.json")
+    if args.check_job:
+        check_job(seeds, score)
+
+
+def check_job(seeds: dict, score) -> None:
+    """`neardup run` with the configured defaults (verification on) on each set: its pairs/
+    scored on the test photos, what its verify stage did, and the kernel's own cost."""
+    from neardup_core.config import PairsConfig
+
+    cfg = PairsConfig()
+    print(f"\nneardup run with the defaults (cosine_threshold {cfg.cosine_threshold}, accept_cosine "
+          f"{cfg.accept_cosine}, min_inliers {cfg.min_inliers}, {cfg.features}, {cfg.transform}, ratio {cfg.ratio}):")
+    per_half = {"tuning": [], "test": []}
+    for seed, data in seeds.items():
+        out = os.path.join(os.path.dirname(data["set_dir"]), "run-defaults")
+        wall = neardup(["run", "--input", os.path.join(data["set_dir"], "images"), "--output", out, "--overwrite",
+                        "--set", "pairs.keep_rejected=true"])
+        table = pq.read_table(os.path.join(out, "pairs"), columns=["id_a", "id_b"]).to_pydict()
+        kept = [pair(os.path.basename(a), os.path.basename(b)) for a, b in zip(table["id_a"], table["id_b"])]
+        with open(os.path.join(out, "_manifest.json")) as f:
+            manifest = json.load(f)
+        stage = {s["name"]: s for s in manifest["stages"]}
+        v = stage["verify"]
+        for half in per_half:
+            inside = [p for p in kept if data["halves"][p[0]] == half == data["halves"][p[1]]]
+            per_half[half].append(score(data, inside, data["truth"][half]))
+        t = per_half["test"][-1]
+        found = v["pairs"] + v["rejected"]
+        print(f"  seed {seed}: test P {t.precision:.3f} R {t.recall:.3f} F1 {t.f1:.3f}; run {wall:.1f} s, embed "
+              f"{stage['embed']['seconds']:.1f} s, verify {v['seconds']:.1f} s: {v['borderline']} of {found} pairs "
+              f"verified ({v['borderline'] / max(found, 1):.0%}), {v['rejected']} rejected, {v['images']} images "
+              f"featurized")
+    for half, scores in per_half.items():
+        p, r, f1, tp, fp, fn = pooled(scores)
+        print(f"  {half:<7} photos, seeds pooled: precision {p:.3f} recall {r:.3f} F1 {f1:.3f} "
+              f"(TP {tp}, FP {fp}, FN {fn})")
+    # The kernel alone, one process, default settings: per image and per pair.
+    data = next(iter(seeds.values()))
+    cosines = data["cosines"]["grayscale+trim"]
+    pairs = [p for p, c in cosines.items() if c >= cfg.cosine_threshold][:400]
+    images = sorted({x for p in pairs for x in p})
+    start = time.perf_counter()
+    feats = {}
+    for image in images:
+        with open(os.path.join(data["set_dir"], "images", image), "rb") as f:
+            feats[image] = verify.features(verify.gray_image(f.read(), cfg.max_side, 10**9), cfg.features,
+                                           cfg.max_keypoints)
+    per_image = (time.perf_counter() - start) / len(images)
+    start = time.perf_counter()
+    for a, b in pairs:
+        verify.count_inliers(feats[a], feats[b], cfg.ratio, cfg.transform)
+    per_pair = (time.perf_counter() - start) / len(pairs)
+    print(f"  kernel, one core: {per_image:.3f} s per featurized image ({len(images)} images, decode included), "
+          f"{per_pair * 1000:.1f} s per 1,000 verified pairs ({len(pairs)} pairs)")
 
 
 if __name__ == "__main__":
