@@ -4,7 +4,7 @@ Builds a catalog of N JPEGs of about 1000 px (random crops, scales and colour sh
 photos that Debian's opencv-doc installs, so decode work is like a real catalog's), runs
 the job once, and prints the seconds and images/s of each stage from _manifest.json.
 
-    python benchmarks/job_throughput.py [--images 600] [--set KEY=VALUE ...]
+    python benchmarks/job_throughput.py [--images 600] [--set KEY=VALUE ...] [--baseline KEY=VALUE ...]
 
 Prints measured numbers; it is not a test.
 """
@@ -43,35 +43,62 @@ def build_catalog(root: str, n: int, seed: int = 0) -> None:
         tile.save(os.path.join(root, f"img{i:06d}.jpg"), quality=int(rng.integers(70, 95)))
 
 
+def run_job(catalog: str, out: str, overrides: list[str]) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "neardup_core.cli", "run", "--input", catalog, "--output", out, "--overwrite"]
+    for item in overrides:
+        cmd += ["--set", item]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    with open(os.path.join(out, "_manifest.json")) as fh:
+        return wall, json.load(fh)
+
+
+def print_run(images: int, overrides: list[str], wall: float, manifest: dict) -> None:
+    print(f"images: {images}, overrides: {overrides or 'none'}, cores: {os.cpu_count()}")
+    print(f"{'stage':<12}{'seconds':>9}{'images/s':>10}")
+    for stage in manifest["stages"]:
+        rate = images / stage["seconds"] if stage["name"] == "embed" else float("nan")
+        print(f"{stage['name']:<12}{stage['seconds']:>9.1f}{rate:>10.1f}")
+    print(f"{'whole run':<12}{wall:>9.1f}{images / wall:>10.1f}")
+    print("counts:", manifest["counts"])
+    print("lsh:", manifest.get("lsh"))
+    verify = next((s for s in manifest["stages"] if s["name"] == "verify"), None)
+    if verify and verify.get("borderline"):
+        found = manifest["counts"]["pairs"] + manifest["counts"]["rejected_pairs"]
+        print(f"verify: {verify['borderline']} of {found} pairs verified ({verify['rejected']} rejected), "
+              f"{verify['images']} images featurized, {verify['seconds']:.1f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--baseline", action="append", default=None, metavar="KEY=VALUE",
+                    help="also run the job on the same catalog with these overrides, first, and print the "
+                         "ratio of the two whole runs (e.g. --baseline pairs.accept_cosine=-1: no verification)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="neardup-bench-")
     try:
         catalog, out = os.path.join(work, "catalog"), os.path.join(work, "out")
         os.makedirs(catalog)
         build_catalog(catalog, args.images)
-        cmd = [sys.executable, "-m", "neardup_core.cli", "run", "--input", catalog, "--output", out]
-        for item in args.set:
-            cmd += ["--set", item]
-        env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
-        start = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env, stderr=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        with open(os.path.join(out, "_manifest.json")) as fh:
-            manifest = json.load(fh)
-        print(f"images: {args.images}, overrides: {args.set or 'none'}, cores: {os.cpu_count()}")
-        print(f"{'stage':<12}{'seconds':>9}{'images/s':>10}")
-        for stage in manifest["stages"]:
-            rate = args.images / stage["seconds"] if stage["name"] == "embed" else float("nan")
-            print(f"{stage['name']:<12}{stage['seconds']:>9.1f}{rate:>10.1f}")
-        print(f"{'whole run':<12}{wall:>9.1f}{args.images / wall:>10.1f}")
-        print("counts:", manifest["counts"])
-        print("lsh:", manifest.get("lsh"))
+        if args.baseline is not None:
+            base_wall, base = run_job(catalog, out, args.baseline)
+            print_run(args.images, args.baseline, base_wall, base)
+            print()
+        wall, manifest = run_job(catalog, out, args.set)
+        print_run(args.images, args.set, wall, manifest)
+        if args.baseline is not None:
+            print(f"\nwhole run {wall:.1f} s / baseline {base_wall:.1f} s = {wall / base_wall:.2f}; embed stage "
+                  f"{_stage(manifest, 'embed') / _stage(base, 'embed'):.2f} x the baseline's")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _stage(manifest: dict, name: str) -> float:
+    return next(s["seconds"] for s in manifest["stages"] if s["name"] == name)
 
 
 if __name__ == "__main__":

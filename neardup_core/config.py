@@ -148,12 +148,31 @@ class LshConfig(_Section):
 class PairsConfig(_Section):
     NAME: ClassVar[str] = "pairs"
 
-    cosine_threshold: float = 0.70
+    cosine_threshold: float = 0.625
     partition_mb: int = 64
+    # Geometric verification of borderline pairs (neardup_core.verify).
+    accept_cosine: float = 0.75
+    min_inliers: int = 15
+    features: Literal["sift", "orb"] = "sift"
+    transform: Literal["similarity", "affine", "homography"] = "homography"
+    max_keypoints: int = 1000
+    max_side: int = 512
+    ratio: float = 0.75
+    keep_rejected: bool = False
 
     def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
+        _in_range("pairs.accept_cosine", self.accept_cosine, -1.0, 1.0)
+        _in_range("pairs.min_inliers", self.min_inliers, 1, 100_000)
+        _in_range("pairs.max_keypoints", self.max_keypoints, 10, 100_000)
+        _in_range("pairs.max_side", self.max_side, 64, 8192)
+        _in_range("pairs.ratio", self.ratio, 0.1, 1.0)
+
+    @property
+    def verifies(self) -> bool:
+        """Whether any pair is verified: some cosines lie in [cosine_threshold, accept_cosine)."""
+        return self.accept_cosine > self.cosine_threshold
 
     @property
     def partition_bytes(self) -> int:

@@ -43,6 +43,7 @@ from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
 from .spark import pairing as pairing_stage
 from .spark import report as report_stage
+from .spark import verify as verify_stage
 from .spark.embed import embed_images
 from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
@@ -82,6 +83,8 @@ class RunCounts:
     changed: int = 0  # images of the previous run whose content changed (embedded again)
     deleted: int = 0  # images of the previous run no longer listed
     exact_copies: int = 0  # embedded images with the same bytes as another one, paired only with it
+    verified_pairs: int = 0  # pairs with cosine under pairs.accept_cosine, verified geometrically
+    rejected_pairs: int = 0  # of those, rejected: not in pairs/ (in rejected_pairs/ with pairs.keep_rejected)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class _Embedded(NamedTuple):
     prior: _Prior | None = None
     listed: DataFrame | None = None  # id of every input (an incremental run: to count deletions)
     unchanged: DataFrame | None = None  # id, path, bytes, modified of inputs unchanged by the listing
+    has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
 
 
 class _Planned(NamedTuple):
@@ -182,7 +186,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             errors = record["errors"] = rows.filter("error_stage is not null").count()
         extras = listing.select("id", *extra_columns) if extra_columns else None
         return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
-                         unchanged)
+                         unchanged, has_images=True)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -447,6 +451,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record["shuffle_bytes"] = shuffled
             record["shuffle_bytes_per_image"] = round(shuffled / max(items, 1), 1)
     _log_oversized(result.buckets, cfg.lsh)
+    result, verified = _verify(spark, cfg, out, progress, good if embedded.has_images else None, result)
 
     with progress.stage("groups") as record:
         nodes = every.select("id", "path", *IMAGE_FACTS)
@@ -498,7 +503,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                        errors_by_stage={row["stage"]: row["count"] for row in by_stage},
                        candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
                        largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped,
-                       reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count)
+                       reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count,
+                       verified_pairs=verified.borderline, rejected_pairs=verified.rejected)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
     return counts, lsh_record, incremental_record
 
@@ -514,6 +520,25 @@ def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, pri
     if prior is not None:
         return collapsed._replace(representatives=good)
     return collapsed
+
+
+def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress, images: DataFrame | None,
+            result: pairing_stage.PairingResult) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
+    """Borderline pairs verified on local features (:func:`spark.verify.verify_pairs`;
+    ``images`` None: none, as for ``neardup pairs``); the staged pairs/ is rewritten with
+    ``inliers`` and ``verified`` before the groups stage reads it."""
+    with progress.stage("verify") as record:
+        verified = verify_stage.verify_pairs(
+            spark.read.parquet(out.staged("pairs")), images, cfg.pairs, cfg.input,
+            cfg.spark.shuffle_partitions or default_parallelism(spark), out.staged("_verify-scratch"),
+            out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None)
+        out.replace_staged("pairs", "pairs-verified")
+        record.update(verified.record())
+        record["rows"] = verified.pairs
+    if verified.borderline:
+        log.info("%d borderline pairs verified on %d images: %d accepted, %d rejected", verified.borderline,
+                 verified.images, verified.accepted, verified.rejected)
+    return result._replace(pairs=verified.pairs), verified
 
 
 def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_threshold: float) -> _Planned | None:

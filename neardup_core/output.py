@@ -23,7 +23,7 @@ from .lock import LOCK_NAME
 from .sources import is_local, local_path
 from .spark.jvm import hadoop_filesystem, read_text
 
-DATASETS = ("pairs", "groups", "changes", "embeddings", "errors", "report")
+DATASETS = ("pairs", "groups", "changes", "embeddings", "errors", "rejected_pairs", "report")
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
 STAGING_PREFIX = "_staging-"
@@ -104,6 +104,15 @@ class OutputDir:
     def staged(self, name: str) -> str:
         """Where a dataset is written before it is moved into place."""
         return f"{self.staging}/{name}"
+
+    def replace_staged(self, name: str, replacement: str) -> None:
+        """Make the staged ``replacement`` the staged ``name``: for a stage that rewrites
+        what an earlier stage staged (verification rewrites pairs/)."""
+        target = self._Path(self.staged(name))
+        if self._fs.exists(target):
+            self._fs.delete(target, True)
+        if not self._fs.rename(self._Path(self.staged(replacement)), target):
+            raise OSError(f"could not move {self.staged(replacement)} to {self.staged(name)}")
 
     def commit(self, manifest: dict) -> None:
         """Move the staged datasets into place, then write the manifest, then ``_SUCCESS``.

@@ -186,7 +186,7 @@ def test_fingerprint_differences_name_each_setting():
     after = incremental.fingerprint(load_config(overrides=["lsh.seed=7", "pairs.cosine_threshold=0.8"]), "abd", 1280)
     assert incremental.differences(before, after) == [
         "model: 'abc' before, 'abd' now", "lsh.seed: 20261122 before, 7 now",
-        "pairs.cosine_threshold: 0.7 before, 0.8 now"]
+        "pairs.cosine_threshold: 0.625 before, 0.8 now"]
     assert incremental.differences(before, before) == []
 
 

@@ -102,7 +102,8 @@ def test_pair_scores_agree_with_the_embeddings(first_run):
     cfg = load_config()
     pairs = read_pairs(first_run)
     emb = pd.read_parquet(os.path.join(first_run, "embeddings")).set_index("id")
-    assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
+    assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched",
+                                   "inliers", "verified"]
     for row in pairs.itertuples():
         a = np.asarray(emb.loc[row.id_a, "embedding"], dtype=np.float64)
         b = np.asarray(emb.loc[row.id_b, "embedding"], dtype=np.float64)
@@ -143,7 +144,7 @@ def test_manifest_and_success_marker(first_run):
     assert manifest["counts"]["candidate_pairs"] >= manifest["counts"]["pairs"]
     assert manifest["config"]["input"]["max_file_bytes"] == 2000000
     assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "exact-copies", "plan",
-                                                       "pairs", "groups", "write"]
+                                                       "pairs", "verify", "groups", "write"]
     assert all(s["seconds"] >= 0 for s in manifest["stages"])
     lsh = manifest["lsh"]  # auto: chosen for the default threshold and recall target
     assert lsh["recall_at_threshold"] >= 0.99

@@ -129,10 +129,12 @@ def test_bad_vectors_are_recorded_and_the_rest_goes_on(normal_run):
     assert errors.loc["bad-nan", "message"] == "embedding has a missing, NaN or infinite value"
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["embedded"] == len(x)
-    assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "exact-copies", "plan", "pairs", "groups",
-                                                       "write"]
+    assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "exact-copies", "plan", "pairs", "verify",
+                                                       "groups", "write"]
     assert manifest["lsh"]["recall_at_threshold"] >= 0.99
     assert len(pd.read_parquet(out / "embeddings")) == len(x)
+    written = pd.read_parquet(out / "pairs")
+    assert (written.verified == "embedding").all() and written.inliers.isna().all()  # no images to verify
 
 
 def test_giant_bucket_is_split_and_counted(spark, tmp_path):

@@ -53,6 +53,7 @@ HARD_NEGATIVES = [  # same kind of subject, different photos (names from photos.
     ["GreenMeadow.jpg", "seeding_by_Clements_Engelhardt.jpg", "RainDrops.jpg", "Blinds.jpg"],
     ["Dragonfly_by_Bolly.jpg", "TwoWings.jpg", "butterfly.jpg", "LadyBird.jpg"],
     ["text_defocus.jpg", "licenseplate_motion.jpg", "page.png", "sudoku.png"],
+    [f"{name}-theme/grub/grub-4x3.png" for name in photos.DEBIAN_THEME_NAMES],  # one series of artworks
 ]
 
 

@@ -16,10 +16,19 @@ import zipfile
 from dataclasses import dataclass
 
 DEBIAN_PACKAGES = ["opencv-doc", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04",
-                   "mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers"]
+                   "mate-backgrounds", "ukui-wallpapers", "plasma-workspace-wallpapers",
+                   "gnome-backgrounds", "desktop-base"]
 SKIMAGE_WHEEL = "scikit-image==0.25.2"
 
 OPENCV = "usr/share/doc/opencv-doc/examples/data"
+GNOME = "usr/share/backgrounds/gnome"
+DEBIAN_THEMES = "usr/share/desktop-base"
+# Artwork: one design in a light and a dark colouring (gnome-backgrounds; the two count
+# neither way in verify_study.py, as the set's own colour and grayscale copies are positives),
+# and the boot-screen artworks of Debian's release themes (desktop-base): different pictures
+# of one series, sharing a palette and a style: hard negatives (build_set.HARD_NEGATIVES).
+GNOME_SERIES = ["adwaita", "licorice", "pixels", "truchet", "wood", "grid", "symbolic"]
+DEBIAN_THEME_NAMES = ["emerald", "homeworld", "joy", "softwaves", "futureprototype", "lines", "moonlight", "spacefun"]
 BACKGROUNDS = "usr/share/backgrounds"
 PLASMA = "usr/share/wallpapers"
 
@@ -45,6 +54,8 @@ PHOTOS = {
              "EveningGlow/contents/images/1920x1080.jpg", "FallenLeaf/contents/images/1920x1080.jpg",
              "Grey/contents/images/1920x1080.jpg", "Kite/contents/images/1920x1080.jpg",
              "OneStandsOut/contents/images/1920x1080.jpg", "Path/contents/images/1920x1080.jpg"],
+    GNOME: [f"{name}-{tone}.webp" for name in GNOME_SERIES for tone in ("l", "d")],
+    DEBIAN_THEMES: [f"{name}-theme/grub/grub-4x3.png" for name in DEBIAN_THEME_NAMES],
     "skimage": ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
                 "camera.png", "coins.png", "moon.png", "brick.png", "grass.png", "gravel.png", "ihc.png",
                 "retina.jpg", "page.png"],

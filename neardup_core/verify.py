@@ -1,0 +1,197 @@
+"""Geometric verification of a near-duplicate pair: local features, ratio-test matches,
+a RANSAC fit, an inlier count; and the rule that says which pairs need it. Pure (OpenCV,
+NumPy, Pillow).
+
+One global embedding cannot tell "the same photo, edited" from "a similar photo". Local
+features can: a copy shares many keypoints that agree on one geometric transform, a
+look-alike does not. The steps follow OpenCV's ``samples/python/find_obj.py``:
+
+    features(image)  -> keypoint positions and descriptors (SIFT or ORB, capped)
+    good_matches     -> nearest neighbours that pass Lowe's ratio test
+    inliers          -> matches that agree on one transform fitted by RANSAC
+
+and :func:`accepted` is the decision: a pair at or above ``accept_cosine`` is accepted on
+its embedding; one between ``cosine_threshold`` and ``accept_cosine`` only when its inlier
+count reaches ``min_inliers``.
+
+Memory and time: an image is scaled to at most ``max_side`` pixels on its longer side
+before features are found, and keeps at most ``max_keypoints`` of them (a SIFT keypoint
+is 8 bytes of position and 128 bytes of descriptor, so 1,000 keypoints are 136 kB);
+matching two images is O(n_a * n_b) descriptor distances.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Literal, NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+FeatureKind = Literal["sift", "orb"]
+TransformKind = Literal["similarity", "affine", "homography"]
+
+# RANSAC's reprojection threshold, in pixels of the scaled images (max_side on the longer
+# side): a match further than this from the fitted transform is an outlier.
+RANSAC_PIXELS = 5.0
+RANSAC_CONFIDENCE = 0.995
+RANSAC_MAX_ITERS = 2000
+# The fewest matches each transform can be fitted from.
+MIN_MATCHES = {"similarity": 2, "affine": 3, "homography": 4}
+SIFT_BYTES = 128
+# SIFT's contrast threshold (OpenCV's default is 0.04). Smooth artwork, gradients and dark
+# wallpapers have almost no keypoints at 0.04, so their copies could never be verified; at
+# 0.01 they have hundreds, and different images still match few (docs/quality.md).
+SIFT_CONTRAST = 0.01
+
+
+class FeatureError(ValueError):
+    """The bytes could not be turned into features; the message says why."""
+
+
+class Features(NamedTuple):
+    """An image's keypoints: ``points`` (n, 2) float32 positions in the scaled image and
+    ``descriptors`` (n, d) uint8 (SIFT: 128 values, ORB: 32 bytes of bits)."""
+
+    points: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+
+def gray_image(data: bytes, max_side: int, max_pixels: int) -> np.ndarray:
+    """Decode ``data`` to uint8 grayscale, EXIF orientation applied, scaled so its longer
+    side is at most ``max_side``.
+
+    Raises:
+        FeatureError: empty, unrecognised or corrupt data, or more than ``max_pixels``.
+    """
+    if not data:
+        raise FeatureError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > max_pixels:
+                    raise FeatureError(f"too many pixels, above input.max_pixels={max_pixels}: "
+                                       f"{im.width}x{im.height}")
+                im.draft("L", (max_side, max_side))  # JPEG: decode at a reduced DCT scale
+                im = ImageOps.exif_transpose(im).convert("L")
+                im.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+                return np.asarray(im, dtype=np.uint8)
+    except FeatureError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise FeatureError(f"cannot decode: {err}") from err
+
+
+def features(gray: np.ndarray, kind: FeatureKind = "sift", max_keypoints: int = 1000) -> Features:
+    """The ``max_keypoints`` strongest keypoints of a grayscale image and their descriptors."""
+    import cv2
+
+    if kind == "sift":
+        detector = cv2.SIFT_create(nfeatures=max_keypoints, contrastThreshold=SIFT_CONTRAST)
+    elif kind == "orb":
+        detector = cv2.ORB_create(nfeatures=max_keypoints)
+    else:
+        raise ValueError(f"unknown feature kind {kind!r}; use 'sift' or 'orb'")
+    keypoints, descriptors = detector.detectAndCompute(gray, None)
+    width = SIFT_BYTES if kind == "sift" else 32
+    if descriptors is None or not keypoints:
+        return Features(np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8))
+    # SIFT_create(nfeatures) can return a few more than asked (ties in response).
+    keypoints, descriptors = keypoints[:max_keypoints], descriptors[:max_keypoints]
+    points = np.array([kp.pt for kp in keypoints], dtype=np.float32).reshape(-1, 2)
+    # OpenCV's SIFT values are whole numbers in 0..255 held as float32: uint8 loses nothing
+    # and keeps the shuffled features a quarter of the size.
+    return Features(points, np.clip(np.rint(descriptors), 0, 255).astype(np.uint8))
+
+
+def good_matches(a: Features, b: Features, ratio: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into ``a``, into ``b``) of the matches that pass Lowe's ratio test: the
+    nearest descriptor of ``b`` is closer than ``ratio`` times the second nearest."""
+    import cv2
+
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(a) < 1 or len(b) < 2:
+        return empty
+    if a.descriptors.shape[1] == SIFT_BYTES:
+        matcher = cv2.BFMatcher(cv2.NORM_L2)
+        knn = matcher.knnMatch(a.descriptors.astype(np.float32), b.descriptors.astype(np.float32), k=2)
+    else:
+        matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+        knn = matcher.knnMatch(a.descriptors, b.descriptors, k=2)
+    kept = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if not kept:
+        return empty
+    return (np.array([m.queryIdx for m in kept], np.int64), np.array([m.trainIdx for m in kept], np.int64))
+
+
+def count_inliers(a: Features, b: Features, ratio: float = 0.75, transform: TransformKind = "similarity",
+                  ransac_pixels: float = RANSAC_PIXELS, seed: int = 0) -> int:
+    """How many of ``a`` and ``b``'s ratio-test matches (:func:`good_matches`) agree on one
+    ``transform`` of ``a`` onto ``b`` (:func:`fit_inliers`)."""
+    ia, ib = good_matches(a, b, ratio)
+    return fit_inliers(a.points[ia], b.points[ib], transform, ransac_pixels, seed)
+
+
+def fit_inliers(src: np.ndarray, dst: np.ndarray, transform: TransformKind = "similarity",
+                ransac_pixels: float = RANSAC_PIXELS, seed: int = 0) -> int:
+    """How many matched positions ``src[i] -> dst[i]`` ((n, 2) each) agree on one
+    ``transform`` fitted by RANSAC; 0 when there are too few to fit one.
+
+    ``transform``: "similarity" (rotation, uniform scale, shift: 4 degrees of freedom),
+    "affine" (6: also a stretch or shear) or "homography" (8: also perspective). The more
+    freedom, the more chance matches of two different images fit by accident.
+    """
+    import cv2
+
+    if transform not in MIN_MATCHES:
+        raise ValueError(f"unknown transform {transform!r}; use 'similarity', 'affine' or 'homography'")
+    if len(src) < MIN_MATCHES[transform]:
+        return 0
+    src = np.asarray(src, np.float32).reshape(-1, 1, 2)
+    dst = np.asarray(dst, np.float32).reshape(-1, 1, 2)
+    cv2.setRNGSeed(seed)  # RANSAC draws from OpenCV's generator: the same pair, the same count
+    if transform == "homography":
+        _, mask = cv2.findHomography(src, dst, cv2.RANSAC, ransac_pixels, maxIters=RANSAC_MAX_ITERS,
+                                     confidence=RANSAC_CONFIDENCE)
+    elif transform == "affine":
+        _, mask = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_pixels,
+                                       maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
+    else:
+        _, mask = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=ransac_pixels,
+                                              maxIters=RANSAC_MAX_ITERS, confidence=RANSAC_CONFIDENCE)
+    return 0 if mask is None else int(mask.sum())
+
+
+def needs_verification(cosine: np.ndarray, cosine_threshold: float, accept_cosine: float) -> np.ndarray:
+    """Which pairs are borderline: ``cosine_threshold <= cosine < accept_cosine``. None
+    are when ``accept_cosine <= cosine_threshold`` (verification off)."""
+    cosine = np.asarray(cosine, dtype=np.float64)
+    return (cosine >= cosine_threshold) & (cosine < accept_cosine)
+
+
+def accepted(cosine: np.ndarray, inliers: np.ndarray, cosine_threshold: float, accept_cosine: float,
+             min_inliers: int) -> np.ndarray:
+    """The decision for each pair: cosine >= ``accept_cosine`` (on the embedding), or
+    borderline (:func:`needs_verification`) with ``inliers >= min_inliers``. ``inliers``
+    of pairs that were not verified are ignored (any value, e.g. -1)."""
+    cosine = np.asarray(cosine, dtype=np.float64)
+    inliers = np.asarray(inliers)
+    on_embedding = (cosine >= cosine_threshold) & (cosine >= accept_cosine)
+    return on_embedding | (needs_verification(cosine, cosine_threshold, accept_cosine) & (inliers >= min_inliers))
+
+
+def pack(f: Features) -> tuple[bytes, bytes]:
+    """``f`` as two byte strings (positions, descriptors) for a binary column."""
+    return f.points.astype(np.float32).tobytes(), f.descriptors.astype(np.uint8).tobytes()
+
+
+def unpack(points: bytes, descriptors: bytes, kind: FeatureKind) -> Features:
+    """The inverse of :func:`pack`."""
+    width = SIFT_BYTES if kind == "sift" else 32
+    return Features(np.frombuffer(points, np.float32).reshape(-1, 2),
+                    np.frombuffer(descriptors, np.uint8).reshape(-1, width))

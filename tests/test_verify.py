@@ -1,0 +1,133 @@
+"""The geometric verification kernel (neardup_core.verify): real photos from opencv-doc,
+copies of them made here, and the decision rule on seeded inputs."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from neardup_core import verify
+
+DATA = "/usr/share/doc/opencv-doc/examples/data"
+MIN_INLIERS = 15  # the default pairs.min_inliers
+
+pytestmark = pytest.mark.skipif(not os.path.isdir(DATA), reason="needs the opencv-doc package (its sample photos)")
+
+
+def _jpeg(im: Image.Image, quality: int = 85) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _photo(name: str) -> Image.Image:
+    with Image.open(os.path.join(DATA, name)) as im:
+        return im.convert("RGB")
+
+
+def _features(im: Image.Image, kind: str = "sift") -> verify.Features:
+    return verify.features(verify.gray_image(_jpeg(im), 512, 10**8), kind, 1000)
+
+
+def _copies(im: Image.Image) -> dict[str, Image.Image]:
+    w, h = im.size
+    overlaid = im.copy()
+    ImageDraw.Draw(overlaid).text((w * 0.05, h * 0.4), "SALE TODAY ONLY", fill=(255, 0, 0),
+                                  font=ImageFont.load_default(size=max(12, h // 8)))
+    return {
+        "rotated": im.rotate(7, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 90, 0)),
+        "cropped": im.crop((int(w * 0.15), int(h * 0.1), int(w * 0.9), int(h * 0.85))),
+        "text": overlaid,
+        "small": im.resize((w // 3, h // 3), Image.Resampling.LANCZOS),
+    }
+
+
+@pytest.mark.parametrize("kind", ["sift", "orb"])
+@pytest.mark.parametrize("transform", ["similarity", "affine", "homography"])
+def test_copies_of_a_photo_pass_and_other_photos_fail(kind, transform):
+    base = _photo("baboon.jpg")
+    original = _features(base, kind)
+    for name, copy in _copies(base).items():
+        inliers = verify.count_inliers(original, _features(copy, kind), transform=transform)
+        assert inliers >= 2 * MIN_INLIERS, (name, inliers)
+    for other in ("fruits.jpg", "messi5.jpg", "home.jpg"):
+        inliers = verify.count_inliers(original, _features(_photo(other), kind), transform=transform)
+        assert inliers < MIN_INLIERS, (other, inliers)
+
+
+def test_two_different_photos_of_one_kind_fail():
+    # Two photos of fruit: the embedding finds them alike, their keypoints do not agree.
+    inliers = verify.count_inliers(_features(_photo("apple.jpg")), _features(_photo("orange.jpg")))
+    assert inliers < MIN_INLIERS
+
+
+def test_inliers_are_repeatable_and_symmetric_enough():
+    a = _features(_photo("baboon.jpg"))
+    b = _features(_copies(_photo("baboon.jpg"))["rotated"])
+    assert verify.count_inliers(a, b) == verify.count_inliers(a, b)
+    assert verify.count_inliers(b, a) >= 4 * MIN_INLIERS
+
+
+def test_keypoints_are_capped_and_pack_round_trips():
+    f = _features(_photo("baboon.jpg"))
+    assert len(f) == 1000 and f.points.shape == (1000, 2) and f.descriptors.shape == (1000, 128)
+    assert f.descriptors.dtype == np.uint8
+    back = verify.unpack(*verify.pack(f), "sift")
+    np.testing.assert_array_equal(back.points, f.points)
+    np.testing.assert_array_equal(back.descriptors, f.descriptors)
+    small = verify.features(verify.gray_image(_jpeg(_photo("baboon.jpg")), 512, 10**8), "orb", 50)
+    assert len(small) <= 50 and small.descriptors.shape[1] == 32
+
+
+def test_gray_image_is_bounded_and_errors_name_the_problem():
+    gray = verify.gray_image(_jpeg(_photo("baboon.jpg")), 200, 10**8)
+    assert gray.dtype == np.uint8 and max(gray.shape) == 200
+    with pytest.raises(verify.FeatureError, match="empty file"):
+        verify.gray_image(b"", 200, 10**8)
+    with pytest.raises(verify.FeatureError, match="cannot decode"):
+        verify.gray_image(b"not an image", 200, 10**8)
+    with pytest.raises(verify.FeatureError, match="input.max_pixels=100"):
+        verify.gray_image(_jpeg(_photo("baboon.jpg")), 200, 100)
+
+
+def test_blank_images_have_no_features_and_no_inliers():
+    blank = verify.features(np.full((64, 64), 128, np.uint8))
+    assert len(blank) == 0
+    assert verify.count_inliers(blank, blank) == 0
+    assert verify.count_inliers(blank, _features(_photo("baboon.jpg"))) == 0
+
+
+def _reference_decision(cosine, inliers, threshold, accept, min_inliers):
+    out = []
+    for c, n in zip(cosine, inliers):
+        if c < threshold:
+            out.append(False)
+        elif c >= accept:
+            out.append(True)
+        else:
+            out.append(bool(n >= min_inliers))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_decision_rule_matches_a_reference_on_seeded_inputs(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 200))
+    cosine = rng.uniform(0.5, 1.0, n).round(2)  # rounded: values exactly on a threshold occur
+    inliers = rng.integers(0, 40, n)
+    threshold, accept = float(rng.choice([0.6, 0.7, 0.75])), float(rng.choice([0.6, 0.8, 0.9, 1.0]))
+    min_inliers = int(rng.integers(1, 30))
+    got = verify.accepted(cosine, inliers, threshold, accept, min_inliers)
+    assert got.tolist() == _reference_decision(cosine, inliers, threshold, accept, min_inliers)
+    borderline = verify.needs_verification(cosine, threshold, accept)
+    assert borderline.tolist() == [threshold <= c < accept for c in cosine]
+
+
+def test_accept_cosine_at_or_below_the_threshold_turns_verification_off():
+    cosine = np.array([0.7, 0.75, 0.99])
+    assert not verify.needs_verification(cosine, 0.7, 0.7).any()
+    assert verify.accepted(cosine, np.zeros(3), 0.7, 0.5, 1000).all()

@@ -1,0 +1,140 @@
+"""The verification stage in Spark (neardup_core.spark.verify), and end to end through
+`neardup run`: a pair only verification accepts is written as such; a look-alike pair
+it rejects is not."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from neardup_core import cli
+from neardup_core.config import InputConfig, PairsConfig
+from neardup_core.spark import verify as verify_stage
+
+DATA = "/usr/share/doc/opencv-doc/examples/data"
+
+pytestmark = [pytest.mark.spark,
+              pytest.mark.skipif(not os.path.isdir(DATA), reason="needs the opencv-doc package (its sample photos)")]
+
+
+def _write_jpeg(im: Image.Image, path) -> str:
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=85)
+    path.write_bytes(buf.getvalue())
+    return str(path)
+
+
+def _edited(im: Image.Image) -> Image.Image:
+    """Rotated with filled corners, then a caption over it: a copy a global embedding
+    finds only moderately alike."""
+    im = im.convert("RGB").rotate(9, Image.Resampling.BICUBIC, expand=True, fillcolor=(20, 120, 200))
+    ImageDraw.Draw(im).text((im.width * 0.05, im.height * 0.45), "SUMMER SALE", fill=(255, 255, 0),
+                            font=ImageFont.load_default(size=im.height // 7))
+    return im
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify-photos")
+    baboon = Image.open(os.path.join(DATA, "baboon.jpg"))
+    return {
+        "baboon": _write_jpeg(baboon, root / "baboon.jpg"),
+        "baboon_edited": _write_jpeg(_edited(baboon), root / "baboon_edited.jpg"),
+        "apple": _write_jpeg(Image.open(os.path.join(DATA, "apple.jpg")), root / "apple.jpg"),
+        "orange": _write_jpeg(Image.open(os.path.join(DATA, "orange.jpg")), root / "orange.jpg"),
+        "fruits": _write_jpeg(Image.open(os.path.join(DATA, "fruits.jpg")), root / "fruits.jpg"),
+    }
+
+
+def _pairs(spark, photos, rows):
+    data = [(a, b, photos[a], photos[b], cosine, 0.5, 4) for a, b, cosine in rows]
+    return spark.createDataFrame(data, "id_a string, id_b string, path_a string, path_b string, cosine double, "
+                                       "jaccard double, tables_matched int")
+
+
+def test_borderline_pairs_are_verified_once_per_image(spark, photos, tmp_path):
+    pairs = _pairs(spark, photos, [("baboon", "baboon_edited", 0.75),  # borderline copy: geometry accepts
+                                   ("apple", "orange", 0.80),  # borderline look-alike: rejected
+                                   ("apple", "fruits", 0.78),  # borderline look-alike: rejected
+                                   ("fruits", "orange", 0.95)])  # above accept_cosine: on the embedding
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.9, min_inliers=12)
+    result = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / "scratch"),
+                                       str(tmp_path / "pairs"), str(tmp_path / "rejected"))
+    written = pd.read_parquet(tmp_path / "pairs")
+    assert list(written.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched",
+                                     "inliers", "verified"]
+    got = {(r.id_a, r.id_b): (r.verified, None if pd.isna(r.inliers) else int(r.inliers))
+           for r in written.itertuples()}
+    assert set(got) == {("baboon", "baboon_edited"), ("fruits", "orange")}
+    assert got[("fruits", "orange")] == ("embedding", None)
+    assert got[("baboon", "baboon_edited")][0] == "geometry" and got[("baboon", "baboon_edited")][1] >= 12
+    rejected = pd.read_parquet(tmp_path / "rejected")
+    assert sorted(zip(rejected.id_a, rejected.id_b)) == [("apple", "fruits"), ("apple", "orange")]
+    assert (rejected.inliers < 12).all() and (rejected.verified == "geometry").all()
+    # Five images in borderline pairs, each featurized once although apple is in two pairs.
+    assert result == verify_stage.VerifyResult(pairs=2, borderline=3, accepted=1, rejected=2, images=5,
+                                               image_errors=0)
+    assert spark.read.parquet(str(tmp_path / "scratch" / "features")).count() == 5
+
+
+def test_verification_off_or_without_images_accepts_every_pair(spark, photos, tmp_path):
+    pairs = _pairs(spark, photos, [("apple", "orange", 0.80), ("baboon", "baboon_edited", 0.75)])
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    off = PairsConfig(cosine_threshold=0.7, accept_cosine=0.7)
+    for i, (given, cfg) in enumerate([(images, off), (None, PairsConfig(cosine_threshold=0.7))]):
+        result = verify_stage.verify_pairs(pairs, given, cfg, InputConfig(), 2, str(tmp_path / f"s{i}"),
+                                           str(tmp_path / f"p{i}"))
+        written = pd.read_parquet(tmp_path / f"p{i}")
+        assert len(written) == 2 and (written.verified == "embedding").all() and written.inliers.isna().all()
+        assert result.borderline == 0 and result.images == 0 and result.pairs == 2
+
+
+def test_an_unreadable_image_has_no_features_and_its_pair_is_rejected(spark, photos, tmp_path):
+    pairs = _pairs(spark, {**photos, "gone": str(tmp_path / "gone.jpg")}, [("baboon", "gone", 0.8)])
+    images = spark.createDataFrame([("baboon", photos["baboon"]), ("gone", str(tmp_path / "gone.jpg"))],
+                                   "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.9)
+    result = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / "scratch"),
+                                       str(tmp_path / "pairs"))
+    assert result.image_errors == 1 and result.rejected == 1 and result.pairs == 0
+    errors = pd.read_parquet(tmp_path / "scratch" / "features").set_index("id").error
+    assert errors["gone"] == "no such file" and errors["baboon"] is None
+
+
+@pytest.mark.model
+def test_neardup_run_writes_geometry_accepted_pairs_and_leaves_out_rejected_ones(spark, photos, tmp_path):
+    # Thresholds set so that every pair found is borderline: the edited copy can only be
+    # accepted by verification, and the different photos of fruit only rejected by it.
+    out = tmp_path / "out"
+    settings = ["pairs.cosine_threshold=0.3", "pairs.accept_cosine=1.0", "pairs.keep_rejected=true"]
+    code = cli.main(["run", "--input", os.path.dirname(photos["baboon"]), "--output", str(out),
+                     *[x for kv in settings for x in ("--set", kv)]])
+    assert code == 0
+    name = os.path.basename
+    written = pd.read_parquet(out / "pairs")
+    rejected = pd.read_parquet(out / "rejected_pairs")
+    kept = {(name(a), name(b)): v for a, b, v in zip(written.id_a, written.id_b, written.verified)}
+    dropped = {(name(a), name(b)) for a, b in zip(rejected.id_a, rejected.id_b)}
+    assert kept == {("baboon.jpg", "baboon_edited.jpg"): "geometry"}
+    assert ("apple.jpg", "orange.jpg") in dropped  # a look-alike pair the embedding found
+    manifest = json.loads((out / "_manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["pairs"] == 1 and counts["rejected_pairs"] == len(rejected)
+    assert counts["verified_pairs"] == len(rejected) + 1
+    stage = next(s for s in manifest["stages"] if s["name"] == "verify")
+    ends = {x for pair in dropped | set(kept) for x in pair}
+    assert stage["images"] == len(ends) and stage["borderline"] == counts["verified_pairs"]
+
+
+def test_keys_are_checked_with_their_names():
+    with pytest.raises(ValueError, match="pairs.min_inliers must be in 1..100000, got 0"):
+        PairsConfig(min_inliers=0)
+    with pytest.raises(ValueError, match="pairs.transform must be one of"):
+        dataclasses.replace(PairsConfig(), transform="projective")
