@@ -42,7 +42,12 @@ def fingerprint(cfg: Config, model_digest: str | None, dim: int) -> dict[str, An
         "lsh.split_bits": cfg.lsh.split_bits,
         "lsh.max_bucket_size": cfg.lsh.max_bucket_size,
         "pairs.cosine_threshold": cfg.pairs.cosine_threshold,
+        # Geometric verification decides which pairs are written (images only).
+        **{f"pairs.{key}": getattr(cfg.pairs, key) if images else None for key in VERIFY_KEYS},
     }
+
+
+VERIFY_KEYS = ("accept_cosine", "min_inliers", "features", "transform", "max_keypoints", "max_side", "ratio")
 
 
 def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -57,6 +62,7 @@ class PreviousRun(NamedTuple):
     bits_per_table: int | None  # the previous LSH plan; None when it hashed nothing
     num_tables: int | None
     pairs: int  # rows in its pairs/
+    exact_copies: int = 0  # inputs it paired as exact copies of another (spark.exact)
 
 
 def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
@@ -73,7 +79,8 @@ def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
         raise ValueError(f"--previous {path}: has no embeddings/ (output.write_embeddings was false)")
     lsh = manifest.get("lsh") or {}
     return PreviousRun(path, manifest["fingerprint"], lsh.get("bits_per_table"), lsh.get("num_tables"),
-                       int(manifest.get("counts", {}).get("pairs", 0)))
+                       int(manifest.get("counts", {}).get("pairs", 0)),
+                       int(manifest.get("counts", {}).get("exact_copies", 0)))
 
 
 def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables: int | str) -> list[str]:

@@ -451,7 +451,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record["shuffle_bytes"] = shuffled
             record["shuffle_bytes_per_image"] = round(shuffled / max(items, 1), 1)
     _log_oversized(result.buckets, cfg.lsh)
-    result, verified = _verify(spark, cfg, out, progress, good if embedded.has_images else None, result)
+    result, verified = _verify(spark, cfg, out, progress, good if embedded.has_images else None, result,
+                               found.verified_before if found is not None else None)
 
     with progress.stage("groups") as record:
         nodes = every.select("id", "path", *IMAGE_FACTS)
@@ -487,7 +488,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if prior is not None:
             before = prior.data.embeddings.select("id")
             incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
-                                      spark.read.parquet(out.staged("groups")), good.select("id"), found
+                                      spark.read.parquet(out.staged("groups")), good.select("id"),
+                                      found if copies is None and not prior.run.exact_copies else None
                                       ).orderBy("change", "id_a", "id_b", "id").write.parquet(out.staged("changes"))
             still_listed = before.join(embedded.listed, "id", "left_semi").count()
             deleted = before.count() - still_listed  # a Parquet count: from the files' footers
@@ -523,15 +525,17 @@ def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, pri
 
 
 def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress, images: DataFrame | None,
-            result: pairing_stage.PairingResult) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
+            result: pairing_stage.PairingResult, known: DataFrame | None = None
+            ) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
     """Borderline pairs verified on local features (:func:`spark.verify.verify_pairs`;
-    ``images`` None: none, as for ``neardup pairs``); the staged pairs/ is rewritten with
+    ``images`` None: none, as for ``neardup pairs``; ``known``: pairs an incremental run
+    carried over, with last night's verdict); the staged pairs/ is rewritten with
     ``inliers`` and ``verified`` before the groups stage reads it."""
     with progress.stage("verify") as record:
         verified = verify_stage.verify_pairs(
             spark.read.parquet(out.staged("pairs")), images, cfg.pairs, cfg.input,
             cfg.spark.shuffle_partitions or default_parallelism(spark), out.staged("_verify-scratch"),
-            out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None)
+            out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None, known)
         out.replace_staged("pairs", "pairs-verified")
         record.update(verified.record())
         record["rows"] = verified.pairs

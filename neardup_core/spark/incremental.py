@@ -69,6 +69,7 @@ class IncrementalPairs(NamedTuple):
     largest_touched: int
     found: DataFrame | None = None  # PAIR_SCHEMA: tonight's pairs that involve a fresh row (persisted)
     lost: DataFrame | None = None  # id_a, id_b, cosine: last night's pairs that involve a gone row
+    verified_before: DataFrame | None = None  # id_a, id_b, inliers, verified of the carried pairs
 
 
 def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame, tables: LshTables,
@@ -141,7 +142,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     now.unpersist()
     bcast.unpersist()
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), sizes["buckets"],
-                            largest, found, _lost(previous_pairs, gone))
+                            largest, found, _lost(previous_pairs, gone), _verified_before(previous_pairs, gone))
 
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame,
@@ -196,7 +197,8 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_p
     count = sum(v[0] for v in tally.values("pairs"))
     return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], BucketStats(),
                                           {"incremental": True, "rows": 1}),
-                            touched, largest, found, _lost(previous_pairs, gone))
+                            touched, largest, found, _lost(previous_pairs, gone),
+                            _verified_before(previous_pairs, gone))
 
 
 def _carried(previous_pairs: DataFrame, gone: DataFrame, keyed: DataFrame, broadcast: bool) -> DataFrame:
@@ -208,6 +210,16 @@ def _carried(previous_pairs: DataFrame, gone: DataFrame, keyed: DataFrame, broad
             .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti")
             .join(names.toDF("id_a", "path_a"), "id_a").join(names.toDF("id_b", "path_b"), "id_b")
             .select("id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"))
+
+
+def _verified_before(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame | None:
+    """How last night verified the pairs carried over (both images unchanged, so a full
+    run would verify them the same way), or None for a run made without verification."""
+    if "verified" not in previous_pairs.columns:
+        return None
+    gone_ids = F.broadcast(gone.select("id"))
+    return (previous_pairs.select("id_a", "id_b", "inliers", "verified")
+            .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
 
 
 def _lost(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame:
@@ -249,12 +261,15 @@ def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, group
     action changed where either side is a drop (an image without a pair is kept; one not
     in the catalog has no action).
 
-    With ``found`` (pairs found incrementally), the pairs are compared only where they can
-    differ: a pair added involves a fresh row, a pair removed a deleted or changed one.
+    With ``found`` (pairs found incrementally, and no exact copies on either night), the
+    pairs are compared only where they can differ: a pair added involves a fresh row, a
+    pair removed a deleted or changed one.
     """
     key = ["id_a", "id_b"]
     if found is not None and found.found is not None:
-        tonight, before = found.found.select(*key, "cosine"), found.lost
+        # Of the pairs found tonight, those verification kept.
+        tonight = pairs.select(*key, "cosine").join(found.found.select(*key), key, "left_semi")
+        before = found.lost
     else:
         tonight, before = pairs.select(*key, "cosine"), previous.pairs.select(*key, "cosine")
     added = tonight.join(before.select(*key), key, "left_anti").select(

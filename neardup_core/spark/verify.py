@@ -54,7 +54,8 @@ def label_unverified(pairs: DataFrame) -> DataFrame:
 
 
 def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, input_cfg: InputConfig,
-                 min_tasks: int, scratch: str, path: str, rejected_path: str | None = None) -> VerifyResult:
+                 min_tasks: int, scratch: str, path: str, rejected_path: str | None = None,
+                 known: DataFrame | None = None) -> VerifyResult:
     """Verify ``pairs``' borderline pairs and write the accepted pairs to ``path``.
 
     Args:
@@ -69,12 +70,16 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
         scratch: a folder for the features and the decisions (each computed once).
         path: where the accepted pairs go, sorted by id_a, id_b, with VERIFIED_COLUMNS.
         rejected_path: where the rejected pairs go (same columns), or None.
+        known: id_a, id_b, inliers, verified of pairs verified before (an incremental
+            run's carried pairs, whose images did not change): not verified again.
     """
     spark = pairs.sparkSession
     borderline = pairs.filter(F.col("cosine") < F.lit(cfg.accept_cosine)).select("id_a", "id_b", "cosine")
+    if known is not None:
+        borderline = borderline.join(known.select("id_a", "id_b"), ["id_a", "id_b"], "left_anti")
     count = borderline.count() if cfg.verifies and images is not None else 0
     if count == 0:
-        label_unverified(pairs).orderBy("id_a", "id_b").write.parquet(path)
+        _with_known(label_unverified(pairs), known).orderBy("id_a", "id_b").write.parquet(path)
         if rejected_path is not None:
             label_unverified(pairs).limit(0).write.parquet(rejected_path)
         return VerifyResult(pairs.count(), 0, 0, 0, 0, 0)
@@ -96,8 +101,8 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     finally:
         spark.conf.set(_ARROW_BATCH, previous_batch)
     decided = spark.read.parquet(f"{scratch}/decided")
-    labelled = pairs.join(decided, ["id_a", "id_b"], "left").withColumn(
-        "verified", F.when(F.col("inliers").isNull(), F.lit("embedding")).otherwise(F.lit("geometry")))
+    labelled = _with_known(pairs.join(decided, ["id_a", "id_b"], "left").withColumn(
+        "verified", F.when(F.col("inliers").isNull(), F.lit("embedding")).otherwise(F.lit("geometry"))), known)
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
     labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
         "id_a", "id_b").write.parquet(path)
@@ -109,6 +114,16 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     errors = sum(v[1] for v in tally.values("features"))
     written = spark.read.parquet(path).count()
     return VerifyResult(written, count, accepted, count - accepted, images_done, errors)
+
+
+def _with_known(labelled: DataFrame, known: DataFrame | None) -> DataFrame:
+    """``labelled`` with the inliers and verdict of the pairs verified before, where given."""
+    if known is None:
+        return labelled
+    before = known.select("id_a", "id_b", F.col("inliers").alias("_inliers"), F.col("verified").alias("_verified"))
+    return (labelled.join(before, ["id_a", "id_b"], "left")
+            .withColumn("inliers", F.coalesce("_inliers", "inliers"))
+            .withColumn("verified", F.coalesce("_verified", "verified")).drop("_inliers", "_verified"))
 
 
 def _featurize(wanted: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, tally: Tally) -> DataFrame:
