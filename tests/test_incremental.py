@@ -54,7 +54,9 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
     with Image.open(catalog / "building.jpg") as im:
         im.save(catalog / "building_q40.jpg", quality=40)
     night1 = tmp_path / "night1"
-    assert cli.main(["run", "--input", str(catalog), "--output", str(night1)]) == 0
+    # Every pair verified geometrically, so that carried pairs keep last night's verdict.
+    verify_all = ["--set", "pairs.accept_cosine=0.999"]
+    assert cli.main(["run", "--input", str(catalog), "--output", str(night1), *verify_all]) == 0
 
     # Overnight: a new copy arrives (a bigger one: it becomes the kept image), one photo is
     # replaced by another, a copy is deleted, and one file is touched without changing.
@@ -67,14 +69,18 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
 
     night2 = tmp_path / "night2"
     # Data this small is paired in one task (the shuffled path: see the vectors test).
-    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1)]) == 0
+    assert cli.main(["run", "--input", str(catalog), "--output", str(night2), "--previous", str(night1),
+                     *verify_all]) == 0
     full = tmp_path / "full"
-    assert cli.main(["run", *full_run_with_the_same_plan(["--input", str(catalog), "--output", str(full)],
+    assert cli.main(["run", *full_run_with_the_same_plan(["--input", str(catalog), "--output", str(full), *verify_all],
                                                          night1)]) == 0
     check_groups_output(night2)
     assert_same_results(night2, full)
 
     counts = manifest(night2)["counts"]
+    # Only the pair found tonight (fruits_large) was verified; the carried ones kept their verdict.
+    assert counts["verified_pairs"] == 1 and manifest(full)["counts"]["verified_pairs"] == counts["pairs"]
+    assert (pd.read_parquet(night2 / "pairs").verified == "geometry").all()
     assert counts["embedded"] == 2  # fruits_large (new) and home (changed); board was touched only
     assert (counts["reused"], counts["changed"], counts["deleted"]) == (len(PHOTOS) - 1 + 1, 1, 1)
     assert manifest(night2)["incremental"]["pairing"] == "incremental"
@@ -91,7 +97,7 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
 
     # A setting that changes the embeddings: said, and everything is embedded again.
     rgb = tmp_path / "rgb"
-    assert cli.main(["run", "--input", str(catalog), "--output", str(rgb), "--previous", str(night2),
+    assert cli.main(["run", "--input", str(catalog), "--output", str(rgb), "--previous", str(night2), *verify_all,
                      "--set", "model.colour=rgb"]) == 0
     record = manifest(rgb)["incremental"]
     assert record["reused"] is False and record["why_not"] == ["model.colour: 'grayscale' before, 'rgb' now"]
