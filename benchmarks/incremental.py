@@ -1,6 +1,6 @@
 """Incremental runs against full runs, in one script on the same machine.
 
-    python benchmarks/incremental.py images [--images 5000]
+    python benchmarks/incremental.py images [--images 5000] [--set KEY=VALUE ...]
     python benchmarks/incremental.py vectors [--vectors 1000000] [--dim 256]
 
 images: builds a catalog of N real-photo-derived JPEGs (benchmarks/job_throughput.py),
@@ -31,10 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from job_throughput import build_catalog
 from pairing_scale import synthetic
 
+SETTINGS: list[str] = []  # --set KEY=VALUE given to the script: passed to every run
+
 
 def run(args: list[str], driver_memory: str) -> float:
     cmd = [sys.executable, "-m", "neardup_core.cli", *args, "--set",
-           f"spark.conf={{spark.driver.memory: {driver_memory}}}"]
+           f"spark.conf={{spark.driver.memory: {driver_memory}}}", *(f for s in SETTINGS for f in ("--set", s))]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env=dict(os.environ, PYSPARK_PYTHON=sys.executable), stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -149,8 +151,11 @@ def main() -> None:
     ve.add_argument("--dim", type=int, default=256)
     ve.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting for every run, e.g. pairs.accept_cosine=0 (no geometric verification)")
     p.add_argument("--work", help="keep the catalogs and runs in this new folder (default: a temporary one)")
     args = p.parse_args()
+    SETTINGS.extend(args.set)
     print(f"{os.cpu_count()} cores; {' '.join(sys.argv[1:])}", flush=True)
     if args.work:
         os.makedirs(args.work)
