@@ -531,9 +531,12 @@ def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress
     ``images`` None: none, as for ``neardup pairs``; ``known``: pairs an incremental run
     carried over, with last night's verdict); the staged pairs/ is rewritten with
     ``inliers`` and ``verified`` before the groups stage reads it."""
+    staged = spark.read.parquet(out.staged("pairs"))
+    if "exact" not in staged.columns:  # the same schema whether or not the run found exact copies
+        staged = staged.withColumn("exact", F.lit(False))
     with progress.stage("verify") as record:
         verified = verify_stage.verify_pairs(
-            spark.read.parquet(out.staged("pairs")), images, cfg.pairs, cfg.input,
+            staged, images, cfg.pairs, cfg.input,
             cfg.spark.shuffle_partitions or default_parallelism(spark), out.staged("_verify-scratch"),
             out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None, known)
         out.replace_staged("pairs", "pairs-verified")
