@@ -140,7 +140,7 @@ def test_readme_spark_submit_on_a_standalone_cluster_survives_a_killed_executor(
     catalog = copied_catalog(SAMPLE_CATALOG, 3, str(tmp_path / "catalog"))  # 57 files, 3 unreadable
     assert cli.main(["run", "--input", catalog, "--output", str(tmp_path / "local")]) == 0
     expected = read_pairs(str(tmp_path / "local"))
-    assert len(expected) > 50
+    assert len(expected) > 30  # 32 exact pairs (two copies of each readable image) and the near duplicates
     build_executor_env()
 
     with standalone_cluster(str(tmp_path / "cluster")) as cluster:
