@@ -16,11 +16,13 @@ from neardup_core import cli, report
 from neardup_core.config import ReportConfig
 from neardup_core.evaluation import Truth, read_truth_csv, score_pairs
 from neardup_core.report import charts, render
-from neardup_core.report.data import ReportError, prepare, read_finished_manifest
+from neardup_core.report.data import ReportError, acceptance, prepare, read_finished_manifest
 from neardup_core.report.thumbs import ThumbnailError, thumbnail, thumbnail_name
 
 HOSTILE = "<img src=x onerror=alert(1)>.jpg"
 THRESHOLD = 0.7
+ACCEPT = 0.85  # pairs below it (and above THRESHOLD) are seeded as verified by geometry
+VERIFICATION = [("exact", pa.bool_()), ("inliers", pa.int32()), ("verified", pa.string())]
 SCHEMAS = {
     "pairs": pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("path_a", pa.string()),
                         ("path_b", pa.string()), ("cosine", pa.float64()), ("jaccard", pa.float64()),
@@ -35,11 +37,18 @@ SCHEMAS = {
 }
 
 
-def seeded_run(root, sizes=(5, 2, 3, 2, 4), seed=0, errors=(), names=None):
+def seeded_run(root, sizes=(5, 2, 3, 2, 4), seed=0, errors=(), names=None, verification=True):
     """A finished run's folder: group k has sizes[k] images, the first kept and the rest
-    dropped with a pair to it (and a chain pair between the last two drops)."""
+    dropped with a pair to it (and a chain pair between the last two drops).
+
+    With ``verification``, pairs/ has ``exact``, ``inliers`` and ``verified`` as today's runs
+    write them (g00-1 an exact copy of g00-0; pairs below ACCEPT verified by geometry) and the
+    manifest their counts and settings; without, the schema of runs written before them."""
     rng = np.random.default_rng(seed)
     rows = {name: [] for name in SCHEMAS}
+    schemas = dict(SCHEMAS)
+    if verification:
+        schemas["pairs"] = pa.schema(list(SCHEMAS["pairs"]) + [pa.field(n, t) for n, t in VERIFICATION])
     names = names or {}
     for k, size in enumerate(sizes):
         ids = [f"g{k:02d}-{j}.jpg" for j in range(size)]
@@ -50,15 +59,22 @@ def seeded_run(root, sizes=(5, 2, 3, 2, 4), seed=0, errors=(), names=None):
                                "action": "keep", "kept_id": None, "cosine": None})
         for i in ids[1:]:
             c = float(rng.uniform(THRESHOLD, 1.0))
+            exact = i == "g00-1.jpg"
+            c = 1.0 if exact else c
             rows["pairs"].append({"id_a": ids[0], "id_b": i, "path_a": path[ids[0]], "path_b": path[i], "cosine": c,
-                                  "jaccard": 0.5, "tables_matched": 3})
+                                  "jaccard": 0.5, "tables_matched": 3, "exact": exact,
+                                  "inliers": 20 + len(rows["pairs"]) if c < ACCEPT else None,
+                                  "verified": "geometry" if c < ACCEPT else "embedding"})
             rows["groups"].append({"id": i, "path": path[i], "group_id": ids[0], "group_size": size, "action": "drop",
                                    "kept_id": ids[0], "cosine": c})
         if size > 3:
             rows["pairs"].append({"id_a": ids[-2], "id_b": ids[-1], "path_a": path[ids[-2]], "path_b": path[ids[-1]],
-                                  "cosine": float(rng.uniform(THRESHOLD, 1.0)), "jaccard": 0.5, "tables_matched": 3})
+                                  "cosine": float(rng.uniform(THRESHOLD, 1.0)), "jaccard": 0.5, "tables_matched": 3,
+                                  "exact": False, "inliers": None, "verified": "embedding"})
     rows["errors"] = [dict(zip(("id", "path", "stage", "message"), e)) for e in errors]
-    for name, schema in SCHEMAS.items():
+    if not verification:
+        rows["pairs"] = [{k: v for k, v in r.items() if k not in dict(VERIFICATION)} for r in rows["pairs"]]
+    for name, schema in schemas.items():
         os.makedirs(root / name)
         pq.write_table(pa.Table.from_pylist(rows[name], schema), root / name / "part-00000.parquet")
         (root / name / "_SUCCESS").write_text("")
@@ -70,9 +86,20 @@ def seeded_run(root, sizes=(5, 2, 3, 2, 4), seed=0, errors=(), names=None):
                 "config": {"pairs": {"cosine_threshold": THRESHOLD},
                            "model": {"input_size": 224, "colour": "grayscale"}, "input": {"path": "/photos"},
                            "groups": {"keep": ["pixels desc"]}}}
+    if verification:
+        manifest["counts"].update(verified_pairs=sum(r["verified"] == "geometry" for r in rows["pairs"]),
+                                  rejected_pairs=3, exact_copies=1)
+        manifest["config"]["pairs"].update(accept_cosine=ACCEPT, min_inliers=15)
     (root / "_manifest.json").write_text(json.dumps(manifest))
     (root / "_SUCCESS").write_text("")
     return manifest, rows
+
+
+def rewrite(root, change, name="pairs"):
+    """Replace the seeded run's ``name``/ rows by ``change(rows)``, keeping its schema."""
+    file = root / name / "part-00000.parquet"
+    table = pq.read_table(file)
+    pq.write_table(pa.Table.from_pylist(change(table.to_pylist()), table.schema), file)
 
 
 def jpeg(size=(300, 200), colour=(200, 30, 30)):
@@ -151,6 +178,10 @@ def test_histogram_counts_every_pair_and_marks_the_threshold():
     tallest = max(h.bars, key=lambda b: b.count)
     assert tallest.y == h.plot_top and all(b.y + b.height == pytest.approx(h.plot_bottom) for b in h.bars)
     assert charts.histogram(np.array([]), 0.9).total == 0
+    assert h.accept_x is None and charts.histogram(cosines, 0.72, 0.72).accept_x is None  # verification off
+    marked = charts.histogram(cosines, 0.72, 0.86)
+    assert marked.accept_cosine == 0.86 and marked.accept_x == pytest.approx(
+        h.plot_left + (0.86 - 0.70) / 0.30 * (h.plot_right - h.plot_left), abs=0.01)
 
 
 def test_thumbnail_is_small_oriented_and_named_by_a_hash():
@@ -275,3 +306,97 @@ def test_a_rebuild_killed_half_way_leaves_what_the_next_run_removes():
     from neardup_core.output import STAGING_PREFIX
 
     assert render.TMP_PREFIX.startswith(STAGING_PREFIX)
+
+
+def expected_acceptance(row):
+    if row["exact"]:
+        return "exact copy"
+    return f"verified: {row['inliers']} inliers" if row["verified"] == "geometry" else "embedding"
+
+
+def test_each_drop_and_borderline_pair_says_how_it_was_accepted(tmp_path):
+    manifest, rows = seeded_run(tmp_path)
+    by_pair = {(r["id_a"], r["id_b"]): r for r in rows["pairs"] if (r["id_a"], r["id_b"]) != ("g00-0.jpg", "g00-4.jpg")}
+    # g00-4 is linked to the kept g00-0 only through g00-3: no direct pair, so nothing to say.
+    rewrite(tmp_path, lambda rs: [r for r in rs if (r["id_a"], r["id_b"]) != ("g00-0.jpg", "g00-4.jpg")])
+    # In group g01 the larger id is kept, so its pair is (drop, kept) in id order.
+    swapped = {"g01-0.jpg": {"action": "drop", "kept_id": "g01-1.jpg",
+                             "cosine": by_pair[("g01-0.jpg", "g01-1.jpg")]["cosine"]},
+               "g01-1.jpg": {"action": "keep", "kept_id": None, "cosine": None}}
+    rewrite(tmp_path, lambda rs: [dict(r, **swapped.get(r["id"], {})) for r in rs], "groups")
+    data = prepare(str(tmp_path), manifest, ReportConfig(max_pairs=100))
+    drops = {i.id: i for g in data.groups for i in g.images if i.action == "drop"}
+    assert len(drops) == 11 and drops["g00-4.jpg"].accepted is None and drops["g01-0.jpg"].kept_id == "g01-1.jpg"
+    for image in drops.values():
+        if image.id != "g00-4.jpg":
+            assert image.accepted == expected_acceptance(by_pair[tuple(sorted((image.kept_id, image.id)))])
+    assert {i.accepted for i in drops.values()} >= {"exact copy", "embedding"}
+    assert any(i.accepted and i.accepted.startswith("verified: ") for i in drops.values())
+    assert all(i.accepted is None for g in data.groups for i in g.images if i.action == "keep")
+    assert len(data.pairs) == len(by_pair)
+    assert all(p.accepted == expected_acceptance(by_pair[(p.a.id, p.b.id)]) for p in data.pairs)
+    html = render.render(data)
+    groups_html, pairs_html = html.split('<section id="pairs"')[0].split('<section id="groups"')[1], html.split(
+        '<section id="pairs"')[1].split('<section id="errors"')[0]
+    assert '<div class="accepted">exact copy</div>' in groups_html
+    shown = [p.accepted for p in data.pairs]
+    assert pairs_html.count('<div class="accepted">') == len(shown)
+    for text in set(shown):
+        assert f'<div class="accepted">{text}</div>' in pairs_html
+
+
+def test_summary_shows_verification_counts_and_settings_and_the_histogram_marks_accept_cosine(tmp_path):
+    manifest, rows = seeded_run(tmp_path)
+    data = prepare(str(tmp_path), manifest, ReportConfig())
+    verified = sum(r["verified"] == "geometry" for r in rows["pairs"])
+    assert verified > 0
+    summary = dict(data.summary)
+    assert (summary["verified pairs"], summary["rejected pairs"], summary["exact copies"]) == (str(verified), "3", "1")
+    labels = [label for label, _ in data.settings]
+    assert labels[:3] == ["cosine threshold", "accept cosine", "min inliers"]
+    assert dict(data.settings)["accept cosine"] == "0.85" and dict(data.settings)["min inliers"] == "15"
+    h = data.histogram
+    assert h.accept_cosine == ACCEPT and h.threshold_x < h.accept_x < h.plot_right
+    html = render.render(data)
+    assert f'<line class="accept" x1="{h.accept_x}"' in html and "accept 0.85</text>" in html
+    assert ">verified pairs<" in html and ">exact copies<" in html
+
+    manifest["config"]["pairs"]["accept_cosine"] = 0.6  # at or below the threshold: verification off
+    data = prepare(str(tmp_path), manifest, ReportConfig())
+    assert data.histogram.accept_x is None and 'class="accept"' not in render.render(data)
+    assert dict(data.settings)["accept cosine"] == "0.6 (at or below the threshold: no verification)"
+
+
+def test_a_run_written_before_verification_still_renders(tmp_path):
+    manifest, rows = seeded_run(tmp_path, verification=False)
+    assert "verified_pairs" not in manifest["counts"] and "accept_cosine" not in manifest["config"]["pairs"]
+    data = prepare(str(tmp_path), manifest, ReportConfig(max_pairs=100))
+    assert all(i.accepted is None for i in data.images()) and all(p.accepted is None for p in data.pairs)
+    assert len(data.pairs) == len(rows["pairs"]) and len(data.groups) == 5
+    assert not {"verified pairs", "rejected pairs", "exact copies"} & {label for label, _ in data.summary}
+    assert not {"accept cosine", "min inliers"} & {label for label, _ in data.settings}
+    assert data.histogram.accept_x is None
+    html = render.render(data)
+    assert 'class="accepted"' not in html and 'class="accept"' not in html and "inliers" not in html
+    assert "cosine threshold" in html and html.count('<div class="pair">') == len(rows["pairs"])
+
+
+def test_a_hostile_verification_value_is_text(tmp_path):
+    manifest, _ = seeded_run(tmp_path, sizes=(2,))
+    rewrite(tmp_path, lambda rs: [dict(r, exact=False, inliers=None, verified=HOSTILE) for r in rs])
+    data = prepare(str(tmp_path), manifest, ReportConfig())
+    assert data.groups[0].images[1].accepted == HOSTILE and data.pairs[0].accepted == HOSTILE
+    html = render.render(data)
+    assert HOSTILE not in html and html.count("&lt;img src=x onerror=alert(1)&gt;.jpg") == 2
+
+
+@pytest.mark.parametrize("row, text", [
+    ({"exact": True, "verified": "embedding", "inliers": None}, "exact copy"),
+    ({"exact": False, "verified": "geometry", "inliers": 42}, "verified: 42 inliers"),
+    ({"exact": False, "verified": "geometry", "inliers": None}, "verified"),
+    ({"exact": False, "verified": "embedding", "inliers": None}, "embedding"),
+    ({"exact": False}, None),  # a run with exact but not yet verification
+    ({}, None),  # an older run
+])
+def test_acceptance_text(row, text):
+    assert acceptance(row) == text

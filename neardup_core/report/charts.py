@@ -45,6 +45,8 @@ class Histogram:
     threshold: float
     threshold_x: float
     total: int
+    accept_cosine: float | None = None  # marked only above the threshold (below it, verification is off)
+    accept_x: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,11 @@ def _step(span: float) -> float:
     return 10 ** math.ceil(math.log10(span))
 
 
-def histogram(cosines: np.ndarray, threshold: float, bins: int = 40, width: int = WIDTH, height: int = HEIGHT
-              ) -> Histogram:
+def histogram(cosines: np.ndarray, threshold: float, accept_cosine: float | None = None, bins: int = 40,
+              width: int = WIDTH, height: int = HEIGHT) -> Histogram:
     """Bars of a histogram of pair cosines from a round value at or below the threshold to
-    1.0, with the threshold's x position to mark it.
+    1.0, with the threshold's x position to mark it, and ``accept_cosine``'s where it is
+    above the threshold (pairs between the two were kept only when verified).
 
     Memory: the cosines array and ``bins`` counts.
     """
@@ -107,8 +110,10 @@ def histogram(cosines: np.ndarray, threshold: float, bins: int = 40, width: int 
     x_ticks = [Tick(round(x_of(v), 2), f"{v:.2f}") for v in np.arange(low, high + step / 2, step)]
     y_step = max(1, math.ceil(peak / 4))
     y_ticks = [Tick(round(y_of(c), 2), f"{c:,}") for c in range(0, peak + 1, y_step)]
+    marked = accept_cosine is not None and threshold < accept_cosine <= high
     return Histogram(width, height, left, right, top, bottom, bars, x_ticks, y_ticks, threshold,
-                     round(x_of(threshold), 2), len(cosines))
+                     round(x_of(threshold), 2), len(cosines), accept_cosine if marked else None,
+                     round(x_of(accept_cosine), 2) if marked else None)
 
 
 def pr_curve(points: Sequence[tuple[float, float, float]], width: int = 360, height: int = 300) -> Curve:

@@ -6,7 +6,9 @@ Everything the page holds is bounded by ``report.*``: the largest ``max_groups``
 (``max_images_per_group`` images each), the ``max_pairs`` pairs closest to the threshold,
 a few paths per error reason. Reading costs one pass over a few columns: ``group_id`` and
 ``group_size`` of groups/, ``cosine`` of pairs/, ``stage`` and ``message`` of errors/;
-the rows shown are then read with a filter.
+the rows shown are then read with a filter, and so are the pairs of the drops shown with
+their kept images (for how each was accepted: ``verified``, ``inliers``, ``exact``; runs
+written before verification lack those columns, and the page then says nothing of it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SUCCESS = "_SUCCESS"
 MAX_ERROR_REASONS = 50
 PATHS_PER_ERROR_REASON = 10
 CURVE_POINTS = 41
+ACCEPTANCE_COLUMNS = ("verified", "inliers", "exact")  # pairs/ columns a run may lack (older runs)
 
 
 class ReportError(ValueError):
@@ -45,6 +48,7 @@ class ImageView:
     action: str | None = None  # keep | drop in a group; None at a pair's end
     kept_id: str | None = None
     cosine: float | None = None  # a drop's cosine to kept_id; None: linked through other images
+    accepted: str | None = None  # how the drop's pair with kept_id was accepted (acceptance()); None: no such pair
     width: int | None = None
     height: int | None = None
     bytes: int | None = None
@@ -65,6 +69,7 @@ class PairView:
     a: ImageView
     b: ImageView
     cosine: float
+    accepted: str | None = None  # acceptance(); None where pairs/ has no verification columns
 
 
 @dataclass
@@ -97,6 +102,7 @@ class ReportData:
     stages: list[tuple[str, float]]
     threshold: float
     limits: ReportConfig
+    accept_cosine: float | None = None  # pairs.accept_cosine, where the manifest has it
     groups: list[GroupView] = field(default_factory=list)
     total_groups: int = 0
     pairs: list[PairView] = field(default_factory=list)
@@ -110,6 +116,20 @@ class ReportData:
     def images(self) -> list[ImageView]:
         """Every image view on the page (an image shown twice has two views)."""
         return [i for g in self.groups for i in g.images] + [i for p in self.pairs for i in (p.a, p.b)]
+
+
+def acceptance(row: dict) -> str | None:
+    """How a pairs/ row was accepted, as the page says it: ``exact copy``, ``verified: N
+    inliers`` or ``embedding``; None where the row has none of the columns that tell (an
+    older run). An unknown ``verified`` value is shown as it is (the template escapes it)."""
+    verified, inliers = row.get("verified"), row.get("inliers")
+    if row.get("exact"):
+        return "exact copy"
+    if verified == "geometry":
+        return f"verified: {inliers} inliers" if inliers is not None else "verified"
+    if verified is not None:
+        return str(verified)
+    return None
 
 
 def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
@@ -157,17 +177,19 @@ def prepare(run: str, manifest: dict, limits: ReportConfig, truth: Truth | None 
     """
     config = manifest.get("config", {})
     threshold = float(config.get("pairs", {}).get("cosine_threshold", 0.0))
+    accept = config.get("pairs", {}).get("accept_cosine")
     data = ReportData(run=_run_facts(manifest), summary=_summary(manifest), settings=_settings(manifest, threshold),
                       stages=[(s["name"], float(s.get("seconds", 0.0))) for s in manifest.get("stages", [])],
-                      threshold=threshold, limits=limits)
+                      threshold=threshold, limits=limits, accept_cosine=None if accept is None else float(accept))
     pairs, groups, errors = (_dataset(f"{run}/{name}") for name in ("pairs", "groups", "errors"))
     for name, dataset in (("pairs", pairs), ("groups", groups), ("errors", errors)):
         if dataset is None:
             raise ReportError(f"{run}: no {name}/ dataset")
     data.groups, data.total_groups = _groups(groups, limits.max_groups, limits.max_images_per_group)
+    _add_acceptance(pairs, [i for g in data.groups for i in g.images if i.action == "drop" and i.kept_id])
     cosines = pairs.to_table(columns=["cosine"]).column("cosine").to_numpy()
     data.total_pairs = len(cosines)
-    data.histogram = charts.histogram(cosines, threshold)
+    data.histogram = charts.histogram(cosines, threshold, data.accept_cosine)
     data.pairs = _borderline_pairs(pairs, cosines, threshold, limits.max_pairs)
     data.errors, data.total_errors, data.total_error_reasons = _errors(errors)
     _add_image_facts(_dataset(f"{run}/embeddings"), data.images())
@@ -186,7 +208,8 @@ def _run_facts(manifest: dict) -> dict[str, str]:
 
 def _summary(manifest: dict) -> list[tuple[str, str]]:
     counts = manifest.get("counts", {})
-    names = [("images", "inputs"), ("errors", "errors"), ("pairs", "pairs"), ("groups", "groups"),
+    names = [("images", "inputs"), ("errors", "errors"), ("pairs", "pairs"), ("verified pairs", "verified_pairs"),
+             ("rejected pairs", "rejected_pairs"), ("exact copies", "exact_copies"), ("groups", "groups"),
              ("kept", "kept"), ("dropped", "dropped")]
     return [(label, f"{counts[key]:,}") for label, key in names if key in counts]
 
@@ -206,8 +229,21 @@ def _settings(manifest: dict, threshold: float) -> list[tuple[str, str]]:
                 f"{lsh['recall_at_threshold']:.4f} at the threshold")
     else:
         plan = "none (nothing to hash)"
-    return [("cosine threshold", f"{threshold:g}"), ("model", model_text), ("LSH plan", plan),
+    return [("cosine threshold", f"{threshold:g}"), *_verification_settings(config.get("pairs", {}), threshold),
+            ("model", model_text), ("LSH plan", plan),
             ("keep priority", ", ".join(config.get("groups", {}).get("keep", [])))]
+
+
+def _verification_settings(pairs: dict, threshold: float) -> list[tuple[str, str]]:
+    """``pairs.accept_cosine`` and ``pairs.min_inliers``, where the manifest has them."""
+    settings = []
+    if "accept_cosine" in pairs:
+        accept = float(pairs["accept_cosine"])
+        note = "" if accept > threshold else " (at or below the threshold: no verification)"
+        settings.append(("accept cosine", f"{accept:g}{note}"))
+    if "min_inliers" in pairs:
+        settings.append(("min inliers", f"{pairs['min_inliers']}"))
+    return settings
 
 
 def _groups(dataset: ds.Dataset, max_groups: int, per_group: int) -> tuple[list[GroupView], int]:
@@ -248,10 +284,32 @@ def _borderline_pairs(dataset: ds.Dataset, cosines: np.ndarray, threshold: float
     k = min(max_pairs, len(gap))
     limit = float(np.partition(gap, k - 1)[k - 1])
     near = (pc.field("cosine") >= threshold - limit) & (pc.field("cosine") <= threshold + limit)
-    rows = dataset.to_table(columns=["id_a", "id_b", "path_a", "path_b", "cosine"], filter=near).to_pylist()
+    columns = ["id_a", "id_b", "path_a", "path_b", "cosine", *_acceptance_columns(dataset)]
+    rows = dataset.to_table(columns=columns, filter=near).to_pylist()
     rows.sort(key=lambda r: (abs(r["cosine"] - threshold), r["id_a"], r["id_b"]))
-    return [PairView(ImageView(r["id_a"], r["path_a"] or ""), ImageView(r["id_b"], r["path_b"] or ""), r["cosine"])
+    return [PairView(ImageView(r["id_a"], r["path_a"] or ""), ImageView(r["id_b"], r["path_b"] or ""), r["cosine"],
+                     acceptance(r))
             for r in rows[:k]]
+
+
+def _acceptance_columns(dataset: ds.Dataset) -> list[str]:
+    return [c for c in ACCEPTANCE_COLUMNS if c in dataset.schema.names]
+
+
+def _add_acceptance(pairs: ds.Dataset, drops: list[ImageView]) -> None:
+    """How each drop's pair with its kept image was accepted, from that pair's row in
+    pairs/ (``id_a < id_b``); a drop linked through other images has no such row."""
+    columns = _acceptance_columns(pairs)
+    if not columns or not drops:
+        return
+    ids = pa.array(sorted({i.id for i in drops} | {i.kept_id for i in drops}), pa.string())
+    rows = pairs.to_table(columns=["id_a", "id_b", *columns],
+                          filter=pc.field("id_a").isin(ids) & pc.field("id_b").isin(ids)).to_pylist()
+    found = {(r["id_a"], r["id_b"]): r for r in rows}
+    for image in drops:
+        row = found.get((min(image.id, image.kept_id), max(image.id, image.kept_id)))
+        if row is not None:
+            image.accepted = acceptance(row)
 
 
 def _errors(dataset: ds.Dataset) -> tuple[list[ErrorReason], int, int]:
