@@ -452,7 +452,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record["shuffle_bytes_per_image"] = round(shuffled / max(items, 1), 1)
     _log_oversized(result.buckets, cfg.lsh)
     result, verified = _verify(spark, cfg, out, progress, good if embedded.has_images else None, result,
-                               found.verified_before if found is not None else None)
+                               found.verified_before if found is not None and cfg.pairs.verifies else None)
 
     with progress.stage("groups") as record:
         nodes = every.select("id", "path", *IMAGE_FACTS)
