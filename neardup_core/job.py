@@ -386,7 +386,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
     every = good  # every good row; `good` is one row per content from here (spark.exact)
-    collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
+    with _sized_shuffles(spark, cfg, items):
+        collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
     items -= collapsed.count if collapsed.representatives is not good else 0
     good, copies = collapsed.representatives, collapsed.copies
     pairs_path = out.staged("pairs") if copies is None else out.staged("_near-pairs")
