@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -67,6 +68,8 @@ class VerifyResult(NamedTuple):
     over_budget: int = 0  # borderline pairs rejected without matching: past pairs.max_verified_per_image
     rounds: int = 0  # rounds of matching (verify.settle); 1 without a plan
     planned: bool = False  # whether only the pairs the groups need were matched (else every borderline pair)
+    featurize_seconds: float = 0.0  # wall-clock seconds reading images again and finding their features
+    match_seconds: float = 0.0  # wall-clock seconds matching pairs (both on all the job's cores)
 
     def record(self) -> dict:
         return self._asdict()
@@ -149,7 +152,8 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     images_done, errors = matcher.featurized()
     written = spark.read.parquet(path).count()
     return VerifyResult(written, count, accepted, count - unverified - accepted, images_done, errors,
-                        matched=geometry, unverified=unverified, over_budget=over, rounds=rounds, planned=planned)
+                        matched=geometry, unverified=unverified, over_budget=over, rounds=rounds, planned=planned,
+                        featurize_seconds=round(matcher.seconds[0], 2), match_seconds=round(matcher.seconds[1], 2))
 
 
 class _Matcher:
@@ -163,6 +167,7 @@ class _Matcher:
         self.tally = Tally(self.spark)
         self.feature_paths: list[str] = []
         self.rounds = 0
+        self.seconds = [0.0, 0.0]  # featurizing, matching
 
     def match(self, wanted: DataFrame, count: int) -> DataFrame:
         """id_a, id_b (``count`` rows) -> id_a, id_b, inliers, computed once (in scratch)."""
@@ -174,7 +179,9 @@ class _Matcher:
             ends = ends.join(self._features().select("id"), "id", "left_anti")
         new = ends.join(self.images.select("id", "path"), "id", "left").repartition(tasks, "id")
         self.feature_paths.append(f"{self.scratch}/features/round={self.rounds}")
+        start = time.perf_counter()
         _featurize(new, self.cfg, self.input_cfg, self.tally, self.rounds).write.parquet(self.feature_paths[-1])
+        self.seconds[0] += time.perf_counter() - start
         features = self._features()
         side_a = features.select(F.col("id").alias("id_a"), F.col("points").alias("points_a"),
                                  F.col("descriptors").alias("descriptors_a"))
@@ -182,7 +189,9 @@ class _Matcher:
                                  F.col("descriptors").alias("descriptors_b"))
         joined = wanted.join(side_a, "id_a", "left").join(side_b, "id_b", "left").repartition(tasks)
         decided = f"{self.scratch}/decided/round={self.rounds}"
+        start = time.perf_counter()
         _decide(joined, self.cfg).write.parquet(decided)
+        self.seconds[1] += time.perf_counter() - start
         return self.spark.read.parquet(decided)
 
     def _features(self) -> DataFrame:
