@@ -80,8 +80,8 @@ def test_borderline_pairs_are_verified_once_per_image(spark, photos, tmp_path):
     assert sorted(zip(rejected.id_a, rejected.id_b)) == [("apple", "fruits"), ("apple", "orange")]
     assert (rejected.inliers < 12).all() and (rejected.verified == "geometry").all()
     # Five images in borderline pairs, each featurized once although apple is in two pairs.
-    assert result._replace(featurize_seconds=0.0, match_seconds=0.0) == verify_stage.VerifyResult(pairs=2, borderline=3, accepted=1, rejected=2, images=5,
-                                               image_errors=0, matched=3, rounds=1)
+    assert result._replace(featurize_seconds=0.0, match_seconds=0.0) == verify_stage.VerifyResult(
+        pairs=2, borderline=3, accepted=1, rejected=2, images=5, image_errors=0, matched=3, rounds=1)
     assert spark.read.parquet(str(tmp_path / "scratch" / "features")).count() == 5
 
 
