@@ -384,10 +384,12 @@ def check_job(seeds: dict, score) -> None:
             per_half[half].append(score(data, inside, data["truth"][half]))
         t = per_half["test"][-1]
         found = v["pairs"] + v["rejected"]
+        matched = v.get("matched", v["borderline"])
         print(f"  seed {seed}: test P {t.precision:.3f} R {t.recall:.3f} F1 {t.f1:.3f}; run {wall:.1f} s, embed "
               f"{stage['embed']['seconds']:.1f} s, verify {v['seconds']:.1f} s: {v['borderline']} of {found} pairs "
-              f"verified ({v['borderline'] / max(found, 1):.0%}), {v['rejected']} rejected, {v['images']} images "
-              f"featurized")
+              f"borderline ({v['borderline'] / max(found, 1):.0%}), {matched} matched, {v.get('unverified', 0)} "
+              f"left unverified, {v.get('over_budget', 0)} over the budget, {v['rejected']} rejected, "
+              f"{v['images']} images featurized")
     for half, scores in per_half.items():
         p, r, f1, tp, fp, fn = pooled(scores)
         print(f"  {half:<7} photos, seeds pooled: precision {p:.3f} recall {r:.3f} F1 {f1:.3f} "
@@ -405,8 +407,9 @@ def check_job(seeds: dict, score) -> None:
                                            cfg.max_keypoints)
     per_image = (time.perf_counter() - start) / len(images)
     start = time.perf_counter()
-    for a, b in pairs:
-        verify.count_inliers(feats[a], feats[b], cfg.ratio, cfg.transform)
+    with verify.one_thread():  # as in a Spark task
+        for a, b in pairs:
+            verify.count_inliers(feats[a], feats[b], cfg.ratio, cfg.transform)
     per_pair = (time.perf_counter() - start) / len(pairs)
     print(f"  kernel, one core: {per_image:.3f} s per featurized image ({len(images)} images, decode included), "
           f"{per_pair * 1000:.1f} s per 1,000 verified pairs ({len(pairs)} pairs)")
