@@ -67,8 +67,16 @@ def print_run(images: int, overrides: list[str], wall: float, manifest: dict) ->
     verify = next((s for s in manifest["stages"] if s["name"] == "verify"), None)
     if verify and verify.get("borderline"):
         found = manifest["counts"]["pairs"] + manifest["counts"]["rejected_pairs"]
-        print(f"verify: {verify['borderline']} of {found} pairs verified ({verify['rejected']} rejected), "
-              f"{verify['images']} images featurized, {verify['seconds']:.1f} s")
+        matched = verify.get("matched", verify["borderline"])
+        print(f"verify: {verify['borderline']} of {found} pairs borderline ({verify['borderline'] / found:.1%}): "
+              f"{matched} matched ({matched / verify['borderline']:.1%}), {verify.get('unverified', 0)} left "
+              f"unverified, {verify.get('over_budget', 0)} over the budget; {verify['rejected']} rejected; "
+              f"{verify['images']} images featurized; {verify.get('rounds', 1)} rounds; {verify['seconds']:.1f} s")
+        if "match_seconds" in verify and matched and verify["images"]:
+            print(f"verify: featurizing {verify['featurize_seconds']:.1f} s "
+                  f"({verify['featurize_seconds'] / verify['images']:.3f} s per image), matching "
+                  f"{verify['match_seconds']:.1f} s ({verify['match_seconds'] / matched * 1000:.1f} s per 1,000 "
+                  f"pairs), wall-clock on all {os.cpu_count()} cores")
 
 
 def main() -> None:

@@ -159,6 +159,7 @@ class PairsConfig(_Section):
     max_side: int = 512
     ratio: float = 0.75
     keep_rejected: bool = False
+    max_verified_per_image: float = 2.0
 
     def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
@@ -168,6 +169,7 @@ class PairsConfig(_Section):
         _in_range("pairs.max_keypoints", self.max_keypoints, 10, 100_000)
         _in_range("pairs.max_side", self.max_side, 64, 8192)
         _in_range("pairs.ratio", self.ratio, 0.1, 1.0)
+        _in_range("pairs.max_verified_per_image", self.max_verified_per_image, 0.0, 1_000_000.0)
 
     @property
     def verifies(self) -> bool:

@@ -83,8 +83,10 @@ class RunCounts:
     changed: int = 0  # images of the previous run whose content changed (embedded again)
     deleted: int = 0  # images of the previous run no longer listed
     exact_copies: int = 0  # embedded images with the same bytes as another one, paired only with it
-    verified_pairs: int = 0  # pairs with cosine under pairs.accept_cosine, verified geometrically
-    rejected_pairs: int = 0  # of those, rejected: not in pairs/ (in rejected_pairs/ with pairs.keep_rejected)
+    verified_pairs: int = 0  # pairs with cosine under pairs.accept_cosine matched geometrically
+    rejected_pairs: int = 0  # borderline pairs rejected: not in pairs/ (in rejected_pairs/ with pairs.keep_rejected)
+    unverified_pairs: int = 0  # borderline pairs not matched: their verdict could change no group or decision
+    over_budget_pairs: int = 0  # of rejected_pairs, not matched: past pairs.max_verified_per_image
 
 
 @dataclass(frozen=True)
@@ -452,13 +454,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record["shuffle_bytes"] = shuffled
             record["shuffle_bytes_per_image"] = round(shuffled / max(items, 1), 1)
     _log_oversized(result.buckets, cfg.lsh)
+    nodes = every.select("id", "path", *IMAGE_FACTS)
+    if embedded.extras is not None:
+        nodes = nodes.join(embedded.extras, "id", "left")
     result, verified = _verify(spark, cfg, out, progress, good if embedded.has_images else None, result,
-                               found.verified_before if found is not None and cfg.pairs.verifies else None)
+                               found.verified_before if found is not None and cfg.pairs.verifies else None, nodes)
 
     with progress.stage("groups") as record:
-        nodes = every.select("id", "path", *IMAGE_FACTS)
-        if embedded.extras is not None:
-            nodes = nodes.join(embedded.extras, "id", "left")
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
             result.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
         grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, cfg.groups.criteria(),
@@ -507,7 +509,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                        candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
                        largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped,
                        reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count,
-                       verified_pairs=verified.borderline, rejected_pairs=verified.rejected)
+                       verified_pairs=verified.matched, rejected_pairs=verified.rejected,
+                       unverified_pairs=verified.unverified, over_budget_pairs=verified.over_budget)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
     return counts, lsh_record, incremental_record
 
@@ -526,12 +529,13 @@ def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, pri
 
 
 def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress, images: DataFrame | None,
-            result: pairing_stage.PairingResult, known: DataFrame | None = None
+            result: pairing_stage.PairingResult, known: DataFrame | None = None, nodes: DataFrame | None = None
             ) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
     """Borderline pairs verified on local features (:func:`spark.verify.verify_pairs`;
     ``images`` None: none, as for ``neardup pairs``; ``known``: pairs an incremental run
-    carried over, with last night's verdict); the staged pairs/ is rewritten with
-    ``inliers`` and ``verified`` before the groups stage reads it."""
+    carried over, with last night's verdict; ``nodes``: the groups stage's images, so only
+    the pairs whose verdict the groups need are matched); the staged pairs/ is rewritten
+    with ``inliers`` and ``verified`` before the groups stage reads it."""
     staged = spark.read.parquet(out.staged("pairs"))
     if "exact" not in staged.columns:  # the same schema whether or not the run found exact copies
         staged = staged.withColumn("exact", F.lit(False))
@@ -539,13 +543,16 @@ def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress
         verified = verify_stage.verify_pairs(
             staged, images, cfg.pairs, cfg.input,
             cfg.spark.shuffle_partitions or default_parallelism(spark), out.staged("_verify-scratch"),
-            out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None, known)
+            out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None, known,
+            nodes, cfg.groups.criteria(), cfg.groups.max_pairs_in_one_task)
         out.replace_staged("pairs", "pairs-verified")
         record.update(verified.record())
         record["rows"] = verified.pairs
     if verified.borderline:
-        log.info("%d borderline pairs verified on %d images: %d accepted, %d rejected", verified.borderline,
-                 verified.images, verified.accepted, verified.rejected)
+        log.info("%d borderline pairs: %d matched on %d images in %d rounds (%d accepted, %d rejected), %d left "
+                 "unverified (their verdict changes no group or decision), %d rejected over the budget",
+                 verified.borderline, verified.matched, verified.images, verified.rounds, verified.accepted,
+                 verified.rejected - verified.over_budget, verified.unverified, verified.over_budget)
     return result._replace(pairs=verified.pairs), verified
 
 

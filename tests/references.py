@@ -154,3 +154,16 @@ def check_groups_output(run_dir):
     assert counts["groups"] == groups.group_id.nunique()
     assert counts["kept"] == (groups.action == "keep").sum() and counts["dropped"] == (groups.action == "drop").sum()
     assert counts["largest_group"] == (groups.group_size.max() if len(groups) else 0)
+
+
+def brute_force_matches(a, b, ratio):
+    """Lowe's ratio-test matches (indices into a, into b) from OpenCV's brute-force L2
+    matcher, one Python object per match: what verify.good_matches computed before."""
+    import cv2
+    import numpy as np
+
+    if len(a.descriptors) < 1 or len(b.descriptors) < 2:
+        return [], []
+    knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors.astype(np.float32), b.descriptors.astype(np.float32), k=2)
+    kept = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    return [m.queryIdx for m in kept], [m.trainIdx for m in kept]

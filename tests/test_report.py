@@ -400,3 +400,12 @@ def test_a_hostile_verification_value_is_text(tmp_path):
 ])
 def test_acceptance_text(row, text):
     assert acceptance(row) == text
+
+
+def test_pairs_left_unverified_say_why_and_are_counted(tmp_path):
+    manifest, rows = seeded_run(tmp_path)
+    assert acceptance({"exact": False, "inliers": None, "verified": "unverified"}) == \
+        "not verified: same group either way"
+    manifest["counts"].update(unverified_pairs=1234, over_budget_pairs=5)
+    summary = dict(prepare(str(tmp_path), manifest, ReportConfig()).summary)
+    assert (summary["unverified pairs"], summary["over-budget pairs"]) == ("1,234", "5")

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from neardup_core import verify
+from tests.references import brute_force_matches, sequential_decisions, union_find_components
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 MIN_INLIERS = 15  # the default pairs.min_inliers
@@ -131,3 +132,91 @@ def test_accept_cosine_at_or_below_the_threshold_turns_verification_off():
     cosine = np.array([0.7, 0.75, 0.99])
     assert not verify.needs_verification(cosine, 0.7, 0.7).any()
     assert verify.accepted(cosine, np.zeros(3), 0.7, 0.5, 1000).all()
+
+
+def test_matches_are_those_of_opencvs_brute_force_matcher():
+    photos = [_photo(name) for name in ("baboon.jpg", "fruits.jpg", "home.jpg", "apple.jpg")]
+    found = []
+    for im in photos:
+        found += [_features(im), _features(_copies(im)["cropped"])]
+    for i in range(len(found)):
+        for j in range(len(found)):
+            if i != j:
+                for ratio in (0.7, 0.75, 0.8):
+                    ia, ib = verify.good_matches(found[i], found[j], ratio)
+                    assert (ia.tolist(), ib.tolist()) == brute_force_matches(found[i], found[j], ratio), (i, j, ratio)
+
+
+def _seeded_graph(seed):
+    """A priority-ordered pair graph: dense clusters (crops of one photo) and sparse links,
+    each pair strong or borderline, and a fixed verdict for every borderline pair."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 60))
+    cluster = rng.integers(0, max(1, n // int(rng.integers(2, 12))), n)
+    pairs = {(i, j) for i in range(n) for j in range(i + 1, n)
+             if rng.random() < (0.6 if cluster[i] == cluster[j] else 0.03)}
+    pairs = sorted(pairs) or [(0, 1)]
+    a, b = np.array(pairs).T
+    swap = rng.random(len(a)) < 0.5  # either end may come first
+    a, b = np.where(swap, b, a), np.where(swap, a, b)
+    strong = rng.random(len(a)) < rng.uniform(0.1, 0.9)
+    verdict = rng.random(len(a)) < rng.uniform(0.1, 0.9)
+    cosine = rng.uniform(0.625, 0.75, len(a)).round(3)
+    return n, a, b, cosine, strong, verdict
+
+
+def _outcome(n, a, b, cosine, accepted):
+    edges = [(int(x), int(y)) for x, y in zip(a[accepted], b[accepted])]
+    kept_by, cos = sequential_decisions(n, [(x, y, c) for (x, y), c in zip(edges, cosine[accepted])])
+    return union_find_components(n, edges), kept_by, cos
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_settling_gives_the_groups_and_decisions_of_verifying_every_pair(seed):
+    n, a, b, cosine, strong, verdict = _seeded_graph(seed)
+    asked = []
+
+    def count(indices):
+        asked.extend(indices.tolist())
+        return np.where(verdict[indices], 20, 3)
+
+    settled = verify.settle(n, a, b, cosine, np.where(strong, verify.EMBEDDING, verify.UNKNOWN), count,
+                            min_inliers=15, budget=10**9)
+    assert len(asked) == len(set(asked)) and not strong[asked].any()  # each borderline pair at most once
+    assert settled.over_budget == 0
+    expected = _outcome(n, a, b, cosine, strong | verdict)
+    left = settled.state == verify.UNKNOWN
+    assert (settled.state[strong] == verify.EMBEDDING).all() and (settled.inliers[left] == -1).all()
+    # Whatever the pairs left unverified would have said, the groups and decisions are the same.
+    for unverified_verdict in (True, False):
+        accepted = np.isin(settled.state, (verify.EMBEDDING, verify.GEOMETRY)) | (left & unverified_verdict)
+        assert _outcome(n, a, b, cosine, accepted) == expected
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_over_budget_pairs_are_rejected_and_the_rest_is_exact(seed):
+    n, a, b, cosine, strong, verdict = _seeded_graph(seed)
+    budget = int(np.random.default_rng(seed).integers(0, 6))
+    settled = verify.settle(n, a, b, cosine, np.where(strong, verify.EMBEDDING, verify.UNKNOWN),
+                            lambda idx: np.where(verdict[idx], 20, 3), min_inliers=15, budget=budget)
+    matched = np.isin(settled.state, (verify.GEOMETRY, verify.REJECTED))
+    over = settled.state == verify.OVER_BUDGET
+    assert matched.sum() <= budget and over.sum() == settled.over_budget
+    assert settled.over_budget == 0 or matched.sum() == budget  # the budget is spent before any pair is refused
+    # The same as verifying every pair with the refused ones taken as rejected.
+    accepted = strong | (verdict & ~over)
+    left = settled.state == verify.UNKNOWN
+    for unverified_verdict in (True, False):
+        got = np.isin(settled.state, (verify.EMBEDDING, verify.GEOMETRY)) | (left & unverified_verdict)
+        assert _outcome(n, a, b, cosine, got) == _outcome(n, a, b, cosine, accepted)
+
+
+def test_settling_skips_pairs_inside_a_group_of_crops():
+    # One photo's crops: a star of strong pairs around the kept image, and borderline pairs
+    # between the crops, which are all dropped by the kept image whatever those pairs say.
+    n = 30
+    a = np.array([0] * (n - 1) + [i for i in range(1, n) for j in range(i + 1, n)])
+    b = np.array(list(range(1, n)) + [j for i in range(1, n) for j in range(i + 1, n)])
+    state = np.where(a == 0, verify.EMBEDDING, verify.UNKNOWN)
+    settled = verify.settle(n, a, b, np.full(len(a), 0.7), state, lambda idx: np.zeros(len(idx)), 15, 10**9)
+    assert settled.rounds == 0 and (settled.state[a > 0] == verify.UNKNOWN).all()

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from neardup_core import cli
 from neardup_core.config import InputConfig, PairsConfig
+from neardup_core.spark import groups as groups_stage
 from neardup_core.spark import verify as verify_stage
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
@@ -79,9 +80,53 @@ def test_borderline_pairs_are_verified_once_per_image(spark, photos, tmp_path):
     assert sorted(zip(rejected.id_a, rejected.id_b)) == [("apple", "fruits"), ("apple", "orange")]
     assert (rejected.inliers < 12).all() and (rejected.verified == "geometry").all()
     # Five images in borderline pairs, each featurized once although apple is in two pairs.
-    assert result == verify_stage.VerifyResult(pairs=2, borderline=3, accepted=1, rejected=2, images=5,
-                                               image_errors=0)
+    assert result._replace(featurize_seconds=0.0, match_seconds=0.0) == verify_stage.VerifyResult(
+        pairs=2, borderline=3, accepted=1, rejected=2, images=5, image_errors=0, matched=3, rounds=1)
     assert spark.read.parquet(str(tmp_path / "scratch" / "features")).count() == 5
+
+
+def test_only_pairs_the_groups_need_are_matched_and_the_groups_are_those_of_matching_all(spark, photos, tmp_path):
+    photos = {**photos, "baboon_crop": photos["baboon_edited"]}  # a third copy (same file, another id)
+    rows = [("baboon", "baboon_edited", 0.90), ("baboon", "baboon_crop", 0.90),  # accepted on the embedding
+            ("baboon_crop", "baboon_edited", 0.72),  # inside that group, dropped either way: not matched
+            ("apple", "orange", 0.80), ("fruits", "orange", 0.74)]  # across groups: matched, rejected
+    pairs = _pairs(spark, photos, rows)
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.85, min_inliers=12)
+    criteria = [("id", False)]
+    results, groups = [], []
+    for name, nodes in (("planned", images), ("every", None)):
+        results.append(verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / f"s-{name}"),
+                                                 str(tmp_path / f"p-{name}"), str(tmp_path / f"r-{name}"),
+                                                 nodes=images if nodes is not None else None, criteria=criteria))
+        verified = spark.read.parquet(str(tmp_path / f"p-{name}"))
+        groups_stage.group(verified, images, criteria, verified.count(), 10**6, str(tmp_path / f"g-s-{name}"),
+                           str(tmp_path / f"g-{name}"), 2)
+        groups.append(pd.read_parquet(tmp_path / f"g-{name}").sort_values("id").reset_index(drop=True))
+    planned, every = results
+    assert planned.planned and planned.matched == 2 and planned.unverified == 1 and planned.images == 3
+    assert not every.planned and every.matched == 3 and every.images == 5
+    pd.testing.assert_frame_equal(groups[0], groups[1])
+    written = pd.read_parquet(tmp_path / "p-planned").set_index(["id_a", "id_b"])
+    assert written.loc[("baboon_crop", "baboon_edited"), "verified"] == "unverified"
+    assert pd.isna(written.loc[("baboon_crop", "baboon_edited"), "inliers"])
+    rejected = pd.read_parquet(tmp_path / "r-planned")
+    assert sorted(zip(rejected.id_a, rejected.id_b)) == [("apple", "orange"), ("fruits", "orange")]
+
+
+def test_pairs_past_the_budget_are_rejected_without_matching(spark, photos, tmp_path):
+    pairs = _pairs(spark, photos, [("baboon", "baboon_edited", 0.75), ("apple", "orange", 0.80)])
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.9, min_inliers=12, max_verified_per_image=0.25)
+    for nodes in (images, None):  # 4 images in pairs: a budget of one pair, the highest cosine first
+        tag = "planned" if nodes is not None else "every"
+        result = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / f"s-{tag}"),
+                                           str(tmp_path / f"p-{tag}"), str(tmp_path / f"r-{tag}"),
+                                           nodes=nodes, criteria=[("id", False)])
+        assert (result.matched, result.over_budget, result.rejected, result.pairs) == (1, 1, 2, 0), tag
+        rejected = pd.read_parquet(tmp_path / f"r-{tag}").set_index("id_b")
+        assert rejected.verified.to_dict() == {"orange": "geometry", "baboon_edited": "over_budget"}
+        assert pd.isna(rejected.inliers["baboon_edited"]) and rejected.inliers["orange"] < 12
 
 
 def test_verification_off_or_without_images_accepts_every_pair(spark, photos, tmp_path):
@@ -136,5 +181,7 @@ def test_neardup_run_writes_geometry_accepted_pairs_and_leaves_out_rejected_ones
 def test_keys_are_checked_with_their_names():
     with pytest.raises(ValueError, match="pairs.min_inliers must be in 1..100000, got 0"):
         PairsConfig(min_inliers=0)
+    with pytest.raises(ValueError, match="pairs.max_verified_per_image must be in"):
+        PairsConfig(max_verified_per_image=-1)
     with pytest.raises(ValueError, match="pairs.transform must be one of"):
         dataclasses.replace(PairsConfig(), transform="projective")

@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[4, 5, 6])
     parser.add_argument("--check-job", action="store_true",
                         help="then run `neardup run` with the configured defaults on each set and score it")
+    parser.add_argument("--rescore-job", action="store_true",
+                        help="score the runs --check-job wrote last time, without running the job again")
     args = parser.parse_args()
     seeds = {}
     for seed in args.seeds:
@@ -356,11 +358,29 @@ def main() -> None:
     with open(os.path.join(args.work, "study.json"), "w") as f:
         json.dump(report, f, indent=2, default=str)
     print(f"\nwrote {args.work}/study.json")
-    if args.check_job:
-        check_job(seeds, score)
+    if args.check_job or args.rescore_job:
+        check_job(seeds, score, args.rescore_job)
 
 
-def check_job(seeds: dict, score) -> None:
+def with_exact_copies(rows: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
+    """The pairs that pairs/ implies: it lists an exact copy only with the copy that stands
+    for it (``exact`` true), and the copy shares that one's pairs and its other copies."""
+    members: dict[str, set[str]] = {}
+    for a, b, exact in rows:
+        if exact:
+            joined = members.get(a, {a}) | members.get(b, {b})
+            for x in joined:
+                members[x] = joined
+    implied = set()
+    for a, b, _ in rows:
+        for x in members.get(a, {a}):
+            for y in members.get(b, {b}):
+                if x != y:
+                    implied.add(pair(x, y))
+    return sorted(implied)
+
+
+def check_job(seeds: dict, score, rescore: bool = False) -> None:
     """`neardup run` with the configured defaults (verification on) on each set: its pairs/
     scored on the test photos, what its verify stage did, and the kernel's own cost."""
     from neardup_core.config import PairsConfig
@@ -371,10 +391,13 @@ def check_job(seeds: dict, score) -> None:
     per_half = {"tuning": [], "test": []}
     for seed, data in seeds.items():
         out = os.path.join(os.path.dirname(data["set_dir"]), "run-defaults")
-        wall = neardup(["run", "--input", os.path.join(data["set_dir"], "images"), "--output", out, "--overwrite",
-                        "--set", "pairs.keep_rejected=true"])
-        table = pq.read_table(os.path.join(out, "pairs"), columns=["id_a", "id_b"]).to_pydict()
-        kept = [pair(os.path.basename(a), os.path.basename(b)) for a, b in zip(table["id_a"], table["id_b"])]
+        wall = float("nan")
+        if not rescore:
+            wall = neardup(["run", "--input", os.path.join(data["set_dir"], "images"), "--output", out, "--overwrite",
+                            "--set", "pairs.keep_rejected=true"])
+        table = pq.read_table(os.path.join(out, "pairs"), columns=["id_a", "id_b", "exact"]).to_pydict()
+        kept = with_exact_copies([(os.path.basename(a), os.path.basename(b), e)
+                                  for a, b, e in zip(table["id_a"], table["id_b"], table["exact"])])
         with open(os.path.join(out, "_manifest.json")) as f:
             manifest = json.load(f)
         stage = {s["name"]: s for s in manifest["stages"]}
@@ -384,10 +407,12 @@ def check_job(seeds: dict, score) -> None:
             per_half[half].append(score(data, inside, data["truth"][half]))
         t = per_half["test"][-1]
         found = v["pairs"] + v["rejected"]
+        matched = v.get("matched", v["borderline"])
         print(f"  seed {seed}: test P {t.precision:.3f} R {t.recall:.3f} F1 {t.f1:.3f}; run {wall:.1f} s, embed "
               f"{stage['embed']['seconds']:.1f} s, verify {v['seconds']:.1f} s: {v['borderline']} of {found} pairs "
-              f"verified ({v['borderline'] / max(found, 1):.0%}), {v['rejected']} rejected, {v['images']} images "
-              f"featurized")
+              f"borderline ({v['borderline'] / max(found, 1):.0%}), {matched} matched, {v.get('unverified', 0)} "
+              f"left unverified, {v.get('over_budget', 0)} over the budget, {v['rejected']} rejected, "
+              f"{v['images']} images featurized")
     for half, scores in per_half.items():
         p, r, f1, tp, fp, fn = pooled(scores)
         print(f"  {half:<7} photos, seeds pooled: precision {p:.3f} recall {r:.3f} F1 {f1:.3f} "
@@ -405,8 +430,9 @@ def check_job(seeds: dict, score) -> None:
                                            cfg.max_keypoints)
     per_image = (time.perf_counter() - start) / len(images)
     start = time.perf_counter()
-    for a, b in pairs:
-        verify.count_inliers(feats[a], feats[b], cfg.ratio, cfg.transform)
+    with verify.one_thread():  # as in a Spark task
+        for a, b in pairs:
+            verify.count_inliers(feats[a], feats[b], cfg.ratio, cfg.transform)
     per_pair = (time.perf_counter() - start) / len(pairs)
     print(f"  kernel, one core: {per_image:.3f} s per featurized image ({len(images)} images, decode included), "
           f"{per_pair * 1000:.1f} s per 1,000 verified pairs ({len(pairs)} pairs)")

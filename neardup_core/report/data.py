@@ -127,6 +127,8 @@ def acceptance(row: dict) -> str | None:
         return "exact copy"
     if verified == "geometry":
         return f"verified: {inliers} inliers" if inliers is not None else "verified"
+    if verified == "unverified":  # its verdict could change no group or decision, so it was not matched
+        return "not verified: same group either way"
     if verified is not None:
         return str(verified)
     return None
@@ -209,7 +211,8 @@ def _run_facts(manifest: dict) -> dict[str, str]:
 def _summary(manifest: dict) -> list[tuple[str, str]]:
     counts = manifest.get("counts", {})
     names = [("images", "inputs"), ("errors", "errors"), ("pairs", "pairs"), ("verified pairs", "verified_pairs"),
-             ("rejected pairs", "rejected_pairs"), ("exact copies", "exact_copies"), ("groups", "groups"),
+             ("rejected pairs", "rejected_pairs"), ("unverified pairs", "unverified_pairs"),
+             ("over-budget pairs", "over_budget_pairs"), ("exact copies", "exact_copies"), ("groups", "groups"),
              ("kept", "kept"), ("dropped", "dropped")]
     return [(label, f"{counts[key]:,}") for label, key in names if key in counts]
 

@@ -2,46 +2,74 @@
 (:mod:`neardup_core.verify`), from the staged ``pairs/`` to the final one.
 
     borderline pairs (pairs.cosine_threshold <= cosine < pairs.accept_cosine)
-      -> the images in them, each once -> read again, featurize     [one stage; written to scratch]
-      -> both feature sets joined to each borderline pair -> inliers, accepted
+      -> which of them the groups need a verdict for (verify.settle, in rounds, on the driver)
+      -> the images in those, each once -> read again, featurize     [written to scratch]
+      -> both feature sets joined to each such pair -> inliers, accepted
       -> pairs/ = accepted pairs with inliers and verified; rejected_pairs/ behind a flag
 
-Features are computed once per image, not once per pair, and only for images in a
-borderline pair. Memory is bounded by ``pairs.max_keypoints`` (about 136 bytes a SIFT
-keypoint) times the rows of an Arrow batch, which this stage sets to
-:data:`FEATURE_BATCH_ROWS` while it runs. This module only moves data.
+Only the borderline pairs whose verdict can change a group or a keep/drop decision are
+matched (:func:`verify.pairs_to_verify`): a pair between two images that the accepted pairs
+already put in one group, and that the decision walk never looks at, is written with
+``verified`` "unverified" and null inliers; the groups and decisions are exactly those of
+verifying every pair. This plan needs the whole pair graph and the images' priority on
+the driver, so it is made for graphs of up to ``groups.max_pairs_in_one_task`` pairs (the
+groups stage's one-task bound); a larger graph, or a call without ``nodes``, verifies every
+borderline pair. Either way at most ``pairs.max_verified_per_image`` x (images in pairs)
+pairs are matched; a pair that needed a verdict beyond that is rejected without matching
+(``verified`` "over_budget"), counted and logged.
+
+Features are computed once per image, not once per pair, and only for images in a matched
+pair. Memory is bounded by ``pairs.max_keypoints`` (about 136 bytes a SIFT keypoint) times
+the rows of an Arrow batch, which this stage sets to :data:`FEATURE_BATCH_ROWS` while it
+runs. This module only moves data.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import InputConfig, PairsConfig
 from .tally import Tally
 
-VERIFIED_COLUMNS = ("inliers", "verified")  # added to pairs/: int (null: not verified), "embedding" | "geometry"
+log = logging.getLogger("neardup.verify")
+
+# added to pairs/: inliers int (null: not matched); verified "embedding" | "geometry" |
+# "unverified" (its verdict could change no group or decision) | in rejected_pairs/ also "over_budget"
+VERIFIED_COLUMNS = ("inliers", "verified")
 # Rows per Arrow batch while pairs carry two feature sets each (up to 2 x 136 kB with the
 # default 1,000 SIFT keypoints): 64 rows keep a batch under 20 MB.
 FEATURE_BATCH_ROWS = 64
 KEYPOINT_BYTES = 136  # a SIFT keypoint: 2 float32 of position, 128 bytes of descriptor
 _FEATURE_SCHEMA = "id string, points binary, descriptors binary, error string"
-_DECIDED_SCHEMA = "id_a string, id_b string, inliers int, accepted boolean"
+_DECIDED_SCHEMA = "id_a string, id_b string, inliers int"
 _ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
+_LABELS = {1: "embedding", 2: "geometry", 3: "geometry", 0: "unverified", 4: "over_budget"}  # by verify's codes
 
 
 class VerifyResult(NamedTuple):
     pairs: int  # written to pairs/
-    borderline: int  # pairs that needed verification
-    accepted: int  # of those, accepted by verification
-    rejected: int  # of those, rejected (not in pairs/)
+    borderline: int  # pairs between pairs.cosine_threshold and pairs.accept_cosine (not known before)
+    accepted: int  # of those, matched and accepted
+    rejected: int  # of those, rejected (matched, or over the budget): not in pairs/
     images: int  # images featurized
     image_errors: int  # of those, unreadable now: no features, so their pairs are rejected
+    matched: int = 0  # borderline pairs matched (accepted + rejected - over_budget)
+    unverified: int = 0  # borderline pairs not matched: their verdict changes no group or decision
+    over_budget: int = 0  # borderline pairs rejected without matching: past pairs.max_verified_per_image
+    rounds: int = 0  # rounds of matching (verify.settle); 1 without a plan
+    planned: bool = False  # whether only the pairs the groups need were matched (else every borderline pair)
+    featurize_seconds: float = 0.0  # wall-clock seconds reading images again and finding their features
+    match_seconds: float = 0.0  # wall-clock seconds matching pairs (both on all the job's cores)
 
     def record(self) -> dict:
         return self._asdict()
@@ -55,7 +83,9 @@ def label_unverified(pairs: DataFrame) -> DataFrame:
 
 def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, input_cfg: InputConfig,
                  min_tasks: int, scratch: str, path: str, rejected_path: str | None = None,
-                 known: DataFrame | None = None) -> VerifyResult:
+                 known: DataFrame | None = None, nodes: DataFrame | None = None,
+                 criteria: list[tuple[str, bool]] | None = None, max_pairs_in_one_task: int = 1_000_000
+                 ) -> VerifyResult:
     """Verify ``pairs``' borderline pairs and write the accepted pairs to ``path``.
 
     Args:
@@ -64,16 +94,21 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
         images: id and path of every image a pair can name; read again with
             :func:`neardup_core.sources.read_file`. None (``neardup pairs``: no images):
             every pair is written as accepted on the embedding.
-        cfg: the thresholds and feature settings (``pairs.*``).
+        cfg: the thresholds, feature settings and budget (``pairs.*``).
         min_tasks: the fewest tasks for featurizing and for verifying; more when the
-            borderline pairs' two feature sets exceed ``cfg.partition_mb`` a task.
+            matched pairs' two feature sets exceed ``cfg.partition_mb`` a task.
         scratch: a folder for the features and the decisions (each computed once).
         path: where the accepted pairs go, sorted by id_a, id_b, with VERIFIED_COLUMNS.
         rejected_path: where the rejected pairs go (same columns), or None.
         known: id_a, id_b, inliers, verified of pairs verified before (an incremental
             run's carried pairs, whose images did not change): not verified again.
+        nodes, criteria: the groups stage's images (id and the ``groups.keep`` columns) and
+            criteria, for the plan (module docstring); None: every borderline pair is matched.
+        max_pairs_in_one_task: the most pairs the plan is made for (``groups.*``).
     """
     spark = pairs.sparkSession
+    if known is not None:  # a pair left unverified before has no verdict to carry
+        known = known.filter(F.col("verified").isin("embedding", "geometry"))
     borderline = pairs.filter(F.col("cosine") < F.lit(cfg.accept_cosine)).select("id_a", "id_b", "cosine")
     if known is not None:
         borderline = borderline.join(known.select("id_a", "id_b"), ["id_a", "id_b"], "left_anti")
@@ -85,35 +120,155 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
         return VerifyResult(pairs.count(), 0, 0, 0, 0, 0)
     previous_batch = spark.conf.get(_ARROW_BATCH)
     spark.conf.set(_ARROW_BATCH, str(FEATURE_BATCH_ROWS))
-    tally = Tally(spark)
-    tasks = max(min_tasks, math.ceil(count * 2 * cfg.max_keypoints * KEYPOINT_BYTES / cfg.partition_bytes))
+    matcher = _Matcher(images, cfg, input_cfg, min_tasks, scratch)
     try:
-        ends = borderline.select(F.col("id_a").alias("id")).union(borderline.select(F.col("id_b").alias("id")))
-        wanted = ends.distinct().join(images.select("id", "path"), "id", "left").repartition(tasks, "id")
-        _featurize(wanted, cfg, input_cfg, tally).write.parquet(f"{scratch}/features")
-        features = spark.read.parquet(f"{scratch}/features")
-        side_a = features.select(F.col("id").alias("id_a"), F.col("points").alias("points_a"),
-                                 F.col("descriptors").alias("descriptors_a"))
-        side_b = features.select(F.col("id").alias("id_b"), F.col("points").alias("points_b"),
-                                 F.col("descriptors").alias("descriptors_b"))
-        joined = borderline.join(side_a, "id_a", "left").join(side_b, "id_b", "left").repartition(tasks)
-        _decide(joined, cfg).write.parquet(f"{scratch}/decided")
+        graph_size = pairs.count() if nodes is not None else 0
+        if nodes is not None and criteria is not None and graph_size <= max_pairs_in_one_task:
+            verdicts, rounds = _settle(pairs, known, nodes, criteria, cfg, matcher)
+            planned = True
+        else:
+            verdicts, rounds = _verify_every_borderline_pair(pairs, borderline, cfg, matcher), 1
+            planned = False
     finally:
         spark.conf.set(_ARROW_BATCH, previous_batch)
-    decided = spark.read.parquet(f"{scratch}/decided")
-    labelled = _with_known(pairs.join(decided, ["id_a", "id_b"], "left").withColumn(
-        "verified", F.when(F.col("inliers").isNull(), F.lit("embedding")).otherwise(F.lit("geometry"))), known)
+    verdicts.write.parquet(f"{scratch}/verdicts")
+    verdicts = spark.read.parquet(f"{scratch}/verdicts")
+    labelled = _with_known(pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn(
+        "verified", F.coalesce("verified", F.lit("embedding"))), known)
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
     labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
         "id_a", "id_b").write.parquet(path)
     if rejected_path is not None:
         labelled.filter(~F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
             "id_a", "id_b").write.parquet(rejected_path)
-    accepted = decided.filter("accepted").count()
-    images_done = sum(v[0] for v in tally.values("features"))
-    errors = sum(v[1] for v in tally.values("features"))
+    by_label = {row["verified"]: (row["pairs"], row["accepted"]) for row in verdicts.groupBy("verified").agg(
+        F.count("*").alias("pairs"), F.count(F.when(F.col("accepted"), 1)).alias("accepted")).collect()}
+    geometry, accepted = by_label.get("geometry", (0, 0))
+    unverified = by_label.get("unverified", (0, 0))[0]
+    over = by_label.get("over_budget", (0, 0))[0]
+    if over:
+        log.warning("%d borderline pairs rejected without matching: verifying them would pass "
+                    "pairs.max_verified_per_image=%g (%d pairs matched)", over, cfg.max_verified_per_image, geometry)
+    images_done, errors = matcher.featurized()
     written = spark.read.parquet(path).count()
-    return VerifyResult(written, count, accepted, count - accepted, images_done, errors)
+    return VerifyResult(written, count, accepted, count - unverified - accepted, images_done, errors,
+                        matched=geometry, unverified=unverified, over_budget=over, rounds=rounds, planned=planned,
+                        featurize_seconds=round(matcher.seconds[0], 2), match_seconds=round(matcher.seconds[1], 2))
+
+
+class _Matcher:
+    """Matches sets of pairs in Spark, featurizing each image the first time a pair needs
+    it (features kept in ``scratch`` across rounds)."""
+
+    def __init__(self, images: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, min_tasks: int, scratch: str):
+        self.images, self.cfg, self.input_cfg = images, cfg, input_cfg
+        self.min_tasks, self.scratch = min_tasks, scratch
+        self.spark = images.sparkSession
+        self.tally = Tally(self.spark)
+        self.feature_paths: list[str] = []
+        self.rounds = 0
+        self.seconds = [0.0, 0.0]  # featurizing, matching
+
+    def match(self, wanted: DataFrame, count: int) -> DataFrame:
+        """id_a, id_b (``count`` rows) -> id_a, id_b, inliers, computed once (in scratch)."""
+        self.rounds += 1
+        tasks = max(self.min_tasks,
+                    math.ceil(count * 2 * self.cfg.max_keypoints * KEYPOINT_BYTES / self.cfg.partition_bytes))
+        ends = wanted.select(F.col("id_a").alias("id")).union(wanted.select(F.col("id_b").alias("id"))).distinct()
+        if self.feature_paths:
+            ends = ends.join(self._features().select("id"), "id", "left_anti")
+        new = ends.join(self.images.select("id", "path"), "id", "left").repartition(tasks, "id")
+        self.feature_paths.append(f"{self.scratch}/features/round={self.rounds}")
+        start = time.perf_counter()
+        _featurize(new, self.cfg, self.input_cfg, self.tally, self.rounds).write.parquet(self.feature_paths[-1])
+        self.seconds[0] += time.perf_counter() - start
+        features = self._features()
+        side_a = features.select(F.col("id").alias("id_a"), F.col("points").alias("points_a"),
+                                 F.col("descriptors").alias("descriptors_a"))
+        side_b = features.select(F.col("id").alias("id_b"), F.col("points").alias("points_b"),
+                                 F.col("descriptors").alias("descriptors_b"))
+        joined = wanted.join(side_a, "id_a", "left").join(side_b, "id_b", "left").repartition(tasks)
+        decided = f"{self.scratch}/decided/round={self.rounds}"
+        start = time.perf_counter()
+        _decide(joined, self.cfg).write.parquet(decided)
+        self.seconds[1] += time.perf_counter() - start
+        return self.spark.read.parquet(decided)
+
+    def _features(self) -> DataFrame:
+        return self.spark.read.parquet(*self.feature_paths)
+
+    def featurized(self) -> tuple[int, int]:
+        """Images featurized, and of those unreadable."""
+        records = [v for r in range(1, self.rounds + 1) for v in self.tally.values(f"features-{r}")]
+        return sum(v[0] for v in records), sum(v[1] for v in records)
+
+
+def _settle(pairs: DataFrame, known: DataFrame | None, nodes: DataFrame, criteria: list[tuple[str, bool]],
+            cfg: PairsConfig, matcher: _Matcher) -> tuple[DataFrame, int]:
+    """The borderline pairs' verdicts (id_a, id_b, inliers, verified, accepted) from
+    :func:`verify.settle` over the whole pair graph, ranked as the groups stage ranks it."""
+    from neardup_core import verify
+    from neardup_core.groups import priority_order
+
+    spark = pairs.sparkSession
+    graph = pairs.select("id_a", "id_b", "cosine")
+    if known is not None:
+        graph = graph.join(known.select("id_a", "id_b", F.lit(True).alias("known")), ["id_a", "id_b"], "left")
+    else:
+        graph = graph.withColumn("known", F.lit(False))
+    edges = graph.toArrow()
+    ids = pa.chunked_array([*edges.column("id_a").chunks, *edges.column("id_b").chunks])
+    members = nodes.join(spark.createDataFrame(pa.table({"id": pc.unique(ids)})), "id", "left_semi").toArrow()
+    ranked = members.column("id").combine_chunks().take(priority_order(members, criteria))
+    a = pc.index_in(edges.column("id_a"), value_set=ranked).to_numpy()
+    b = pc.index_in(edges.column("id_b"), value_set=ranked).to_numpy()
+    cosine = edges.column("cosine").to_numpy()
+    strong = (cosine >= cfg.accept_cosine) | edges.column("known").fill_null(False).to_numpy(zero_copy_only=False)
+    n = len(ranked)
+    budget = math.floor(cfg.max_verified_per_image * n)
+
+    def count_inliers(indices: np.ndarray) -> np.ndarray:
+        wanted = pa.table({"i": pa.array(indices, pa.int64()), "id_a": edges.column("id_a").take(indices),
+                           "id_b": edges.column("id_b").take(indices)})
+        frame = spark.createDataFrame(wanted)
+        found = matcher.match(frame.select("id_a", "id_b"), len(indices)).join(frame, ["id_a", "id_b"]).toArrow()
+        inliers = np.full(len(edges), -1, np.int64)
+        inliers[found.column("i").to_numpy()] = found.column("inliers").to_numpy()
+        return inliers[indices]
+
+    settled = verify.settle(n, a, b, cosine, np.where(strong, verify.EMBEDDING, verify.UNKNOWN), count_inliers,
+                            cfg.min_inliers, budget)
+    rows = np.flatnonzero(~strong)
+    state = settled.state[rows]
+    verdicts = pa.table({
+        "id_a": edges.column("id_a").take(rows), "id_b": edges.column("id_b").take(rows),
+        "inliers": pa.array(settled.inliers[rows], pa.int32(), mask=settled.inliers[rows] < 0),
+        "verified": pa.array([_LABELS[int(x)] for x in state], pa.string()),
+        "accepted": pa.array(np.isin(state, (verify.GEOMETRY, verify.UNKNOWN))),
+    })
+    return spark.createDataFrame(verdicts), settled.rounds
+
+
+def _verify_every_borderline_pair(pairs: DataFrame, borderline: DataFrame, cfg: PairsConfig, matcher: _Matcher
+                                  ) -> DataFrame:
+    """Verdicts without a plan: every borderline pair is matched, the first
+    ``max_verified_per_image`` x (images in pairs) by cosine (highest first, then id_a,
+    id_b); the rest are over the budget."""
+    ids = pairs.select(F.col("id_a").alias("id")).union(pairs.select(F.col("id_b").alias("id"))).distinct()
+    budget = math.floor(matcher.cfg.max_verified_per_image * ids.count())
+    ordered = borderline.orderBy(F.col("cosine").desc(), "id_a", "id_b")
+    taken = f"{matcher.scratch}/within-budget"
+    ordered.limit(budget).select("id_a", "id_b").write.parquet(taken)
+    within = pairs.sparkSession.read.parquet(taken)
+    count = within.count()
+    decided = matcher.match(within, count) if count else None
+    over = borderline.join(within, ["id_a", "id_b"], "left_anti").select(
+        "id_a", "id_b", F.lit(None).cast("int").alias("inliers"), F.lit("over_budget").alias("verified"),
+        F.lit(False).alias("accepted"))
+    if decided is None:
+        return over
+    return decided.select("id_a", "id_b", "inliers", F.lit("geometry").alias("verified"),
+                          (F.col("inliers") >= cfg.min_inliers).alias("accepted")).unionByName(over)
 
 
 def _with_known(labelled: DataFrame, known: DataFrame | None) -> DataFrame:
@@ -126,7 +281,8 @@ def _with_known(labelled: DataFrame, known: DataFrame | None) -> DataFrame:
             .withColumn("verified", F.coalesce("_verified", "verified")).drop("_inliers", "_verified"))
 
 
-def _featurize(wanted: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, tally: Tally) -> DataFrame:
+def _featurize(wanted: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, tally: Tally, round_: int = 1
+               ) -> DataFrame:
     """id, path -> id and packed features (:func:`verify.pack`); an image that cannot be
     read or decoded now gets no features and its reason in ``error``."""
 
@@ -157,32 +313,31 @@ def _featurize(wanted: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, tall
             yield pa.RecordBatch.from_arrays(
                 [pa.array(ids, pa.string()), pa.array(points, pa.binary()), pa.array(descriptors, pa.binary()),
                  pa.array(errors, pa.string())], names=["id", "points", "descriptors", "error"])
-        tally.record("features", (done, failed))
+        tally.record(f"features-{round_}", (done, failed))
 
     return wanted.mapInArrow(run, _FEATURE_SCHEMA)
 
 
 def _decide(joined: DataFrame, cfg: PairsConfig) -> DataFrame:
-    """Borderline pairs with both feature sets -> inliers and the decision
-    (:func:`verify.count_inliers`, :func:`verify.accepted`)."""
+    """Pairs with both feature sets -> inliers (:func:`verify.count_inliers`), on one BLAS
+    thread per task (:func:`verify.one_thread`)."""
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import numpy as np
 
         from neardup_core import verify
 
-        for batch in batches:
-            columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
-            inliers = np.zeros(batch.num_rows, np.int64)
-            for i in range(batch.num_rows):
-                a = verify.unpack(columns["points_a"][i] or b"", columns["descriptors_a"][i] or b"", cfg.features)
-                b = verify.unpack(columns["points_b"][i] or b"", columns["descriptors_b"][i] or b"", cfg.features)
-                inliers[i] = verify.count_inliers(a, b, cfg.ratio, cfg.transform)
-            cosine = np.asarray(columns["cosine"], np.float64)
-            keep = verify.accepted(cosine, inliers, cfg.cosine_threshold, cfg.accept_cosine, cfg.min_inliers)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("id_a"), batch.column("id_b"), pa.array(inliers, pa.int32()), pa.array(keep)],
-                names=["id_a", "id_b", "inliers", "accepted"])
+        with verify.one_thread():
+            for batch in batches:
+                columns = {name: batch.column(name).to_pylist() for name in batch.schema.names}
+                inliers = np.zeros(batch.num_rows, np.int64)
+                for i in range(batch.num_rows):
+                    a = verify.unpack(columns["points_a"][i] or b"", columns["descriptors_a"][i] or b"", cfg.features)
+                    b = verify.unpack(columns["points_b"][i] or b"", columns["descriptors_b"][i] or b"", cfg.features)
+                    inliers[i] = verify.count_inliers(a, b, cfg.ratio, cfg.transform)
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column("id_a"), batch.column("id_b"), pa.array(inliers, pa.int32())],
+                    names=["id_a", "id_b", "inliers"])
 
-    return joined.select("id_a", "id_b", "cosine", "points_a", "descriptors_a", "points_b", "descriptors_b").mapInArrow(
+    return joined.select("id_a", "id_b", "points_a", "descriptors_a", "points_b", "descriptors_b").mapInArrow(
         run, _DECIDED_SCHEMA)
