@@ -159,9 +159,12 @@ class PairsConfig(_Section):
     max_side: int = 512
     ratio: float = 0.75
     keep_rejected: bool = False
+    # Near copies (neardup_core.near_copies): collapsed onto a representative before pairing.
+    copy_cosine: float = 0.99
 
     def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
+        _in_range("pairs.copy_cosine", self.copy_cosine, 0.0, 1.0)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
         _in_range("pairs.accept_cosine", self.accept_cosine, -1.0, 1.0)
         _in_range("pairs.min_inliers", self.min_inliers, 1, 100_000)
@@ -178,6 +181,13 @@ class PairsConfig(_Section):
     def partition_bytes(self) -> int:
         """``partition_mb`` in bytes: what one task of a sized stage holds."""
         return self.partition_mb * 2**20
+
+    @property
+    def near_copy_cosine(self) -> float | None:
+        """The cosine at which a row is a near copy of its representative: ``copy_cosine``,
+        raised to ``cosine_threshold`` if below it (a copy must be a pair); None when 1
+        (near copies off)."""
+        return None if self.copy_cosine >= 1.0 else max(self.copy_cosine, self.cosine_threshold)
 
 
 # groups.keep criteria that every source has; any other name is a manifest column, except
