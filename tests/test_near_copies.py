@@ -4,14 +4,17 @@ stars, chains, cliques, ties and bridges."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from neardup_core import cli
 from neardup_core import near_copies as nc
 
-from .references import union_find_components
+from .references import check_groups_output, expected_groups, union_find_components
 
 THRESHOLD = 0.9
 COPY = 0.99
@@ -156,3 +159,68 @@ def test_cross_edges_blocks_and_fine_bits():
     assert nc.fine_bits(10**30) == nc.MAX_FINE_BITS
     keys = nc.fine_keys(rng.standard_normal((1000, 16)), nc.fine_planes(0, 62, 16))
     assert len(np.unique(keys)) == 1000 and keys.min() >= 0
+
+
+def flood_table(seed: int, images: int = 3, copies: int = 60, dim: int = 16):
+    """``images`` floods of ``copies`` noisy copies each (cosine >= COPY to their image),
+    planted bridges and random images, with random ``bytes`` (the priority), shuffled."""
+    rng = np.random.default_rng(seed)
+    rows = [v for v in planted(seed, dim)]
+    for _ in range(images):
+        base = rng.standard_normal(dim)
+        base /= np.linalg.norm(base)
+        rows += [rotate(base, rng.standard_normal(dim), rng.uniform(0, 0.9 * math.acos(COPY))) for _ in range(copies)]
+    x = np.array(rows)[rng.permutation(len(rows))]
+    return pd.DataFrame({"item": [f"r{i:04d}" for i in range(len(x))], "vec": [list(map(float, v)) for v in x],
+                         "bytes": rng.integers(1, 10**6, len(x))})
+
+
+@pytest.mark.spark
+def test_a_near_copy_flood_in_spark(spark, tmp_path):
+    """Groups equal brute force over every row (bridges included); images that are no
+    copy take the decisions of the graph without the copies; copies are dropped; the
+    pairing scores a few representatives' pairs instead of every pair of each flood."""
+    frame = flood_table(11)
+    frame.to_parquet(tmp_path / "emb.parquet")
+    out = tmp_path / "out"
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "emb.parquet"), "--output", str(out),
+                     "--set", "input.id_column=item", "--set", "input.embedding_column=vec",
+                     "--set", f"pairs.cosine_threshold={THRESHOLD}", "--set", "groups.keep=[bytes desc]",
+                     "--set", "spark.shuffle_partitions=4",
+                     # Tables that find the at-risk pairs (cosine down to 0.74 here) with recall 1 - 1e-6:
+                     # groups are exact as far as LSH finds those representatives' pairs.
+                     "--set", "lsh.bits_per_table=8", "--set", "lsh.num_tables=60"]) == 0
+    check_groups_output(out)
+    x = np.array(frame.vec.tolist(), dtype=np.float32).astype(np.float64)
+    gram = nc.unit_rows(x) @ nc.unit_rows(x).T
+    i, j = np.nonzero(np.triu(gram >= THRESHOLD - 1e-9, 1))
+    ids = frame.item.tolist()
+    truth = brute_labels(len(x), i, j)
+    groups = pd.read_parquet(out / "groups")
+    labels = {r.id: r.group_id for r in groups.itertuples()}
+    got = [labels.get(k, k) for k in ids]
+    assert same_partition(got, truth)
+    pairs = pd.read_parquet(out / "pairs")
+    manifest = json.loads((out / "_manifest.json").read_text())
+    counts = manifest["counts"]
+    copies = set(pairs.id_a[pairs.near_copy]) | set(pairs.id_b[pairs.near_copy])
+    action = dict(zip(groups.id, groups.action))
+    near_ids = {k for k in copies if k in action and action[k] == "drop"}
+    assert counts["near_copies"] >= 150 and len(near_ids) >= counts["near_copies"]
+    stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
+    assert stage["near_copies"]["at_risk_pairs"] >= 1  # the bridges
+    assert not pairs.near_copy[~pairs.id_a.isin(copies) & ~pairs.id_b.isin(copies)].any()
+    # Three floods of 60 are 5,310 true pairs (each found in most of the 60 tables); the
+    # pairing scores the 130-odd representatives' candidates instead.
+    assert counts["candidate_pairs"] < 4000 and counts["pairs"] < 1500, counts
+    # Images that are nobody's copy: the sequential decisions on the graph of those images.
+    near_copy_ids = set(groups.id[groups.action == "drop"]) & copies - set(
+        groups.kept_id.dropna())  # a copy never is anyone's kept image
+    others = [k for k in range(len(ids)) if ids[k] not in near_copy_ids]
+    pair_list = [(min(ids[a], ids[b]), max(ids[a], ids[b]), gram[a, b]) for a, b in zip(i, j)
+                 if ids[a] not in near_copy_ids and ids[b] not in near_copy_ids]
+    expected = expected_groups(pair_list, [{"id": ids[k], "bytes": int(frame.bytes[k])} for k in others],
+                               [("bytes", True), ("id", False)])
+    row = groups.set_index("id")
+    for k, (_, _, act, kept_id, _) in expected.items():
+        assert (row.at[k, "action"], row.at[k, "kept_id"]) == (act, kept_id), k
