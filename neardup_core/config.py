@@ -249,6 +249,22 @@ class OutputConfig(_Section):
 
 
 # The master URLs Spark itself accepts (SparkContext's master parser).
+# Memory settings checked before the JVM starts (too little heap makes it exit with JVM
+# messages of its own), and the least heap Spark runs with (its reserved 300 MB x 1.5).
+_SPARK_MEMORY_KEYS = ("spark.driver.memory", "spark.executor.memory")
+_SPARK_MIN_HEAP = 512 * 2**20
+_JVM_SIZE = re.compile(r"([0-9]{1,15})\s*([kmgtp]?)b?", re.IGNORECASE)
+
+
+def _jvm_bytes(value: str) -> int | None:
+    """Bytes in a JVM memory string as Spark reads it (a bare number is MiB), or None."""
+    match = _JVM_SIZE.fullmatch(value.strip())
+    if match is None:
+        return None
+    unit = match.group(2).lower() or "m"
+    return int(match.group(1)) * 2 ** (10 * "kmgtp".index(unit) + 10)
+
+
 _SPARK_MASTER = re.compile(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?|local-cluster\[.+\]|yarn|(spark|k8s|mesos)://.+")
 
 
@@ -282,6 +298,12 @@ class SparkConfig(_Section):
         _in_range("spark.shuffle_partitions", self.shuffle_partitions, 0, 10**6)
         _require(self.master is None or bool(_SPARK_MASTER.fullmatch(self.master)), "spark.master", self.master,
                  "must be local, local[N], local[*], local-cluster[...], yarn, or a URL spark://, k8s://, mesos://")
+        for name in _SPARK_MEMORY_KEYS:
+            if name in self.conf:
+                value = str(self.conf[name])
+                size = _jvm_bytes(value)
+                _require(size is not None and size >= _SPARK_MIN_HEAP, f"spark.conf.{name}", value,
+                         "must be a JVM memory size (512m, 4g) of at least 512m: Spark needs 450 MB of heap")
 
 
 @dataclass(frozen=True)
@@ -340,6 +362,10 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
             value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {_brief(item)}: value is not valid YAML: {_one_line(err)}") from err
+        if section == "spark" and name.startswith("conf.") and len(name) > 5:  # one Spark setting
+            current = merged.get("spark", {}).get("conf")
+            value = {**(current if isinstance(current, dict) else {}), name[5:]: "" if value is None else str(value)}
+            name = "conf"
         _merge(merged, {section: {name: value}}, source="--set")
     return from_dict(merged)
 
