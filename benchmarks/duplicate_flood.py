@@ -121,7 +121,8 @@ def main() -> None:
                   f"{json.dumps(pairs_stage.get('near_copies'))}), largest shuffle of any stage "
                   f"{max(s.get('shuffle_bytes', 0) for s in manifest['stages']) / 1e6:.1f} MB, "
                   f"groups {counts['groups']} (largest {counts['largest_group']}), "
-                  f"groups equal exact search: {same_partition(got, want)}")
+                  f"groups equal exact search: {same_partition(got, want)}; stage seconds "
+                  + ", ".join(f"{st['name']} {st['seconds']:.1f}" for st in manifest["stages"]))
 
 
 if __name__ == "__main__":
