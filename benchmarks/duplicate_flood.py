@@ -118,8 +118,8 @@ def main() -> None:
                   f"candidates {counts['candidate_pairs']}, pairs {counts['pairs']}, exact copies "
                   f"{counts.get('exact_copies', 0)}, near copies {counts.get('near_copies', 0)} "
                   f"(near-copies stage {near_stage.get('seconds', 0):.1f} s, "
-                  f"{json.dumps(pairs_stage.get('near_copies'))}), largest shuffle of any stage "
-                  f"{max(s.get('shuffle_bytes', 0) for s in manifest['stages']) / 1e6:.1f} MB, "
+                  f"{json.dumps(pairs_stage.get('near_copies'))}), the whole run's shuffle "
+                  f"{manifest['spark'].get('shuffle_bytes_written', -1) / 1e6:.1f} MB, "
                   f"groups {counts['groups']} (largest {counts['largest_group']}), "
                   f"groups equal exact search: {same_partition(got, want)}; stage seconds "
                   + ", ".join(f"{st['name']} {st['seconds']:.1f}" for st in manifest["stages"]))

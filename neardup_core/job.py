@@ -625,7 +625,8 @@ def _manifest(cfg: Config, run_id: str, started: dt.datetime, spark: SparkSessio
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "spark": {"version": spark.version, "master": spark.sparkContext.master,
-                  "default_parallelism": spark.sparkContext.defaultParallelism},
+                  "default_parallelism": spark.sparkContext.defaultParallelism,
+                  "shuffle_bytes_written": shuffle_bytes_written(spark)},  # the whole run's, -1 if unknown
         "counts": asdict(counts),
         "embedding_dim": embedding_dim,
         "lsh": lsh_record,
