@@ -9,7 +9,8 @@ Cases:
     bytes give the same content hash, so spark.exact collapses them before pairing);
   - near: every copy is the image's vector plus Gaussian noise of --noise per coordinate,
     renormalised (the same image re-encoded: different bytes, nearly equal vectors), which
-    LSH buckets together in every table.
+    LSH buckets together in every table; spark.near collapses them onto representatives
+    (`--set pairs.copy_cosine=1` turns that off, for comparison).
 For each case it runs `neardup pairs` in Spark local mode (spark.master local[2]) and
 prints the wall time, the pairs stage's seconds and shuffle bytes, the candidate pairs,
 and whether the groups (connected components) equal those of exact search (blocked NumPy
@@ -105,6 +106,7 @@ def main() -> None:
             with open(os.path.join(out, "_manifest.json")) as fh:
                 manifest = json.load(fh)
             pairs_stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
+            near_stage = next((s for s in manifest["stages"] if s["name"] == "near-copies"), {})
             groups = pd.read_parquet(os.path.join(out, "groups"), columns=["id", "group_id"])
             got = dict(zip(groups.id, groups.group_id))
             got.update({i: i for i in ids if i not in got})  # images in no pair are their own group
@@ -114,8 +116,13 @@ def main() -> None:
             print(f"{case}: {len(x)} rows, wall {wall:.1f} s (pairs stage {pairs_stage['seconds']:.1f} s, "
                   f"shuffle {pairs_stage.get('shuffle_bytes', -1) / 1e6:.1f} MB), "
                   f"candidates {counts['candidate_pairs']}, pairs {counts['pairs']}, exact copies "
-                  f"{counts.get('exact_copies', 0)}, groups {counts['groups']} (largest {counts['largest_group']}), "
-                  f"groups equal exact search: {same_partition(got, want)}")
+                  f"{counts.get('exact_copies', 0)}, near copies {counts.get('near_copies', 0)} "
+                  f"(near-copies stage {near_stage.get('seconds', 0):.1f} s, "
+                  f"{json.dumps(pairs_stage.get('near_copies'))}), the whole run's shuffle "
+                  f"{manifest['spark'].get('shuffle_bytes_written', -1) / 1e6:.1f} MB, "
+                  f"groups {counts['groups']} (largest {counts['largest_group']}), "
+                  f"groups equal exact search: {same_partition(got, want)}; stage seconds "
+                  + ", ".join(f"{st['name']} {st['seconds']:.1f}" for st in manifest["stages"]))
 
 
 if __name__ == "__main__":

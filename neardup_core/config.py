@@ -160,9 +160,12 @@ class PairsConfig(_Section):
     ratio: float = 0.75
     keep_rejected: bool = False
     max_verified_per_image: float = 2.0
+    # Near copies (neardup_core.near_copies): collapsed onto a representative before pairing.
+    copy_cosine: float = 0.99
 
     def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
+        _in_range("pairs.copy_cosine", self.copy_cosine, 0.0, 1.0)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
         _in_range("pairs.accept_cosine", self.accept_cosine, -1.0, 1.0)
         _in_range("pairs.min_inliers", self.min_inliers, 1, 100_000)
@@ -180,6 +183,13 @@ class PairsConfig(_Section):
     def partition_bytes(self) -> int:
         """``partition_mb`` in bytes: what one task of a sized stage holds."""
         return self.partition_mb * 2**20
+
+    @property
+    def near_copy_cosine(self) -> float | None:
+        """The cosine at which a row is a near copy of its representative: ``copy_cosine``,
+        raised to ``cosine_threshold`` if below it (a copy must be a pair); None when 1
+        (near copies off)."""
+        return None if self.copy_cosine >= 1.0 else max(self.copy_cosine, self.cosine_threshold)
 
 
 # groups.keep criteria that every source has; any other name is a manifest column, except
@@ -241,6 +251,22 @@ class OutputConfig(_Section):
 
 
 # The master URLs Spark itself accepts (SparkContext's master parser).
+# Memory settings checked before the JVM starts (too little heap makes it exit with JVM
+# messages of its own), and the least heap Spark runs with (its reserved 300 MB x 1.5).
+_SPARK_MEMORY_KEYS = ("spark.driver.memory", "spark.executor.memory")
+_SPARK_MIN_HEAP = 512 * 2**20
+_JVM_SIZE = re.compile(r"([0-9]{1,15})\s*([kmgtp]?)b?", re.IGNORECASE)
+
+
+def _jvm_bytes(value: str) -> int | None:
+    """Bytes in a JVM memory string as Spark reads it (a bare number is MiB), or None."""
+    match = _JVM_SIZE.fullmatch(value.strip())
+    if match is None:
+        return None
+    unit = match.group(2).lower() or "m"
+    return int(match.group(1)) * 2 ** (10 * "kmgtp".index(unit) + 10)
+
+
 _SPARK_MASTER = re.compile(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?|local-cluster\[.+\]|yarn|(spark|k8s|mesos)://.+")
 
 
@@ -274,6 +300,12 @@ class SparkConfig(_Section):
         _in_range("spark.shuffle_partitions", self.shuffle_partitions, 0, 10**6)
         _require(self.master is None or bool(_SPARK_MASTER.fullmatch(self.master)), "spark.master", self.master,
                  "must be local, local[N], local[*], local-cluster[...], yarn, or a URL spark://, k8s://, mesos://")
+        for name in _SPARK_MEMORY_KEYS:
+            if name in self.conf:
+                value = str(self.conf[name])
+                size = _jvm_bytes(value)
+                _require(size is not None and size >= _SPARK_MIN_HEAP, f"spark.conf.{name}", value,
+                         "must be a JVM memory size (512m, 4g) of at least 512m: Spark needs 450 MB of heap")
 
 
 @dataclass(frozen=True)
@@ -332,6 +364,10 @@ def load_config(config_file: str | None = None, overrides: list[str] | tuple[str
             value = _load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"--set {_brief(item)}: value is not valid YAML: {_one_line(err)}") from err
+        if section == "spark" and name.startswith("conf.") and len(name) > 5:  # one Spark setting
+            current = merged.get("spark", {}).get("conf")
+            value = {**(current if isinstance(current, dict) else {}), name[5:]: "" if value is None else str(value)}
+            name = "conf"
         _merge(merged, {section: {name: value}}, source="--set")
     return from_dict(merged)
 

@@ -63,6 +63,7 @@ class PreviousRun(NamedTuple):
     num_tables: int | None
     pairs: int  # rows in its pairs/
     exact_copies: int = 0  # inputs it paired as exact copies of another (spark.exact)
+    near_copies: int = 0  # inputs it collapsed as near copies (spark.near): its pairs/ is not every pair
 
 
 def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
@@ -80,7 +81,8 @@ def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
     lsh = manifest.get("lsh") or {}
     return PreviousRun(path, manifest["fingerprint"], lsh.get("bits_per_table"), lsh.get("num_tables"),
                        int(manifest.get("counts", {}).get("pairs", 0)),
-                       int(manifest.get("counts", {}).get("exact_copies", 0)))
+                       int(manifest.get("counts", {}).get("exact_copies", 0)),
+                       int(manifest.get("counts", {}).get("near_copies", 0)))
 
 
 def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables: int | str) -> list[str]:

@@ -27,7 +27,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from . import __version__, incremental, tuning
+from . import __version__, incremental, near_copies, tuning
 from .config import Config, ConfigError, EmbedConfig, LshConfig
 from .console import without_native_info
 from .embed import prepare_model
@@ -41,6 +41,7 @@ from .spark import exact as exact_stage
 from .spark import groups as groups_stage
 from .spark import incremental as incremental_stage
 from .spark import listing as listing_stage
+from .spark import near as near_stage
 from .spark import pairing as pairing_stage
 from .spark import report as report_stage
 from .spark import verify as verify_stage
@@ -83,6 +84,7 @@ class RunCounts:
     changed: int = 0  # images of the previous run whose content changed (embedded again)
     deleted: int = 0  # images of the previous run no longer listed
     exact_copies: int = 0  # embedded images with the same bytes as another one, paired only with it
+    near_copies: int = 0  # embedded images within pairs.copy_cosine of another one, collapsed onto it
     verified_pairs: int = 0  # pairs with cosine under pairs.accept_cosine matched geometrically
     rejected_pairs: int = 0  # borderline pairs rejected: not in pairs/ (in rejected_pairs/ with pairs.keep_rejected)
     unverified_pairs: int = 0  # borderline pairs not matched: their verdict could change no group or decision
@@ -392,6 +394,10 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
     items -= collapsed.count if collapsed.representatives is not good else 0
     good, copies = collapsed.representatives, collapsed.copies
+    near = _collapse_near_copies(cfg, good, embedded.extras, prior, items, embedded.dim, progress)
+    near_vectors = good  # the rows near copies were found among: their vectors for spark.near
+    items -= near.count
+    good = near.representatives
     pairs_path = out.staged("pairs") if copies is None else out.staged("_near-pairs")
 
     lsh = cfg.lsh
@@ -412,7 +418,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        elif reusing and prior.run.num_tables is not None:
+        elif reusing and prior.run.num_tables is not None and not prior.run.near_copies:
             # Only the pairs that involve a new or changed image are found; the rest carry over.
             keyed = (pairing_stage.keyed_embeddings(pairing_stage.number_rows(fresh), planned.tables)
                      .withColumn("fresh", F.lit(True))
@@ -438,8 +444,20 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if result is None:
             if incremental_record is not None and "pairing" not in incremental_record:
                 incremental_record["pairing"] = "full"
-            result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates, cfg.lsh,
-                                        cfg.pairs, cfg.spark.shuffle_partitions, pairs_path)
+            if near.copies is None:
+                result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates,
+                                            cfg.lsh, cfg.pairs, cfg.spark.shuffle_partitions, pairs_path)
+            else:  # scored down to the at-risk bound, then spark.near writes pairs_path
+                lowest = near_copies.lowest_cosine_at_risk(cfg.pairs.cosine_threshold, near.largest_radius)
+                result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates,
+                                            cfg.lsh, dataclasses.replace(cfg.pairs, cosine_threshold=lowest),
+                                            cfg.spark.shuffle_partitions, out.staged("_low-pairs"))
+                written, at_risk = near_stage.write_pairs(
+                    spark.read.parquet(out.staged("_low-pairs")), near, near_vectors.select("id", "path", "embedding"),
+                    planned.tables, cfg.pairs.cosine_threshold, pairs_path)
+                result = result._replace(pairs=written)
+                record["near_copies"] = {"copies": near.count, "largest_radius": near.largest_radius,
+                                         "scored_down_to": lowest, "at_risk_pairs": at_risk}
         if copies is not None:
             written = exact_stage.write_pairs_with_copies(spark.read.parquet(pairs_path), copies,
                                                           planned.tables.num_tables, out.staged("pairs"))
@@ -454,21 +472,34 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record["shuffle_bytes"] = shuffled
             record["shuffle_bytes_per_image"] = round(shuffled / max(items, 1), 1)
     _log_oversized(result.buckets, cfg.lsh)
+    # The groups stage's images and keep priority; verification plans with the same ones.
     nodes = every.select("id", "path", *IMAGE_FACTS)
     if embedded.extras is not None:
         nodes = nodes.join(embedded.extras, "id", "left")
-    result, verified = _verify(spark, cfg, out, progress, good if embedded.has_images else None, result,
-                               found.verified_before if found is not None and cfg.pairs.verifies else None, nodes)
+    criteria = cfg.groups.criteria()
+    if near.copies is not None:  # copies rank last: no image is dropped for a copy (spark.near)
+        nodes = near_stage.copies_first_criterion(nodes, [f for f in (near.copies, copies) if f is not None])
+        criteria = [(near_stage.COPY_LAST, False), *criteria]
+    result, verified = _verify(spark, cfg, out, progress, near_vectors if embedded.has_images else None, result,
+                               found.verified_before if found is not None and cfg.pairs.verifies else None,
+                               nodes, criteria)
 
     with progress.stage("groups") as record:
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
             result.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
-        grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, cfg.groups.criteria(),
+        decided = "groups" if copies is None and near.copies is None else "_groups-decided"
+        grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, criteria,
                                      result.pairs, cfg.groups.max_pairs_in_one_task, out.staged("_groups-scratch"),
-                                     out.staged("groups" if copies is None else "_groups-decided"), tasks)
+                                     out.staged(decided), tasks)
+        if near.copies is not None:
+            near_groups = "groups" if copies is None else "_groups-near"
+            grouped = near_stage.copies_follow_representatives(
+                spark.read.parquet(out.staged(decided)), near.copies, near_vectors, embedded.dim, grouped,
+                out.staged(near_groups))
+            decided = near_groups
         if copies is not None:
             grouped = exact_stage.copies_follow_representatives(
-                spark.read.parquet(out.staged("_groups-decided")), copies, grouped, out.staged("groups"))
+                spark.read.parquet(out.staged(decided)), copies, grouped, out.staged("groups"))
         record.update(grouped.record())
         record["rows"] = grouped.kept + grouped.dropped
     log.info("%d duplicate groups (largest %d images): %d images kept, %d dropped", grouped.groups,
@@ -479,7 +510,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     with progress.stage("write") as record, sized:
         errors.orderBy("id").write.parquet(out.staged("errors"))
         if cfg.output.write_embeddings:
-            if copies is not None:
+            if copies is not None or near.copies is not None:
                 numbered = pairing_stage.number_rows(every)  # embeddings/ holds the copies too
             if keyed is not None:
                 keyed = keyed.drop("fresh")
@@ -501,7 +532,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
-    for frame in (reused, keyed, copies, found.found if found is not None else None):
+    for frame in (reused, keyed, copies, near.copies, near.radii, found.found if found is not None else None):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,
@@ -509,7 +540,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                        candidate_pairs=result.candidate_pairs, pairs=result.pairs, groups=grouped.groups,
                        largest_group=grouped.largest_group, kept=grouped.kept, dropped=grouped.dropped,
                        reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count,
-                       verified_pairs=verified.matched, rejected_pairs=verified.rejected,
+                       near_copies=near.count, verified_pairs=verified.matched, rejected_pairs=verified.rejected,
                        unverified_pairs=verified.unverified, over_budget_pairs=verified.over_budget)
     lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
     return counts, lsh_record, incremental_record
@@ -528,23 +559,40 @@ def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, pri
     return collapsed
 
 
+def _collapse_near_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, prior: _Prior | None,
+                          items: int, dim: int, progress: Progress) -> near_stage.NearCollapsed:
+    """Near copies collapsed onto representatives (:mod:`spark.near`); not in incremental
+    runs (whose carried pairs are per id) nor with ``pairs.copy_cosine: 1``."""
+    copy_cosine = cfg.pairs.near_copy_cosine
+    if prior is not None or copy_cosine is None or items < 2:
+        return near_stage.NearCollapsed(good, None, None, 0, 0.0)
+    with progress.stage("near-copies") as record:
+        near = near_stage.collapse(good, cfg.groups.criteria(), extras, copy_cosine, cfg.lsh.seed, items, dim)
+        record["rows"] = near.count
+    return near
+
+
 def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress, images: DataFrame | None,
-            result: pairing_stage.PairingResult, known: DataFrame | None = None, nodes: DataFrame | None = None
+            result: pairing_stage.PairingResult, known: DataFrame | None = None, nodes: DataFrame | None = None,
+            criteria: list[tuple[str, bool]] | None = None
             ) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
     """Borderline pairs verified on local features (:func:`spark.verify.verify_pairs`;
     ``images`` None: none, as for ``neardup pairs``; ``known``: pairs an incremental run
-    carried over, with last night's verdict; ``nodes``: the groups stage's images, so only
-    the pairs whose verdict the groups need are matched); the staged pairs/ is rewritten
-    with ``inliers`` and ``verified`` before the groups stage reads it."""
+    carried over, with last night's verdict; ``nodes`` and ``criteria``: the groups stage's
+    images and keep priority, so only the pairs whose verdict the groups need are matched);
+    the staged pairs/ is rewritten with ``inliers`` and ``verified`` before the groups stage
+    reads it."""
     staged = spark.read.parquet(out.staged("pairs"))
     if "exact" not in staged.columns:  # the same schema whether or not the run found exact copies
         staged = staged.withColumn("exact", F.lit(False))
+    if "near_copy" not in staged.columns:  # ... or near copies
+        staged = staged.withColumn("near_copy", F.lit(False))
     with progress.stage("verify") as record:
         verified = verify_stage.verify_pairs(
             staged, images, cfg.pairs, cfg.input,
             cfg.spark.shuffle_partitions or default_parallelism(spark), out.staged("_verify-scratch"),
             out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None, known,
-            nodes, cfg.groups.criteria(), cfg.groups.max_pairs_in_one_task)
+            nodes, criteria or cfg.groups.criteria(), cfg.groups.max_pairs_in_one_task)
         out.replace_staged("pairs", "pairs-verified")
         record.update(verified.record())
         record["rows"] = verified.pairs
@@ -588,7 +636,8 @@ def _manifest(cfg: Config, run_id: str, started: dt.datetime, spark: SparkSessio
         "started_at": started.isoformat(timespec="seconds"),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "spark": {"version": spark.version, "master": spark.sparkContext.master,
-                  "default_parallelism": spark.sparkContext.defaultParallelism},
+                  "default_parallelism": spark.sparkContext.defaultParallelism,
+                  "shuffle_bytes_written": shuffle_bytes_written(spark)},  # the whole run's, -1 if unknown
         "counts": asdict(counts),
         "embedding_dim": embedding_dim,
         "lsh": lsh_record,

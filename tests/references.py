@@ -138,11 +138,20 @@ def check_groups_output(run_dir):
             exact_partners.setdefault(b, []).append(a)
     kept_of = dict(zip(groups.id, groups.kept_id))
     cosine_of = dict(zip(groups.id, groups.cosine))
+    # A near copy (spark.near) is never kept; it may be dropped for the image its
+    # representative was dropped for, with its own cosine to it (no pair in pairs/).
+    near_partners = {}
+    if "near_copy" in pairs.columns:
+        for a, b in zip(pairs.id_a[pairs.near_copy], pairs.id_b[pairs.near_copy]):
+            near_partners.setdefault(a, []).append(b)
+            near_partners.setdefault(b, []).append(a)
     for i, kept_id, cos in zip(groups.id, groups.kept_id, groups.cosine):
         if action[i] == "drop":
             assert action[kept_id] == "keep"
             if (min(i, kept_id), max(i, kept_id)) in cosine:
                 assert cosine[(min(i, kept_id), max(i, kept_id))] == cos
+            elif any(action[r] == "drop" and kept_of[r] == kept_id for r in near_partners.get(i, ())):
+                assert -1.0 <= cos <= 1.0
             else:
                 assert any(action[r] == "drop" and kept_of[r] == kept_id and cosine_of[r] == cos
                            for r in exact_partners.get(i, ())), i

@@ -25,6 +25,11 @@ def test_set_overrides_parse_values_as_yaml():
     assert cfg.lsh.num_tables == 8 and cfg.pairs.cosine_threshold == 0.95
     assert cfg.input.extensions == ("jpg", "png")
     assert cfg.spark.conf == {"spark.driver.memory": "4g"}
+    # One Spark setting at a time, added to the others.
+    cfg = load_config(overrides=["spark.conf={spark.driver.memory: 4g}", "spark.conf.spark.executor.cores=2"])
+    assert cfg.spark.conf == {"spark.driver.memory": "4g", "spark.executor.cores": "2"}
+    with pytest.raises(ConfigError, match="spark.conf.spark.executor.memory must be a JVM memory size"):
+        load_config(overrides=["spark.conf.spark.executor.memory=100k"])
 
 
 def test_config_file_then_set_in_that_order(tmp_path):

@@ -117,6 +117,9 @@ def test_manifest_corpus(spark, tmp_path, capsys):
     ("none", ["--set", "spark.master=bogus://x"], "spark.master must be local, local[N]"),
     ("none", ["--set", "input.format=parquet"], "input.format is parquet, but {tmp}/in/a.jpg is not a Parquet"),
     ("huge", ["--set", "output.overwrite=[{long}]"], "output.overwrite must be true or false, got ['xxxx"),
+    ("none", ["--set", "spark.conf={{spark.driver.memory: 1m}}"], "spark.conf.spark.driver.memory must be a JVM "
+     "memory size (512m, 4g) of at least 512m: Spark needs 450 MB of heap, got '1m'"),
+    ("none", ["--set", "spark.conf.spark.driver.memory=1m"], "spark.conf.spark.driver.memory must be a JVM"),
 ])
 def test_bad_invocations_exit_2_with_one_line(tmp_path, capsys, setup, args, message):
     (tmp_path / "in").mkdir()

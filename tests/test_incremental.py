@@ -55,7 +55,10 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
         im.save(catalog / "building_q40.jpg", quality=40)
     night1 = tmp_path / "night1"
     # Every pair verified geometrically, so that carried pairs keep last night's verdict.
-    verify_all = ["--set", "pairs.accept_cosine=0.999"]
+    verify_all = ["--set", "pairs.accept_cosine=0.999",
+                  # Incremental runs do not collapse near copies (spark.near): compared with full runs
+                  # that do not either, and a previous run that did would make tonight pair in full.
+                  "--set", "pairs.copy_cosine=1"]
     assert cli.main(["run", "--input", str(catalog), "--output", str(night1), *verify_all]) == 0
 
     # Overnight: a new copy arrives (a bigger one: it becomes the kept image), one photo is
@@ -113,7 +116,7 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
         pd.DataFrame({"id": [ids[i] for i in rows], "embedding": [list(map(float, x[i])) for i in rows]}
                      ).to_parquet(path)
 
-    common = ["--set", "pairs.cosine_threshold=0.85"]
+    common = ["--set", "pairs.cosine_threshold=0.85", "--set", "pairs.copy_cosine=1"]  # as above
     table(tmp_path / "a.parquet", range(0, 1100))
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "a"),
                      *common]) == 0

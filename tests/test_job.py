@@ -144,8 +144,8 @@ def test_manifest_and_success_marker(first_run):
     assert manifest["counts"]["pairs"] == 6 * len(DUPLICATED)
     assert manifest["counts"]["candidate_pairs"] >= manifest["counts"]["pairs"]
     assert manifest["config"]["input"]["max_file_bytes"] == 2000000
-    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "exact-copies", "plan",
-                                                       "pairs", "verify", "groups", "write"]
+    assert [s["name"] for s in manifest["stages"]] == ["load-model", "list", "embed", "exact-copies", "near-copies",
+                                                       "plan", "pairs", "verify", "groups", "write"]
     assert all(s["seconds"] >= 0 for s in manifest["stages"])
     lsh = manifest["lsh"]  # auto: chosen for the default threshold and recall target
     assert lsh["recall_at_threshold"] >= 0.99

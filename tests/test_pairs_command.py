@@ -129,8 +129,8 @@ def test_bad_vectors_are_recorded_and_the_rest_goes_on(normal_run):
     assert errors.loc["bad-nan", "message"] == "embedding has a missing, NaN or infinite value"
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["counts"]["embedded"] == len(x)
-    assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "exact-copies", "plan", "pairs", "verify",
-                                                       "groups", "write"]
+    assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "exact-copies", "near-copies", "plan",
+                                                       "pairs", "verify", "groups", "write"]
     assert manifest["lsh"]["recall_at_threshold"] >= 0.99
     assert len(pd.read_parquet(out / "embeddings")) == len(x)
     written = pd.read_parquet(out / "pairs")

@@ -82,7 +82,9 @@ def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_mat
     near = (near_pairs.join(ids.withColumnRenamed("id", "id_a"), "id_a", "left_anti")
             .join(ids.withColumnRenamed("id", "id_b"), "id_b", "left_anti")
             .select(*near_pairs.columns).withColumn("exact", F.lit(False)))
-    near.unionByName(exact.select(*near.columns)).orderBy("id_a", "id_b").write.parquet(path)
+    flags = [F.lit(False).alias(name) for name in near.columns if name not in exact.columns]  # near_copy
+    near.unionByName(exact.select(*exact.columns, *flags).select(*near.columns)).orderBy(
+        "id_a", "id_b").write.parquet(path)
     return near_pairs.sparkSession.read.parquet(path).count()
 
 
