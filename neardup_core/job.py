@@ -52,6 +52,7 @@ from .spark.session import (
     default_parallelism,
     executor_status,
     launch_setting,
+    out_of_memory_advice,
     quiet_interrupts,
     set_arrow_batch_size,
     shuffle_partitions,
@@ -296,6 +297,9 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         if isinstance(err, KeyboardInterrupt):
             wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
         out.discard_staging()
+        advice = out_of_memory_advice(err, spark)
+        if advice:
+            raise ConfigError(advice) from err
         raise
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)

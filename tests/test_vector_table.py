@@ -97,3 +97,18 @@ def test_sliced_read_gives_the_rows_of_a_whole_table_read(spark, tmp_path, monke
     assert rows(arrow) == expected
     monkeypatch.setattr(listing, "_arrow_table", lambda *args: None)
     assert rows(listing.read_embeddings(spark, str(tmp_path), "item", "vec")) == expected
+
+
+def test_out_of_memory_says_which_setting_to_raise_in_one_line():
+    from neardup_core.spark.session import out_of_memory_advice
+
+    try:
+        try:
+            raise RuntimeError("Job aborted\njava.lang.OutOfMemoryError: Java heap space\n\tat org.apache...")
+        except RuntimeError as inner:
+            raise ValueError("stage failed") from inner
+    except ValueError as err:
+        advice = out_of_memory_advice(err, None)
+    assert advice == ("Spark ran out of Java memory (Java heap space); raise spark.driver.memory (now 1g), "
+                      "e.g. --set 'spark.conf={spark.driver.memory: 4g}'")
+    assert out_of_memory_advice(ValueError("no such column"), None) is None
