@@ -146,8 +146,8 @@ def first_vector_length(table: TableFiles, column: str, batch_rows: int = 1024) 
             for batch in read_slice(table.fs, Slice(name, index, 0, groups[index]), [column], batch_rows):
                 values = batch.column(0).drop_null()
                 if len(values):
-                    first = values[0]
-                    return len(first.as_py()) // 4 if isinstance(first, pa.BinaryScalar) else len(first)
+                    binary = pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)
+                    return len(values[0].as_py()) // 4 if binary else len(values[0])
     return None
 
 

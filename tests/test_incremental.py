@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -121,8 +122,8 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     shutil.copytree(tmp_path / "a", tmp_path / "a_keys")
     shutil.rmtree(tmp_path / "a_keys" / "embeddings")
     (tmp_path / "a_keys" / "embeddings").mkdir()
-    pd.read_parquet(tmp_path / "a" / "embeddings").drop(columns="embedding").to_parquet(
-        tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
+    pq.write_table(pq.read_table(tmp_path / "a" / "embeddings", coerce_int96_timestamp_unit="us")
+                   .drop_columns(["embedding"]), tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
     rows = [*range(30, 1100), *range(1100, 1200)]  # 30 deleted, 100 new
     x[40] = x[41]  # and one changed vector: now a copy of its neighbour
     table(tmp_path / "b.parquet", rows)
