@@ -207,9 +207,9 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         with progress.stage("read-embeddings") as record:
             extra_columns = tuple(cfg.groups.manifest_columns())
-            rows, dim, extras = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column,
-                                                              cfg.input.embedding_column, extra_columns,
-                                                              cfg.input.slice_rows, VECTOR_BATCH_ROWS)
+            read = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column, cfg.input.embedding_column,
+                                                 extra_columns, cfg.input.slice_rows, VECTOR_BATCH_ROWS)
+            rows, dim, extras = read.rows, read.dim, read.extras
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
             if prior is not None and not prior.why_not:
@@ -218,7 +218,10 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 rows = rows.join(before, "id", "left").withColumn(
                     "reused", F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
                 ).drop("previous_hash")
-            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            # Caching in memory builds a task's rows in the heap before it can spill them: a
+            # task's rows larger than a pairing task's data go straight to disk.
+            big = read.task_bytes > cfg.pairs.partition_bytes
+            rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             images = record["rows"] = rows.count()
             # After the read is cached: checking the ids does not read the table again.
             problem = listing_stage.manifest_id_problem(rows)

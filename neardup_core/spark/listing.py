@@ -188,6 +188,7 @@ class UserEmbeddings(NamedTuple):
     rows: DataFrame  # EMBEDDED_SCHEMA
     dim: int  # length of every good vector (the first good row's)
     extras: DataFrame  # id and the table's extra_columns
+    task_bytes: int = 0  # the vectors one read task gives (0: not known)
 
 
 def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
@@ -235,7 +236,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows)
         log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total,
                  len(arrow.files), tasks)
-        return UserEmbeddings(rows, dim, extras)
+        return UserEmbeddings(rows, dim, extras, -(-total // tasks) * dim * 4)
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
              for name in _FACT_TYPES]

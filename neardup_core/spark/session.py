@@ -188,10 +188,17 @@ def out_of_memory_advice(err: BaseException, spark: SparkSession | None) -> str 
     """One line naming the memory setting to raise, when ``err`` (or its cause) is a JVM
     out-of-memory error; None otherwise. In local mode the tasks run in the driver's JVM,
     so ``spark.driver.memory`` is the one; on a cluster, ``spark.executor.memory``."""
-    seen, text = err, ""
+    seen, text, died = err, "", False
     while seen is not None and len(text) < 100_000:
-        text += str(seen)
+        died |= isinstance(seen, ConnectionError)  # the JVM is gone (an OutOfMemoryError in local mode ends it)
+        try:
+            text += str(seen)  # a Py4JJavaError asks the JVM for its text
+        except Exception:  # noqa: BLE001 - the JVM is gone
+            died = True
         seen = seen.__cause__ or seen.__context__
+    if died and "OutOfMemoryError" not in text:
+        return ("the Spark JVM stopped; if the log above shows java.lang.OutOfMemoryError, raise "
+                "spark.driver.memory, e.g. --set 'spark.conf={spark.driver.memory: 4g}'")
     if "java.lang.OutOfMemoryError" not in text and "SparkOutOfMemoryError" not in text:
         return None
     kind = next((line.split("OutOfMemoryError:", 1)[1].strip() for line in text.splitlines()
