@@ -5,12 +5,19 @@
                                        [--driver-memory 4g] [--no-job] [--set KEY=VALUE ...]
                                        [--plot growth.png]
 
+`neardup pairs` with the defaults against exact search (issue 19: 100k against exact
+NumPy, 1M in one file of one row group, as pyarrow.parquet.write_table writes it):
+
+    python benchmarks/pairing_scale.py --sizes 100000 1000000 --driver-memory default --mllib-max 0
+
 Data: seeded synthetic unit vectors in clusters (real embeddings are not uniform), plus
 planted near-duplicates at known cosines 0.85..0.99 (see `synthetic`). For each N it runs,
 one after the other:
-  - `neardup pairs` on the Parquet table (Spark local mode, defaults: auto LSH plan),
-    reporting the pairs stage's wall time, shuffle bytes per item, candidate pairs, and
-    the peak memory of the command's process tree, JVM (RSS) and Python (PSS) apart;
+  - `neardup pairs` on the Parquet table (Spark local mode, defaults: auto LSH plan;
+    one file, one row group up to 1Mi rows), reporting every stage's seconds, the whole
+    command's against exact NumPy where both ran, the pairs stage's wall time, shuffle
+    bytes per item, candidate pairs, and the peak memory of the command's process tree,
+    JVM (RSS) and Python (PSS) apart;
   - exact blocked brute force in NumPy (float32 matrix products in blocks of 4096 rows),
     whose pair set is the truth for recall; above --exact-max, the truth is every pair
     that involves one of --recall-rows random rows (exact search of those rows against
@@ -145,8 +152,9 @@ def peak_memory_of_tree(pid: int, stop: threading.Event, out: list) -> None:
 def run_job(table: str, out: str, threshold: float, driver_memory: str, overrides: list[str]
             ) -> tuple[dict, float, dict]:
     cmd = [sys.executable, "-m", "neardup_core.cli", "pairs", "--embeddings", table, "--output", out,
-           "--set", f"pairs.cosine_threshold={threshold}",
-           "--set", f"spark.conf={{spark.driver.memory: {driver_memory}}}"]
+           "--set", f"pairs.cosine_threshold={threshold}"]
+    if driver_memory != "default":
+        cmd += ["--set", f"spark.conf={{spark.driver.memory: {driver_memory}}}"]
     for item in overrides:
         cmd += ["--set", item]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
@@ -159,7 +167,9 @@ def run_job(table: str, out: str, threshold: float, driver_memory: str, override
     stop.set()
     watcher.join()
     if proc.returncode != 0:
-        sys.exit(f"neardup pairs failed:\n{log[-3000:]}")
+        print(f"| - | neardup pairs FAILED after {time.perf_counter() - start:.0f} s: "
+              f"{' '.join(log.strip().splitlines()[-1:])[:300]} |", flush=True)
+        return None, time.perf_counter() - start, peak[0]
     with open(os.path.join(out, "_manifest.json")) as fh:
         return json.load(fh), time.perf_counter() - start, peak[0]
 
@@ -193,6 +203,8 @@ def mllib(table: str, threshold: float, tables: int, bucket_length: float) -> tu
 
 def report_job(n: int, table: str, work: str, truth, sampled: bool, args, times: dict) -> None:
     manifest, wall, peak = run_job(table, os.path.join(work, "out"), args.threshold, args.driver_memory, args.set)
+    if manifest is None:
+        return
     stage = next(s for s in manifest["stages"] if s["name"] == "pairs")
     found = pd.read_parquet(os.path.join(work, "out", "pairs"))
     codes = np.sort(found.id_a.astype(np.int64).to_numpy() * n + found.id_b.astype(np.int64).to_numpy())
@@ -205,6 +217,10 @@ def report_job(n: int, table: str, work: str, truth, sampled: bool, args, times:
           f"| {peak['total'] / 1e9:.1f} ({peak['jvm'] / 1e9:.1f} + {peak['python'] / 1e9:.1f}) "
           f"| k={lsh['bits_per_table']} L={lsh['num_tables']}, {tasks_text(stage['tasks'])}, "
           f"oversized buckets {lsh['buckets']['oversized']} |", flush=True)
+    exact = dict(times.get("exact NumPy, blocked", [])).get(n)
+    ratio = f"; whole command / exact NumPy {wall / exact:.2f}" if exact else ""
+    stages = ", ".join(f"{s['name']} {s['seconds']:.1f}" for s in manifest["stages"])
+    print(f"  stage seconds at {n:,}: {stages}{ratio}", flush=True)
 
 
 def main() -> None:
@@ -218,7 +234,8 @@ def main() -> None:
                     help="above --exact-max: recall against exact search of this many random rows")
     ap.add_argument("--mllib-tables", type=int, default=10)
     ap.add_argument("--mllib-bucket-length", type=float, default=0.02)
-    ap.add_argument("--driver-memory", default="4g", help="spark.driver.memory of neardup pairs (local mode)")
+    ap.add_argument("--driver-memory", default="4g",
+                    help="spark.driver.memory of neardup pairs (local mode); 'default': no setting (Spark's 1g)")
     ap.add_argument("--no-job", action="store_true", help="skip neardup pairs (to time the other methods alone)")
     ap.add_argument("--set", action="append", default=[], help="passed on to neardup pairs")
     ap.add_argument("--plot", help="write a PNG of seconds against N for each method here")

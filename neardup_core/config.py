@@ -62,6 +62,7 @@ class InputConfig(_Section):
     max_file_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
     rows_per_partition: int = 2000
+    slice_rows: int = 500_000  # `neardup pairs`: most rows of the --embeddings table one task reads
 
     def _check(self) -> None:
         _require(bool(self.id_column), "input.id_column", self.id_column, "must not be empty")
@@ -73,6 +74,7 @@ class InputConfig(_Section):
         _in_range("input.max_file_bytes", self.max_file_bytes, 1, 2**31 - 1)
         _in_range("input.max_pixels", self.max_pixels, 1, 2**40)
         _in_range("input.rows_per_partition", self.rows_per_partition, 1, 10**7)
+        _in_range("input.slice_rows", self.slice_rows, 1, 10**9)
 
 
 @dataclass(frozen=True)
@@ -237,7 +239,7 @@ class OutputConfig(_Section):
 
     path: str | None = None
     overwrite: bool = False
-    write_embeddings: bool = True
+    write_embeddings: bool | Literal["auto"] = "auto"  # auto: vectors for `run`, keys only for `pairs`
     break_lock: bool = False  # take over a stale output lock (neardup_core.lock)
 
     def _check(self) -> None:

@@ -53,6 +53,7 @@ from .spark.session import (
     default_parallelism,
     executor_status,
     launch_setting,
+    out_of_memory_advice,
     quiet_interrupts,
     set_arrow_batch_size,
     shuffle_partitions,
@@ -210,11 +211,9 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         with progress.stage("read-embeddings") as record:
             extra_columns = tuple(cfg.groups.manifest_columns())
-            rows, dim, extras = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column,
-                                                              cfg.input.embedding_column, extra_columns)
-            problem = listing_stage.manifest_id_problem(rows)
-            if problem:
-                raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
+            read = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column, cfg.input.embedding_column,
+                                                 extra_columns, cfg.input.slice_rows, VECTOR_BATCH_ROWS)
+            rows, dim, extras = read.rows, read.dim, read.extras
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
             if prior is not None and not prior.why_not:
@@ -223,8 +222,15 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 rows = rows.join(before, "id", "left").withColumn(
                     "reused", F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
                 ).drop("previous_hash")
-            rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
+            # Caching in memory builds a task's rows in the heap before it can spill them: a
+            # task's rows larger than a pairing task's data go straight to disk.
+            big = read.task_bytes > cfg.pairs.partition_bytes
+            rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             images = record["rows"] = rows.count()
+            # After the read is cached: checking the ids does not read the table again.
+            problem = listing_stage.manifest_id_problem(rows)
+            if problem:
+                raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
             errors = record["errors"] = rows.filter("error_stage is not null").count()
         return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"))
@@ -298,6 +304,9 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         if isinstance(err, KeyboardInterrupt):
             wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
         out.discard_staging()
+        advice = out_of_memory_advice(err, spark)
+        if advice:
+            raise ConfigError(advice) from err
         raise
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
@@ -380,10 +389,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     good, reused, reused_count = fresh, None, 0
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
-            unchanged = rows.filter("reused").select("id", "path", "bytes", "modified")
-            if embedded.unchanged is not None:
-                unchanged = embedded.unchanged.unionByName(unchanged)
-            reused = incremental_stage.reused_rows(unchanged, prior.data.embeddings)
+            if embedded.has_images:
+                unchanged = rows.filter("reused").select("id", "path", "bytes", "modified")
+                if embedded.unchanged is not None:
+                    unchanged = embedded.unchanged.unionByName(unchanged)
+                reused = incremental_stage.reused_rows(unchanged, prior.data.embeddings)
+            else:  # `neardup pairs`: tonight's table has every vector; the previous run, their keys
+                reused = incremental_stage.reused_vectors(rows.filter("reused"), prior.data.embeddings)
             reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
             reused_count = record["rows"] = reused.count()
         good = fresh.unionByName(reused.select(*fresh.columns))
@@ -509,7 +521,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     sized = _sized_shuffles(spark, cfg, result.pairs + prior.run.pairs + items if prior is not None else 0)
     with progress.stage("write") as record, sized:
         errors.orderBy("id").write.parquet(out.staged("errors"))
-        if cfg.output.write_embeddings:
+        if cfg.output.write_embeddings is not False:
             if copies is not None or near.copies is not None:
                 numbered = pairing_stage.number_rows(every)  # embeddings/ holds the copies too
             if keyed is not None:
@@ -518,7 +530,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 keyed = pairing_stage.unkeyed_embeddings(numbered)
             else:
                 keyed = pairing_stage.keyed_embeddings(numbered, planned.tables)
-            keyed.write.parquet(out.staged("embeddings"))
+            vectors = cfg.output.write_embeddings is True or embedded.has_images  # auto: not the user's own
+            (keyed if vectors else keyed.drop("embedding")).write.parquet(out.staged("embeddings"))
         if prior is not None:
             before = prior.data.embeddings.select("id")
             incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),

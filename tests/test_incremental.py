@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -119,14 +120,21 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     common = ["--set", "pairs.cosine_threshold=0.85", "--set", "pairs.copy_cosine=1"]  # as above
     table(tmp_path / "a.parquet", range(0, 1100))
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "a"),
-                     *common]) == 0
+                     *common, "--set", "output.write_embeddings=true"]) == 0
+    # What `neardup pairs` writes by default (output.write_embeddings auto): no vectors.
+    shutil.copytree(tmp_path / "a", tmp_path / "a_keys")
+    shutil.rmtree(tmp_path / "a_keys" / "embeddings")
+    (tmp_path / "a_keys" / "embeddings").mkdir()
+    pq.write_table(pq.read_table(tmp_path / "a" / "embeddings", coerce_int96_timestamp_unit="us")
+                   .drop_columns(["embedding"]), tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
     rows = [*range(30, 1100), *range(1100, 1200)]  # 30 deleted, 100 new
     x[40] = x[41]  # and one changed vector: now a copy of its neighbour
     table(tmp_path / "b.parquet", rows)
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
                      "--previous", str(tmp_path / "a"), *common, "--set", "spark.shuffle_partitions=2"]) == 0
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b1"),
-                     "--previous", str(tmp_path / "a"), *common]) == 0
+                     "--previous", str(tmp_path / "a_keys"), *common]) == 0
+    assert "embedding" not in pd.read_parquet(tmp_path / "b1" / "embeddings").columns
     assert cli.main(["pairs", *full_run_with_the_same_plan(
         ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
         tmp_path / "a")]) == 0

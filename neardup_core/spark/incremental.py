@@ -63,6 +63,14 @@ def reused_rows(unchanged: DataFrame, previous: DataFrame) -> DataFrame:
     return unchanged.join(kept, "id")
 
 
+def reused_vectors(rows: DataFrame, previous: DataFrame) -> DataFrame:
+    """``neardup pairs``: rows whose vector the previous run holds unchanged (same id and
+    content hash), with their keys from the previous run's ``embeddings/``, which need
+    not hold the vectors themselves."""
+    return rows.select("id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash").join(
+        previous.select("id", "keys"), "id")
+
+
 class IncrementalPairs(NamedTuple):
     result: PairingResult | None  # None: a touched bucket is oversized; pair in full instead
     touched_buckets: int

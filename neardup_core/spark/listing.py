@@ -3,6 +3,7 @@ pairs``, embeddings made elsewhere. Each is a DataFrame with one row per input."
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -13,7 +14,11 @@ from pyspark.sql import functions as F
 
 from ..config import InputConfig
 from ..sources import InputError, extension_glob, is_local, local_path, walk_directory
+from ..vector_table import TableFiles, first_vector_length, open_table
+from . import vector_table as vector_stage
 from .jvm import indexed_paths
+
+log = logging.getLogger("neardup")
 
 # The rows the embed stage produces, and that `neardup pairs` reads into: the vector, or
 # the reason there is none; and what the keep/drop priority reads (groups.keep).
@@ -183,10 +188,12 @@ class UserEmbeddings(NamedTuple):
     rows: DataFrame  # EMBEDDED_SCHEMA
     dim: int  # length of every good vector (the first good row's)
     extras: DataFrame  # id and the table's extra_columns
+    task_bytes: int = 0  # the vectors one read task gives (0: not known)
 
 
 def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
-                    extra_columns: tuple[str, ...] = ()) -> UserEmbeddings:
+                    extra_columns: tuple[str, ...] = (), slice_rows: int = 500_000,
+                    batch_rows: int = 10_000) -> UserEmbeddings:
     """Embeddings made elsewhere: a Parquet table with an id column and an embedding
     column (list of floats, or fixed-size binary holding little-endian float32).
 
@@ -195,6 +202,13 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     becomes an error row (stage ``embedding``). ``path`` is the table's ``path`` column
     where it has one, else the id; ``width``, ``height``, ``bytes`` and ``modified`` are
     the table's where it has them (a run's own ``embeddings/`` does), else null.
+
+    The rows are read by PyArrow in Python tasks (:mod:`spark.vector_table`), in slices
+    of at most ``slice_rows`` rows and at least one per core, ``batch_rows`` at a time;
+    where PyArrow cannot open the path (a scheme it has no file system for, such as
+    ``s3a://``) or a column has a type it would not convert as Spark does, by Spark's
+    reader, which holds a row group's column chunk whole in the JVM (the log says which).
+    "The first good row" is the first in file-name order with the PyArrow reader.
 
     Raises:
         InputError: unreadable table or missing columns.
@@ -212,37 +226,61 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         raise InputError(f"--embeddings {path}: column {embedding_column!r} is {kind}; expected a list of "
                          "floats or binary float32")
     _require_columns(table, extra_columns, f"--embeddings {path}")
+    extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
+    arrow = _arrow_table(path, id_column, embedding_column)
+    if arrow is not None:
+        dim = first_vector_length(arrow, embedding_column)
+        _check_first_vector(path, dim)
+        total = sum(map(sum, arrow.row_groups))
+        per_slice = max(1, min(slice_rows, -(-total // spark.sparkContext.defaultParallelism)))
+        rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows)
+        log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total,
+                 len(arrow.files), tasks)
+        return UserEmbeddings(rows, dim, extras, -(-total // tasks) * dim * 4)
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
              for name in _FACT_TYPES]
     rows = table.select(F.col(id_column).cast("string").alias("id"), path_col.alias("path"),
                         F.col(embedding_column).alias("vector"), *facts)
     first = rows.filter(F.col("vector").isNotNull()).select("vector").first()
-    if first is None:
-        raise InputError(f"--embeddings {path}: no rows with an embedding")
-    dim = len(first["vector"]) // 4 if kind == "binary" else len(first["vector"])
-    if dim == 0:
-        raise InputError(f"--embeddings {path}: the first embedding is empty")
+    dim = None if first is None else len(first["vector"]) // 4 if kind == "binary" else len(first["vector"])
+    _check_first_vector(path, dim)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
 
         from neardup_core.embed.batch import check_vector_column
-        from neardup_core.incremental import content_hash
+        from neardup_core.vector_table import vector_hashes
 
         for batch in batches:
             vectors, reasons = check_vector_column(batch.column("vector"), dim)
             stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
             # An incremental `neardup pairs` compares vectors by the hash of their float32 bytes.
-            flat = vectors.flatten().to_numpy(zero_copy_only=False)
-            offsets = vectors.offsets.to_numpy()
-            valid = vectors.is_valid().to_numpy(zero_copy_only=False)
-            hashes = [content_hash(flat[offsets[i]:offsets[i + 1]].tobytes()) if valid[i] else None
-                      for i in range(len(vectors))]
             yield pa.RecordBatch.from_arrays(
                 [batch.column("id"), batch.column("path"), vectors, *(batch.column(name) for name in _FACT_TYPES),
-                 pa.array(hashes, pa.string()), pa.array([False] * len(vectors)), stages, reasons],
+                 vector_hashes(vectors, dim), pa.array([False] * len(vectors)), stages, reasons],
                 names=["id", "path", "embedding", *IMAGE_FACTS, "reused", "error_stage", "error_message"])
 
-    extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
     return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim, extras)
+
+
+def _check_first_vector(path: str, dim: int | None) -> None:
+    if dim is None:
+        raise InputError(f"--embeddings {path}: no rows with an embedding")
+    if dim == 0:
+        raise InputError(f"--embeddings {path}: the first embedding is empty")
+
+
+def _arrow_table(path: str, id_column: str, embedding_column: str) -> TableFiles | None:
+    """The table's files for the PyArrow reader, or None (logged why) for Spark's."""
+    try:
+        table = open_table(path)
+    except (pa.ArrowException, OSError, ValueError) as err:  # no file system for the scheme, no libhdfs...
+        log.info("--embeddings %s: read by Spark's reader, as PyArrow cannot open it (%s)", path,
+                 " ".join(str(err).split())[:200])
+        return None
+    why = vector_stage.unreadable_columns(table, id_column, embedding_column)
+    if why:
+        log.info("--embeddings %s: read by Spark's reader: %s", path, "; ".join(why))
+        return None
+    return table

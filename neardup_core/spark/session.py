@@ -182,3 +182,32 @@ def wait_for_idle(spark: SparkSession, seconds: float = 30.0) -> None:
         tracker = spark.sparkContext.statusTracker()
         while tracker.getActiveJobsIds() and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def out_of_memory_advice(err: BaseException, spark: SparkSession | None) -> str | None:
+    """One line naming the memory setting to raise, when ``err`` (or its cause) is a JVM
+    out-of-memory error; None otherwise. In local mode the tasks run in the driver's JVM,
+    so ``spark.driver.memory`` is the one; on a cluster, ``spark.executor.memory``."""
+    seen, text, died = err, "", False
+    while seen is not None and len(text) < 100_000:
+        died |= isinstance(seen, ConnectionError)  # the JVM is gone (an OutOfMemoryError in local mode ends it)
+        try:
+            text += str(seen)  # a Py4JJavaError asks the JVM for its text
+        except Exception:  # noqa: BLE001 - the JVM is gone
+            died = True
+        seen = seen.__cause__ or seen.__context__
+    if died and "OutOfMemoryError" not in text:
+        return ("the Spark JVM stopped; if the log above shows java.lang.OutOfMemoryError, raise "
+                "spark.driver.memory, e.g. --set 'spark.conf={spark.driver.memory: 4g}'")
+    if "java.lang.OutOfMemoryError" not in text and "SparkOutOfMemoryError" not in text:
+        return None
+    kind = next((line.split("OutOfMemoryError:", 1)[1].strip() for line in text.splitlines()
+                 if "OutOfMemoryError:" in line), "")
+    local = True
+    key, now = "spark.driver.memory", "1g"
+    with contextlib.suppress(Exception):
+        local = (spark.sparkContext.master or "").startswith("local")
+        key = "spark.driver.memory" if local else "spark.executor.memory"
+        now = spark.conf.get(key, "1g")
+    return (f"Spark ran out of Java memory ({kind or 'OutOfMemoryError'}); raise {key} (now {now}), "
+            f"e.g. --set 'spark.conf={{{key}: 4g}}'" + ("" if local else ", or use more, smaller partitions"))

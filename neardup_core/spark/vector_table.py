@@ -1,0 +1,90 @@
+"""``neardup pairs --embeddings``: the table's rows read by PyArrow in Python tasks, one
+task per slice of a row group (:mod:`neardup_core.vector_table`), checked and hashed in
+the same pass, so no row group is held whole in the JVM and the rows are spread over the
+cores from the read on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from ..vector_table import TableFiles, pack_slices, plan_slices
+
+# The embed stage's rows (spark.listing.EMBEDDED_SCHEMA), with `modified` as microseconds.
+_READ_SCHEMA = ("id string, path string, embedding array<float>, width int, height int, bytes bigint, "
+                "modified bigint, content_hash string, reused boolean, error_stage string, error_message string")
+_INT32 = (pa.int8(), pa.int16(), pa.int32(), pa.uint8(), pa.uint16())
+_INT64 = (*_INT32, pa.int64(), pa.uint32())
+# The types each fact may have in the table to be read here: those whose cast to the
+# fact's type is exact and the same as Spark's (int64 ids as text, etc.).
+_FACTS = {"width": _INT32, "height": _INT32, "bytes": _INT64}
+
+
+def unreadable_columns(table: TableFiles, id_column: str, embedding_column: str) -> list[str]:
+    """The columns this reader would not read as Spark's reader does (a reason each):
+    empty when :func:`read_rows` can read the table."""
+    schema = table.schema
+    why = []
+    for name in (id_column, embedding_column):
+        if schema.get_field_index(name) < 0:
+            why.append(f"{name!r} is not a column of the first file (a partition column?)")
+    kinds = {field.name: field.type for field in schema}
+    if id_column in kinds and not (pa.types.is_string(kinds[id_column]) or pa.types.is_large_string(kinds[id_column])
+                                   or pa.types.is_integer(kinds[id_column])):
+        why.append(f"id column {id_column!r} is {kinds[id_column]}")
+    if "path" in kinds and not (pa.types.is_string(kinds["path"]) or pa.types.is_large_string(kinds["path"])):
+        why.append(f"path column is {kinds['path']}")
+    for name, allowed in _FACTS.items():
+        if name in kinds and kinds[name] not in allowed and not pa.types.is_null(kinds[name]):
+            why.append(f"{name} column is {kinds[name]}")
+    if "modified" in kinds and not (pa.types.is_null(kinds["modified"]) or (
+            pa.types.is_timestamp(kinds["modified"]) and kinds["modified"].tz is not None)):
+        why.append(f"modified column is {kinds['modified']} (only time stamps in UTC are read here)")
+    return why
+
+
+def read_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_column: str, dim: int,
+              rows_per_slice: int, batch_rows: int) -> tuple[DataFrame, int]:
+    """The table's rows in the embed stage's schema (``spark.listing.EMBEDDED_SCHEMA``):
+    each vector checked (``embed.batch.check_vector_column``: a bad one is an error row,
+    stage ``embedding``) and hashed (:func:`vector_table.vector_hashes`). One partition
+    per slice of at most ``rows_per_slice`` rows; a task holds ``batch_rows`` rows at a
+    time; small slices (small files) are read together up to ``rows_per_slice`` rows.
+    Returns the rows and the task count."""
+    slices = plan_slices(table.files, table.row_groups, rows_per_slice)
+    tasks = pack_slices(slices, rows_per_slice)
+    present = set(table.schema.names)
+    columns = list(dict.fromkeys([id_column, embedding_column,
+                                  *(c for c in ("path", *_FACTS, "modified") if c in present)]))
+    fs = table.fs
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
+        from neardup_core.embed.batch import check_vector_column
+        from neardup_core.vector_table import read_slice, vector_hashes
+
+        for unit in batches:
+            for task in unit.column(0).to_pylist():
+                for batch in (b for index in tasks[task] for b in read_slice(fs, slices[index], columns, batch_rows)):
+                    n = batch.num_rows
+                    get = batch.column
+                    vectors, reasons = check_vector_column(get(embedding_column), dim)
+                    ids = get(id_column).cast(pa.string())
+                    facts = [get(name).cast(kind) if name in present else pa.nulls(n, kind)
+                             for name, kind in (("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()))]
+                    modified = (get("modified").cast(pa.timestamp("us", "UTC")).cast(pa.int64())
+                                if "modified" in present else pa.nulls(n, pa.int64()))
+                    stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
+                    yield pa.RecordBatch.from_arrays(
+                        [ids, get("path").cast(pa.string()) if "path" in present else ids, vectors, *facts,
+                         modified, vector_hashes(vectors, dim), pa.array([False] * n), stages, reasons],
+                        names=["id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash",
+                               "reused", "error_stage", "error_message"])
+
+    units = spark.range(len(tasks), numPartitions=max(len(tasks), 1))
+    rows = units.mapInArrow(run, _READ_SCHEMA).withColumn("modified", F.timestamp_micros("modified"))
+    return rows, len(tasks)
