@@ -161,10 +161,12 @@ class PairsConfig(_Section):
     keep_rejected: bool = False
     # Near copies (neardup_core.near_copies): collapsed onto a representative before pairing.
     copy_cosine: float = 0.99
+    copy_min_rows: int = 32
 
     def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
         _in_range("pairs.copy_cosine", self.copy_cosine, 0.0, 1.0)
+        _in_range("pairs.copy_min_rows", self.copy_min_rows, 2, 10**9)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
         _in_range("pairs.accept_cosine", self.accept_cosine, -1.0, 1.0)
         _in_range("pairs.min_inliers", self.min_inliers, 1, 100_000)
