@@ -164,10 +164,12 @@ class PairsConfig(_Section):
     max_verified_per_image: float = 2.0
     # Near copies (neardup_core.near_copies): collapsed onto a representative before pairing.
     copy_cosine: float = 0.99
+    copy_min_rows: int = 32
 
     def _check(self) -> None:
         _in_range("pairs.cosine_threshold", self.cosine_threshold, -1.0, 1.0)
         _in_range("pairs.copy_cosine", self.copy_cosine, 0.0, 1.0)
+        _in_range("pairs.copy_min_rows", self.copy_min_rows, 2, 10**9)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
         _in_range("pairs.accept_cosine", self.accept_cosine, -1.0, 1.0)
         _in_range("pairs.min_inliers", self.min_inliers, 1, 100_000)

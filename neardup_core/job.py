@@ -580,7 +580,8 @@ def _collapse_near_copies(cfg: Config, good: DataFrame, extras: DataFrame | None
     if prior is not None or copy_cosine is None or items < 2:
         return near_stage.NearCollapsed(good, None, None, 0, 0.0)
     with progress.stage("near-copies") as record:
-        near = near_stage.collapse(good, cfg.groups.criteria(), extras, copy_cosine, cfg.lsh.seed, items, dim)
+        near = near_stage.collapse(good, cfg.groups.criteria(), extras, copy_cosine, cfg.pairs.copy_min_rows,
+                                   cfg.lsh.seed, items, dim)
         record["rows"] = near.count
     return near
 
@@ -600,6 +601,7 @@ def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress
         staged = staged.withColumn("exact", F.lit(False))
     if "near_copy" not in staged.columns:  # ... or near copies
         staged = staged.withColumn("near_copy", F.lit(False))
+    staged = staged.select(*(c for c in staged.columns if c not in ("exact", "near_copy")), "exact", "near_copy")
     with progress.stage("verify") as record:
         verified = verify_stage.verify_pairs(
             staged, images, cfg.pairs, cfg.input,

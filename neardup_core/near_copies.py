@@ -15,6 +15,8 @@ are found cheaply and only their representative is paired:
    (``groups.keep``): an unassigned row becomes a representative and takes every later
    unassigned row with ``cosine >= copy_cosine`` to it as its copy. So every copy is within
    ``copy_cosine`` of its representative (no chains), and the representative ranks first.
+   A cluster of fewer than ``pairs.copy_min_rows`` rows is left alone (paired as usual):
+   only floods are collapsed, so ordinary catalogs keep every pair.
 3. Only representatives (and rows that are nobody's copy) are paired by LSH.
 
 Groups stay those of the full graph. A copy c of r has an edge to r. An edge from c to an
@@ -72,12 +74,13 @@ class Clusters(NamedTuple):
     cosine: np.ndarray  # float64 per row: cosine to its representative (1 for a representative)
 
 
-def leader_clusters(vectors: np.ndarray, copy_cosine: float) -> Clusters:
+def leader_clusters(vectors: np.ndarray, copy_cosine: float, min_rows: int = 2) -> Clusters:
     """Near-copy clusters of rows given in priority order (row 0 first).
 
     Each row not yet taken becomes a representative and takes every later row not yet
-    taken with cosine >= ``copy_cosine`` to it. Time O(n * representatives * dim), memory
-    O(n * dim).
+    taken with cosine >= ``copy_cosine`` to it. A cluster of fewer than ``min_rows`` rows
+    is then dissolved (each of its rows stands for itself): only floods are collapsed.
+    Time O(n * representatives * dim), memory O(n * dim).
     """
     x = unit_rows(vectors)
     n = len(x)
@@ -94,6 +97,9 @@ def leader_clusters(vectors: np.ndarray, copy_cosine: float) -> Clusters:
         near = sims >= copy_cosine
         rep[rest[near]] = i
         cos[rest[near]] = sims[near]
+    small = np.bincount(rep, minlength=n)[rep] < min_rows
+    rows = np.arange(n)
+    rep[small], cos[small] = rows[small], 1.0
     return Clusters(rep, cos)
 
 

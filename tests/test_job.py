@@ -103,7 +103,7 @@ def test_pair_scores_agree_with_the_embeddings(first_run):
     pairs = read_pairs(first_run)
     emb = pd.read_parquet(os.path.join(first_run, "embeddings")).set_index("id")
     assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched",
-                                   "exact", "inliers", "verified"]
+                                   "exact", "near_copy", "inliers", "verified"]
     assert not pairs.exact.any()  # no two files here have the same bytes
     for row in pairs.itertuples():
         a = np.asarray(emb.loc[row.id_a, "embedding"], dtype=np.float64)

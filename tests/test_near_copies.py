@@ -98,6 +98,9 @@ def test_leader_clusters_star_chain_and_ties():
     # Ties: equal vectors go to the first in priority order.
     found = nc.leader_clusters(np.array([e[1], e[0], e[0], e[1]]), COPY)
     assert found.representative.tolist() == [0, 1, 1, 0]
+    # Clusters under min_rows are left alone: only floods collapse.
+    found = nc.leader_clusters(np.array([e[1], e[0], e[0], e[1], e[1], e[2]]), COPY, min_rows=3)
+    assert found.representative.tolist() == [0, 1, 2, 0, 0, 5] and found.cosine[[1, 2, 5]].tolist() == [1, 1, 1]
     assert nc.leader_clusters(np.zeros((0, 4)), COPY).representative.shape == (0,)
     zero = nc.leader_clusters(np.array([[0.0, 0], [0, 0]]), COPY)  # a zero vector is nobody's copy
     assert zero.representative.tolist() == [0, 1]
@@ -186,7 +189,7 @@ def test_a_near_copy_flood_in_spark(spark, tmp_path):
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "emb.parquet"), "--output", str(out),
                      "--set", "input.id_column=item", "--set", "input.embedding_column=vec",
                      "--set", f"pairs.cosine_threshold={THRESHOLD}", "--set", "groups.keep=[bytes desc]",
-                     "--set", "spark.shuffle_partitions=4",
+                     "--set", "spark.shuffle_partitions=4", "--set", "pairs.copy_min_rows=2",
                      # Tables that find the at-risk pairs (cosine down to 0.74 here) with recall 1 - 1e-6:
                      # groups are exact as far as LSH finds those representatives' pairs.
                      "--set", "lsh.bits_per_table=8", "--set", "lsh.num_tables=60"]) == 0

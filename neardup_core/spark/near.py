@@ -2,8 +2,9 @@
 higher-priority row are collapsed onto it before the LSH stage, and their edges that matter
 for the groups are found again after it (the maths is in :mod:`neardup_core.near_copies`).
 
-1. :func:`collapse`: each row gets a fine key; rows of keys shared by two or more rows are
-   clustered per key, in ``groups.keep`` order (the first is the representative).
+1. :func:`collapse`: each row gets a fine key; rows of keys shared by ``pairs.copy_min_rows``
+   rows or more are clustered per key, in ``groups.keep`` order (the first is the
+   representative); clusters smaller than that are left alone.
 2. The representatives are paired as usual, but scored down to the lowest cosine an
    at-risk pair can have (:func:`near_copies.lowest_cosine_at_risk`).
 3. :func:`write_pairs`: ``pairs/`` gets the representatives' pairs at the threshold, one
@@ -49,7 +50,7 @@ class NearCollapsed(NamedTuple):
 
 
 def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFrame | None, copy_cosine: float,
-             seed: int, items: int, dim: int) -> NearCollapsed:
+             min_rows: int, seed: int, items: int, dim: int) -> NearCollapsed:
     """Split ``good`` (id, path, embedding and the image facts; ``items`` rows) into
     representatives and near copies (:mod:`neardup_core.near_copies`).
 
@@ -75,7 +76,7 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
                                              names=[*batch.schema.names, "fine_key"])
 
     with_keys = facts.mapInArrow(keyed, StructType([*facts.schema.fields, StructField("fine_key", LongType())]))
-    shared = with_keys.groupBy("fine_key").count().filter("count > 1").select("fine_key")
+    shared = with_keys.groupBy("fine_key").count().filter(F.col("count") >= min_rows).select("fine_key")
 
     def cluster(table: pa.Table) -> pa.Table:
         from neardup_core.groups import priority_order
@@ -83,7 +84,7 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
 
         order = priority_order(table, criteria)
         ranked = table.take(pa.array(order))
-        found = leader_clusters(matrix(ranked.column("embedding"), dim), copy_cosine)
+        found = leader_clusters(matrix(ranked.column("embedding"), dim), copy_cosine, min_rows)
         copies = np.flatnonzero(found.representative != np.arange(ranked.num_rows))
         reps = pa.array(found.representative[copies])
         ids, paths = ranked.column("id"), ranked.column("path")
