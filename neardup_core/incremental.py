@@ -47,7 +47,8 @@ def fingerprint(cfg: Config, model_digest: str | None, dim: int) -> dict[str, An
     }
 
 
-VERIFY_KEYS = ("accept_cosine", "min_inliers", "features", "transform", "max_keypoints", "max_side", "ratio")
+VERIFY_KEYS = ("accept_cosine", "min_inliers", "features", "transform", "max_keypoints", "max_side", "ratio",
+               "max_verified_per_image")  # the budget decides which pairs are rejected unmatched
 
 
 def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
