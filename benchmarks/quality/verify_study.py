@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[4, 5, 6])
     parser.add_argument("--check-job", action="store_true",
                         help="then run `neardup run` with the configured defaults on each set and score it")
+    parser.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --check-job: run the job with this override (e.g. embed.cpu_precision=int8)")
     args = parser.parse_args()
     seeds = {}
     for seed in args.seeds:
@@ -357,22 +359,23 @@ def main() -> None:
         json.dump(report, f, indent=2, default=str)
     print(f"\nwrote {args.work}/study.json")
     if args.check_job:
-        check_job(seeds, score)
+        check_job(seeds, score, args.job_set)
 
 
-def check_job(seeds: dict, score) -> None:
+def check_job(seeds: dict, score, overrides: list[str] = ()) -> None:
     """`neardup run` with the configured defaults (verification on) on each set: its pairs/
     scored on the test photos, what its verify stage did, and the kernel's own cost."""
     from neardup_core.config import PairsConfig
 
     cfg = PairsConfig()
-    print(f"\nneardup run with the defaults (cosine_threshold {cfg.cosine_threshold}, accept_cosine "
+    print(f"\nneardup run with the defaults {' '.join(overrides)} (cosine_threshold {cfg.cosine_threshold}, "
+          f"accept_cosine "
           f"{cfg.accept_cosine}, min_inliers {cfg.min_inliers}, {cfg.features}, {cfg.transform}, ratio {cfg.ratio}):")
     per_half = {"tuning": [], "test": []}
     for seed, data in seeds.items():
         out = os.path.join(os.path.dirname(data["set_dir"]), "run-defaults")
         wall = neardup(["run", "--input", os.path.join(data["set_dir"], "images"), "--output", out, "--overwrite",
-                        "--set", "pairs.keep_rejected=true"])
+                        "--set", "pairs.keep_rejected=true", *[x for kv in overrides for x in ("--set", kv)]])
         table = pq.read_table(os.path.join(out, "pairs"), columns=["id_a", "id_b"]).to_pydict()
         kept = [pair(os.path.basename(a), os.path.basename(b)) for a, b in zip(table["id_a"], table["id_b"])]
         with open(os.path.join(out, "_manifest.json")) as f:
