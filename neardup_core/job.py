@@ -156,6 +156,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             prepared = prepare_model(cfg.model, cfg.embed, gpus)  # fails fast on a bad model; gives dim
             record["dim"] = prepared.dim
             record["model_file"] = prepared.file
+            record["precision"] = prepared.precision or "fp32"
     except BaseException:
         lock.release()
         raise

@@ -33,7 +33,8 @@ def prepared():
     if not os.path.isdir(CALIBRATION_PHOTOS):
         pytest.skip(f"{CALIBRATION_PHOTOS} missing: apt-get install opencv-doc (.ci/run does)")
     model = ModelConfig()
-    return model, prepare_model(model, EmbedConfig()), prepare_model(model, EmbedConfig(cpu_precision="int8"))
+    return (model, prepare_model(model, EmbedConfig(cpu_precision="fp32")),
+            prepare_model(model, EmbedConfig(cpu_precision="int8")))
 
 
 def test_int8_embeddings_stay_close_to_fp32_on_photos_it_was_not_calibrated_on(prepared):
@@ -63,6 +64,11 @@ def test_int8_model_is_cached_beside_the_export_and_keyed_by_content(prepared):
     assert int8.digest != fp32.digest
     # Tasks given GPUs run TensorRT (auto), which builds from the FP32 export.
     assert prepare_model(model, EmbedConfig(cpu_precision="int8"), gpus=True) == fp32
+    # auto: INT8 for the built-in model (photos installed); a user's model stays as it is.
+    assert prepare_model(model, EmbedConfig()) == int8
+    user = dataclasses.replace(model, path=fp32.file)
+    assert prepare_model(user, EmbedConfig()).precision is None
+    assert prepare_model(user, EmbedConfig(cpu_precision="int8")).precision == "int8"
 
 
 def test_an_incremental_run_says_the_precision_changed(prepared):

@@ -140,9 +140,26 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig, gpus: bool = False) ->
     onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
     precision = None
     on_cpu = embed.backend == "onnxruntime" or (embed.backend == "auto" and not gpus)
-    if embed.cpu_precision == "int8" and on_cpu:
+    if on_cpu and cpu_int8(model, embed):
         from .quantize import int8_model_path
 
         onnx, precision = int8_model_path(onnx, model, os.path.expanduser(model.cache_dir)), "int8"
     dim = get_embedder(onnx, "onnxruntime", None, model, embed).dim
     return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx), precision=precision)
+
+
+def cpu_int8(model: ModelConfig, embed: EmbedConfig) -> bool:
+    """Whether ONNX Runtime on the CPU runs the INT8 copy: ``embed.cpu_precision`` int8, or
+    ``auto`` for the built-in model (whose quality was measured in INT8, docs/performance.md)
+    where the calibration photos are installed; a user's model stays FP32 unless asked."""
+    if embed.cpu_precision != "auto":
+        return embed.cpu_precision == "int8"
+    from .quantize import CALIBRATION_PHOTOS, calibration_files
+
+    if model.path is not None or model.name is not None:
+        return False
+    try:
+        calibration_files(CALIBRATION_PHOTOS)
+    except ModelError:
+        return False
+    return True
