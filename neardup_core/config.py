@@ -106,9 +106,12 @@ class EmbedConfig(_Section):
     backend: Literal["auto", "onnxruntime", "tensorflow", "tensorrt"] = "auto"
     precision: Literal["fp16", "fp32"] = "fp16"
     engine_dir: str | None = None
+    decode_threads: int = 1
+    cpu_precision: Literal["auto", "fp32", "int8"] = "auto"
 
     def _check(self) -> None:
         _in_range("embed.batch_size", self.batch_size, 1, 4096)
+        _in_range("embed.decode_threads", self.decode_threads, 0, 64)
         _in_range("embed.threads_per_task", self.threads_per_task, 0, 1024)
         _require(self.engine_dir is None or bool(self.engine_dir), "embed.engine_dir", self.engine_dir,
                  "must not be empty (null means {model.cache_dir}/engines)")

@@ -26,12 +26,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def fingerprint(cfg: Config, model_digest: str | None, dim: int) -> dict[str, Any]:
+def fingerprint(cfg: Config, model_digest: str | None, dim: int, precision: str | None = None) -> dict[str, Any]:
     """The settings whose change makes the previous run's embeddings, keys or pairs
-    unusable. ``model_digest`` is None for embeddings made elsewhere (``neardup pairs``)."""
+    unusable. ``model_digest`` is None for embeddings made elsewhere (``neardup pairs``).
+    ``precision`` is ``int8`` for the quantized model (``embed.cpu_precision``), None for
+    the model as exported: the digest differs too, this says why in words."""
     images = model_digest is not None
     return {
         "model": model_digest,
+        "model.precision": precision,
         "model.input_size": cfg.model.input_size if images else None,
         "model.preprocess": cfg.model.preprocess if images else None,
         "model.output": cfg.model.output if images else None,

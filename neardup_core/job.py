@@ -157,16 +157,18 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
     progress = Progress()
     try:
         with progress.stage("load-model") as record, without_native_info(enabled=not verbose):
-            prepared = prepare_model(cfg.model, cfg.embed)  # fails fast on a bad model; gives dim
+            gpus = bool(launch_setting(cfg.spark, GPU_PER_TASK, launched_by_spark_submit))
+            prepared = prepare_model(cfg.model, cfg.embed, gpus)  # fails fast on a bad model; gives dim
             record["dim"] = prepared.dim
             record["model_file"] = prepared.file
+            record["precision"] = prepared.precision or "fp32"
     except BaseException:
         lock.release()
         raise
 
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         _check_gpu_resources(spark, cfg.embed)
-        fingerprint = incremental.fingerprint(cfg, prepared.digest, prepared.dim)
+        fingerprint = incremental.fingerprint(cfg, prepared.digest, prepared.dim, prepared.precision)
         prior = _previous(spark, out, previous, fingerprint, cfg)
         reusing = prior is not None and not prior.why_not
         with progress.stage("list") as record:

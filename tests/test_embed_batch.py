@@ -197,3 +197,80 @@ def test_copies_in_a_task_are_embedded_once():
         np.testing.assert_array_equal(got, want)
     assert (second.width, second.height) == ([12, 10], [8, 10])
     assert second.content_hash == [plain.content_hash[1], plain.content_hash[0]]
+
+
+def _catalog(tmp_path, n=40, seed=7):
+    """Rows as the embed stage gets them: good PNGs and JPEGs, copies within and across
+    batches, files on disk and missing, empty and broken bytes, truncated JPEGs, red images
+    (the test model's NaN), and reasons from the listing."""
+    rng = np.random.default_rng(seed)
+    colours = [tuple(int(c) for c in rng.integers(0, 150, 3)) for _ in range(6)] + [(255, 0, 0)]
+    rows = []
+    for i in range(n):
+        kind = int(rng.integers(0, 8))
+        colour = colours[int(rng.integers(0, len(colours)))]
+        path, content, prior = f"r{i}.png", png(colour, size=(int(rng.integers(4, 30)), 9)), None
+        if kind == 1:
+            buf = io.BytesIO()
+            Image.new("RGB", (20, 14), colour).save(buf, "JPEG")
+            content = buf.getvalue()[: int(rng.integers(10, 200))]  # truncated
+        elif kind == 2:
+            content = b"" if rng.integers(0, 2) else b"not an image"
+        elif kind == 3:
+            path, content = str(tmp_path / f"disk{i}.png"), None
+            (tmp_path / f"disk{i}.png").write_bytes(png(colour))
+        elif kind == 4:
+            path, content = str(tmp_path / f"missing{i}.png"), None
+        elif kind == 5:
+            content, prior = None, "file is 99 bytes, above input.max_file_bytes=10"
+        rows.append((path, content, prior))
+    return rows
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_overlapped_decoding_gives_the_rows_of_the_sequential_path(tmp_path, batch_size):
+    from neardup_core.embed.batch import decode_batch, embed_batches
+
+    rows = _catalog(tmp_path)
+    batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+
+    def decode_with(memo):
+        def decode(batch):
+            paths, contents, prior = zip(*batch)
+            return decode_batch(paths, contents, prior, InputConfig(), RGB_16PX, memo=memo)
+        return decode
+
+    def sequential():
+        memo = {}
+        return [embed_batch(*zip(*batch), MeanColourEmbedder(), InputConfig(), RGB_16PX, memo=memo)
+                for batch in batches]
+
+    def fields(result):
+        return [[None if v is None else v.tolist() for v in result.embeddings], *result[1:]]
+
+    want = [fields(r) for r in sequential()]
+    assert any(s == "decode" for r in want for s in r[1]) and any(s == "embed" for r in want for s in r[1])
+    for threads in (0, 1, 3):
+        memo = {}
+        got = list(embed_batches(iter(batches), decode_with(memo), MeanColourEmbedder(), memo, threads))
+        assert [b for b, _ in got] == batches  # same batches, same order
+        assert [fields(r) for _, r in got] == want, f"decode_threads={threads}"
+
+
+def test_a_consumer_that_stops_early_leaves_no_decoding_behind():
+    import threading
+
+    from neardup_core.embed.batch import decode_batch, embed_batches
+
+    batches = [[(f"{i}.png", png((i, 0, 0)), None)] for i in range(20)]
+    decoded = []
+
+    def decode(batch):
+        decoded.append(batch)
+        return decode_batch(*zip(*batch), InputConfig(), RGB_16PX)
+
+    stream = embed_batches(iter(batches), decode, MeanColourEmbedder(), None, 2)
+    next(stream)
+    stream.close()
+    assert len(decoded) <= 4  # the first batch and at most 2 + 1 ahead, not the whole stream
+    assert not [t for t in threading.enumerate() if t.name.startswith("neardup-decode")]

@@ -207,6 +207,8 @@ def main() -> None:
                         help="then run `neardup run` with the configured defaults on each set and score it")
     parser.add_argument("--rescore-job", action="store_true",
                         help="score the runs --check-job wrote last time, without running the job again")
+    parser.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --check-job: run the job with this override (e.g. embed.cpu_precision=int8)")
     args = parser.parse_args()
     seeds = {}
     for seed in args.seeds:
@@ -359,7 +361,7 @@ def main() -> None:
         json.dump(report, f, indent=2, default=str)
     print(f"\nwrote {args.work}/study.json")
     if args.check_job or args.rescore_job:
-        check_job(seeds, score, args.rescore_job)
+        check_job(seeds, score, args.rescore_job, args.job_set)
 
 
 def with_exact_copies(rows: list[tuple[str, str, bool]]) -> list[tuple[str, str]]:
@@ -380,13 +382,14 @@ def with_exact_copies(rows: list[tuple[str, str, bool]]) -> list[tuple[str, str]
     return sorted(implied)
 
 
-def check_job(seeds: dict, score, rescore: bool = False) -> None:
+def check_job(seeds: dict, score, rescore: bool = False, overrides: list[str] = ()) -> None:
     """`neardup run` with the configured defaults (verification on) on each set: its pairs/
     scored on the test photos, what its verify stage did, and the kernel's own cost."""
     from neardup_core.config import PairsConfig
 
     cfg = PairsConfig()
-    print(f"\nneardup run with the defaults (cosine_threshold {cfg.cosine_threshold}, accept_cosine "
+    print(f"\nneardup run with the defaults {' '.join(overrides)} (cosine_threshold {cfg.cosine_threshold}, "
+          f"accept_cosine "
           f"{cfg.accept_cosine}, min_inliers {cfg.min_inliers}, {cfg.features}, {cfg.transform}, ratio {cfg.ratio}):")
     per_half = {"tuning": [], "test": []}
     for seed, data in seeds.items():
@@ -394,7 +397,7 @@ def check_job(seeds: dict, score, rescore: bool = False) -> None:
         wall = float("nan")
         if not rescore:
             wall = neardup(["run", "--input", os.path.join(data["set_dir"], "images"), "--output", out, "--overwrite",
-                            "--set", "pairs.keep_rejected=true"])
+                            "--set", "pairs.keep_rejected=true", *[x for kv in overrides for x in ("--set", kv)]])
         table = pq.read_table(os.path.join(out, "pairs"), columns=["id_a", "id_b", "exact"]).to_pydict()
         kept = with_exact_copies([(os.path.basename(a), os.path.basename(b), e)
                                   for a, b, e in zip(table["id_a"], table["id_b"], table["exact"])])

@@ -3,9 +3,11 @@ check of embeddings read from a user's table instead. Pure."""
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import datetime as dt
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +35,8 @@ class EmbeddedBatch(NamedTuple):
     reused: list[bool]  # the file's hash equals its previous_hash: not decoded, not embedded
 
 
+T = TypeVar("T")
+
 # Vectors a task remembers by content hash (embed_batch's memo): 20,000 x 1,280 float32
 # is 100 MB at most.
 MEMO_ROWS = 20_000
@@ -51,6 +55,23 @@ def decode_prepared(data: bytes, model: ModelConfig, max_pixels: int) -> Decoded
         DecodeError: see :func:`decode.decode_with_size`.
     """
     return decode_with_size(data, model.input_size, max_pixels, model.trim_borders, model.colour == "grayscale")
+
+
+class DecodedBatch(NamedTuple):
+    """A batch read and decoded, not yet embedded (:func:`decode_batch`): the rows' facts,
+    and the pixels of the rows that go to the model."""
+
+    stages: list[str | None]
+    messages: list[str | None]
+    width: list[int | None]
+    height: list[int | None]
+    file_bytes: list[int | None]
+    modified: list[dt.datetime | None]
+    hashes: list[str | None]
+    reused: list[bool]
+    pixels: list[np.ndarray]  # one per row of ``good``
+    good: list[int]  # rows decoded for the model
+    copied: dict[int, tuple[np.ndarray, int, int]]  # row -> a memo entry found while decoding
 
 
 def embed_batch(
@@ -75,8 +96,28 @@ def embed_batch(
     kept by the caller across a task's batches, at most :data:`MEMO_ROWS` entries) lets a
     copy of a file embedded earlier in the task take its vector without being decoded.
 
+    The same as :func:`decode_batch` then :func:`embed_decoded`; :func:`embed_batches`
+    runs the two overlapped over a stream of batches.
+
     Memory: one decoded (size, size, 3) uint8 image per row, plus the model's activations.
     """
+    decoded = decode_batch(paths, contents, prior_errors, input_cfg, model_cfg, listed_modified, previous_hash, memo)
+    return embed_decoded(decoded, embedder, memo)
+
+
+def decode_batch(
+    paths: Sequence[str],
+    contents: Sequence[bytes | None],
+    prior_errors: Sequence[str | None],
+    input_cfg: InputConfig,
+    model_cfg: ModelConfig,
+    listed_modified: Sequence[dt.datetime | None] | None = None,
+    previous_hash: Sequence[str | None] | None = None,
+    memo: dict | None = None,
+) -> DecodedBatch:
+    """The first half of :func:`embed_batch` (same arguments): read, hash and decode, and
+    note the rows that are reused or found in ``memo``. Only reads ``memo``, so it may run
+    on another thread while the model embeds an earlier batch."""
     n = len(paths)
     stages: list[str | None] = [None] * n
     messages: list[str | None] = list(prior_errors)
@@ -107,8 +148,9 @@ def embed_batch(
         if previous_hash is not None and previous_hash[i] == hashes[i]:
             reused[i] = True
             continue
-        if memo is not None and hashes[i] in memo:
-            copied[i] = memo[hashes[i]]
+        entry = memo.get(hashes[i]) if memo is not None else None
+        if entry is not None:
+            copied[i] = entry
             continue
         try:
             decoded = decode_prepared(data, model_cfg, input_cfg.max_pixels)
@@ -119,7 +161,28 @@ def embed_batch(
             stages[i], messages[i] = "decode", str(err)
         except Exception as err:  # noqa: BLE001 - a decoder bug on one file must not fail the job
             stages[i], messages[i] = "decode", f"unexpected {type(err).__name__}: {err}"
-    embeddings: list[np.ndarray | None] = [None] * n
+    return DecodedBatch(stages, messages, width, height, file_bytes, modified, hashes, reused, pixels, good, copied)
+
+
+def embed_decoded(decoded: DecodedBatch, embedder: Embedder, memo: dict | None = None) -> EmbeddedBatch:
+    """The second half of :func:`embed_batch`: embed the decoded rows and fill ``memo``.
+
+    A decoded row whose content hash entered ``memo`` after it was decoded (an earlier
+    batch, embedded while this one was decoded ahead) takes the memo's vector, as it would
+    have had it been decoded after that batch: the rows are the same whether batches are
+    decoded ahead or one after another."""
+    stages, messages, width, height = decoded.stages, decoded.messages, decoded.width, decoded.height
+    hashes = decoded.hashes
+    copied = dict(decoded.copied)
+    pixels, good = [], []
+    for row, image in zip(decoded.good, decoded.pixels):
+        entry = memo.get(hashes[row]) if memo is not None else None
+        if entry is not None:
+            copied[row] = entry
+        else:
+            pixels.append(image)
+            good.append(row)
+    embeddings: list[np.ndarray | None] = [None] * len(stages)
     if good:
         vectors = embedder.embed(np.stack(pixels))
         finite = np.isfinite(vectors).all(axis=1)
@@ -132,7 +195,48 @@ def embed_batch(
                 stages[row], messages[row] = "embed", "model output is not finite (NaN or inf)"
     for row, (vec, w, h) in copied.items():
         embeddings[row], width[row], height[row] = vec, w, h
-    return EmbeddedBatch(embeddings, stages, messages, width, height, file_bytes, modified, hashes, reused)
+    return EmbeddedBatch(embeddings, stages, messages, width, height, decoded.file_bytes, decoded.modified, hashes,
+                         decoded.reused)
+
+
+def embed_batches(batches: Iterable[T], decode: Callable[[T], DecodedBatch], embedder: Embedder,
+                  memo: dict | None = None, decode_threads: int = 1) -> Iterator[tuple[T, EmbeddedBatch]]:
+    """:func:`embed_decoded` over a stream of batches, each batch decoded by ``decode``
+    (:func:`decode_batch` with the batch's columns) up to ``decode_threads`` batches ahead
+    of the model, each on a thread of its own (reading and Pillow's decoding release the
+    GIL, and so does the model's run). ``decode_threads`` 0 decodes each batch in the
+    calling thread, right before it is embedded. Either way, the same rows in the same
+    order (tests/test_embed_batch.py).
+
+    Yields:
+        (batch, its rows), in the order of ``batches``.
+
+    Memory: ``decode_threads`` + 1 batches of decoded pixels.
+    """
+    if decode_threads == 0:
+        for batch in batches:
+            yield batch, embed_decoded(decode(batch), embedder, memo)
+        return
+    ahead: collections.deque = collections.deque()
+    source = iter(batches)
+    with concurrent.futures.ThreadPoolExecutor(decode_threads, thread_name_prefix="neardup-decode") as pool:
+        try:
+            while True:
+                while len(ahead) <= decode_threads:
+                    batch = next(source, _END)
+                    if batch is _END:
+                        break
+                    ahead.append((batch, pool.submit(decode, batch)))
+                if not ahead:
+                    return
+                batch, pending = ahead.popleft()
+                yield batch, embed_decoded(pending.result(), embedder, memo)
+        finally:
+            for _, pending in ahead:  # the consumer stopped early, or a decode failed
+                pending.cancel()
+
+
+_END = object()
 
 
 def check_vector_column(column: pa.Array, dim: int) -> tuple[pa.Array, pa.Array]:

@@ -101,18 +101,24 @@ class PreparedModel(NamedTuple):
             by :func:`prepare_model`, so no other code asks which backend was configured.
         digest: SHA-256 of ``file``'s bytes: what an incremental run compares to know
             that the previous run's embeddings came from the same model.
+        precision: ``int8`` where ``file`` is the quantized copy of the export
+            (``embed.cpu_precision``), else None: the model's own float precision.
     """
 
     file: str
     dim: int
     shipped: bool
     digest: str = ""
+    precision: str | None = None
 
 
-def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
+def prepare_model(model: ModelConfig, embed: EmbedConfig, gpus: bool = False) -> PreparedModel:
     """On the driver, before Spark starts: resolve the model, export it to ONNX unless the
-    TensorFlow backend is forced (cached; checked against TensorFlow), and load it once on
-    the CPU so a bad model fails here, with a message, instead of in every task.
+    TensorFlow backend is forced (cached; checked against TensorFlow), quantize that to
+    INT8 where ``embed.cpu_precision`` says so and the tasks run ONNX Runtime on the CPU
+    (``gpus``: tasks are given GPUs, so ``auto`` runs TensorRT, which builds from the FP32
+    export), and load it once on the CPU so a bad model fails here, with a message,
+    instead of in every task.
 
     Raises:
         ModelError: any problem with the model (see :func:`get_embedder`).
@@ -132,5 +138,28 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig) -> PreparedModel:
         dim = get_embedder(source, "tensorflow", None, model, embed).dim
         return PreparedModel(source, dim, shipped=False, digest=model_digest(source))
     onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
+    precision = None
+    on_cpu = embed.backend == "onnxruntime" or (embed.backend == "auto" and not gpus)
+    if on_cpu and cpu_int8(model, embed):
+        from .quantize import int8_model_path
+
+        onnx, precision = int8_model_path(onnx, model, os.path.expanduser(model.cache_dir)), "int8"
     dim = get_embedder(onnx, "onnxruntime", None, model, embed).dim
-    return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx))
+    return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx), precision=precision)
+
+
+def cpu_int8(model: ModelConfig, embed: EmbedConfig) -> bool:
+    """Whether ONNX Runtime on the CPU runs the INT8 copy: ``embed.cpu_precision`` int8, or
+    ``auto`` for the built-in model (whose quality was measured in INT8, docs/performance.md)
+    where the calibration photos are installed; a user's model stays FP32 unless asked."""
+    if embed.cpu_precision != "auto":
+        return embed.cpu_precision == "int8"
+    from .quantize import CALIBRATION_PHOTOS, calibration_files
+
+    if model.path is not None or model.name is not None:
+        return False
+    try:
+        calibration_files(CALIBRATION_PHOTOS)
+    except ModelError:
+        return False
+    return True

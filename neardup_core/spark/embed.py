@@ -16,7 +16,8 @@ from .listing import EMBEDDED_SCHEMA
 
 def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig, embed_cfg: EmbedConfig,
                  input_cfg: InputConfig) -> DataFrame:
-    """Read, decode and embed each listed file (:func:`embed.batch.embed_batch`).
+    """Read, decode and embed each listed file (:func:`embed.batch.embed_batches`: the next
+    batches decoded on ``embed.decode_threads`` threads while the model runs).
 
     ``prepared`` is the driver's model (:func:`embed.prepare_model`); a shipped file goes
     to the executors with ``SparkContext.addFile``, otherwise each worker resolves
@@ -37,19 +38,18 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
         from pyspark import SparkFiles
 
         from neardup_core.embed import get_embedder
-        from neardup_core.embed.batch import embed_batch
+        from neardup_core.embed.batch import decode_batch, embed_batches
         from neardup_core.embed.models import resolve_model_path
 
         backend, device = task_backend(embed_cfg.backend)
         local_file = resolve_model_path(model) if shipped is None else SparkFiles.get(shipped)
         embedder = get_embedder(local_file, backend, device, model, embed_cfg)
-        memo: dict = {}  # identical files in this task are decoded and embedded once
-        for batch in batches:
-            result = embed_batch(
+
+        def decode(batch: pa.RecordBatch):
+            return decode_batch(
                 paths=batch.column("path").to_pylist(),
                 contents=batch.column("content").to_pylist(),
                 prior_errors=batch.column("error_message").to_pylist(),
-                embedder=embedder,
                 input_cfg=input_cfg,
                 model_cfg=model,
                 listed_modified=batch.column("modified").to_pylist(),
@@ -57,6 +57,10 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
                                if "previous_hash" in batch.schema.names else None),
                 memo=memo,
             )
+
+        memo: dict = {}  # identical files in this task are decoded and embedded once
+        # The next batches are read and decoded while the model embeds this one.
+        for batch, result in embed_batches(batches, decode, embedder, memo, embed_cfg.decode_threads):
             yield pa.RecordBatch.from_arrays(
                 [
                     batch.column("id"),

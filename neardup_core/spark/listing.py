@@ -109,9 +109,11 @@ def _list_local_directory(spark: SparkSession, cfg: InputConfig) -> DataFrame:
     schema = "id string, path string, content binary, size bigint, modified timestamp, error_message string"
     if not found:
         return spark.createDataFrame([], schema)
-    frame = spark.createDataFrame(table.to_pandas(), schema)
+    # From Arrow, not pandas: no Python object per row (docs/performance.md). Spark cuts a
+    # local table into defaultParallelism partitions in name order; more need a shuffle.
+    frame = spark.createDataFrame(table, schema)
     slices = max(spark.sparkContext.defaultParallelism, -(-len(found) // cfg.rows_per_partition))
-    return frame.repartition(slices) if slices > 1 else frame
+    return frame.repartition(slices) if slices > spark.sparkContext.defaultParallelism else frame
 
 
 def _list_manifest(spark: SparkSession, cfg: InputConfig, fmt: str, extra_columns: tuple[str, ...]) -> DataFrame:
