@@ -408,7 +408,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
     items -= collapsed.count if collapsed.representatives is not good else 0
     good, copies = collapsed.representatives, collapsed.copies
-    near = _collapse_near_copies(cfg, good, embedded.extras, prior, items, embedded.dim, progress)
+    with _sized_shuffles(spark, cfg, items):
+        near = _collapse_near_copies(cfg, good, embedded.extras, prior, items, embedded.dim, progress)
     near_vectors = good  # the rows near copies were found among: their vectors for spark.near
     items -= near.count
     good = near.representatives
