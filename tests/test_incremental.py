@@ -105,7 +105,8 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
                      "--set", "model.colour=rgb"]) == 0
     record = manifest(rgb)["incremental"]
     assert record["reused"] is False and record["why_not"][-1] == "model.colour: 'grayscale' before, 'rgb' now"
-    # The INT8 model (embed.cpu_precision auto) is calibrated on images prepared in the run's colour.
+    # (With embed.cpu_precision int8 the INT8 model's digest would be a second reason: it is
+    # calibrated on images prepared in the run's colour.)
     assert all(why.startswith("model: ") for why in record["why_not"][:-1])
     assert manifest(rgb)["counts"]["embedded"] == len(embeddings) and manifest(rgb)["counts"]["reused"] == 0
 

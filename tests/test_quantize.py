@@ -64,8 +64,8 @@ def test_int8_model_is_cached_beside_the_export_and_keyed_by_content(prepared):
     assert int8.digest != fp32.digest
     # Tasks given GPUs run TensorRT (auto), which builds from the FP32 export.
     assert prepare_model(model, EmbedConfig(cpu_precision="int8"), gpus=True) == fp32
-    # auto: INT8 for the built-in model (photos installed); a user's model stays as it is.
-    assert prepare_model(model, EmbedConfig()) == int8
+    # The default is the FP32 export, for the built-in model and a user's.
+    assert prepare_model(model, EmbedConfig()) == fp32
     user = dataclasses.replace(model, path=fp32.file)
     assert prepare_model(user, EmbedConfig()).precision is None
     assert prepare_model(user, EmbedConfig(cpu_precision="int8")).precision == "int8"
