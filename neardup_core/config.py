@@ -166,7 +166,7 @@ class PairsConfig(_Section):
     keep_rejected: bool = False
     max_verified_per_image: float = 2.0
     # Near copies (neardup_core.near_copies): collapsed onto a representative before pairing.
-    copy_cosine: float = 0.99
+    copy_cosine: float = 0.97
     copy_min_rows: int = 32
 
     def _check(self) -> None:

@@ -190,6 +190,7 @@ def test_a_near_copy_flood_in_spark(spark, tmp_path):
                      "--set", "input.id_column=item", "--set", "input.embedding_column=vec",
                      "--set", f"pairs.cosine_threshold={THRESHOLD}", "--set", "groups.keep=[bytes desc]",
                      "--set", "spark.shuffle_partitions=4", "--set", "pairs.copy_min_rows=2",
+                     "--set", f"pairs.copy_cosine={COPY}",
                      # Tables that find the at-risk pairs (cosine down to 0.74 here) with recall 1 - 1e-6:
                      # groups are exact as far as LSH finds those representatives' pairs.
                      "--set", "lsh.bits_per_table=8", "--set", "lsh.num_tables=60"]) == 0
