@@ -114,6 +114,13 @@ def copies_follow_representatives(groups: DataFrame, copies: DataFrame, result: 
         .otherwise(F.col("cosine")).alias("cosine"),
         F.when(is_copy & (F.col("action") == "keep"), 1).otherwise(0).alias("moved"),
         "file", "block", "position")
+    return write_fixed_groups(fixed, result, path)
+
+
+def write_fixed_groups(fixed: DataFrame, result: GroupsResult, path: str) -> GroupsResult:
+    """Write ``fixed`` (groups/ rows with copies' decisions set, plus ``moved``: 1 where a
+    copy went from keep to drop, and ``file``, ``block``, ``position``: where each row was
+    read) back in the order it was read, and correct the result's kept and dropped counts."""
     fixed = fixed.persist(StorageLevel.MEMORY_AND_DISK)
     moved = fixed.agg(F.sum("moved")).first()[0] or 0
     fixed.orderBy("file", "block", "position").drop("moved", "file", "block", "position").write.parquet(path)

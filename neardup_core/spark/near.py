@@ -32,6 +32,7 @@ from pyspark.sql.types import LongType, StructField, StructType
 
 from ..lsh import LshTables
 from .arrow import matrix
+from .exact import write_fixed_groups
 from .groups import GroupsResult
 from .pairing import PAIR_SCHEMA
 
@@ -239,8 +240,4 @@ def copies_follow_representatives(groups: DataFrame, copies: DataFrame, vectors:
         F.when(is_copy, F.col("target_cosine")).otherwise(F.col("cosine")).alias("cosine"),
         F.when(is_copy & (F.col("action") == "keep"), 1).otherwise(0).alias("moved"),
         "file", "block", "position")
-    fixed = fixed.persist(StorageLevel.MEMORY_AND_DISK)
-    moved = fixed.agg(F.sum("moved")).first()[0] or 0
-    fixed.orderBy("file", "block", "position").drop("moved", "file", "block", "position").write.parquet(path)
-    fixed.unpersist()
-    return result._replace(kept=result.kept - moved, dropped=result.dropped + moved)
+    return write_fixed_groups(fixed, result, path)
