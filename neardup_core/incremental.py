@@ -68,6 +68,7 @@ class PreviousRun(NamedTuple):
     pairs: int  # rows in its pairs/
     exact_copies: int = 0  # inputs it paired as exact copies of another (spark.exact)
     near_copies: int = 0  # inputs it collapsed as near copies (spark.near): its pairs/ is not every pair
+    unverified_pairs: int | None = None  # pairs it left unverified (None: an older run that did not count them)
 
 
 def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
@@ -86,7 +87,8 @@ def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
     return PreviousRun(path, manifest["fingerprint"], lsh.get("bits_per_table"), lsh.get("num_tables"),
                        int(manifest.get("counts", {}).get("pairs", 0)),
                        int(manifest.get("counts", {}).get("exact_copies", 0)),
-                       int(manifest.get("counts", {}).get("near_copies", 0)))
+                       int(manifest.get("counts", {}).get("near_copies", 0)),
+                       manifest.get("counts", {}).get("unverified_pairs"))
 
 
 def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables: int | str) -> list[str]:

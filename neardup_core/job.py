@@ -424,7 +424,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record.update(planned.record())
 
     numbered = pairing_stage.number_rows(good)
-    keyed, incremental_record = None, None
+    keyed, gone, incremental_record = None, None, None
     if prior is not None:
         incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
     with progress.stage("pairs") as record:
@@ -439,7 +439,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                      .withColumn("fresh", F.lit(True))
                      .unionByName(reused.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
                      .persist(StorageLevel.MEMORY_AND_DISK))
-            gone = prior.data.embeddings.join(reused.select("id"), "id", "left_anti").select("id", "keys")
+            # Deleted and changed rows: small, and read by every step below, so kept.
+            gone = (prior.data.embeddings.join(reused.select("id"), "id", "left_anti").select("id", "keys")
+                    .persist(StorageLevel.MEMORY_AND_DISK))
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark)) is None
@@ -448,10 +450,10 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):
-                found = pair_fresh(keyed, gone, prior.data.pairs, planned.tables, cfg.lsh.max_bucket_size,
-                                   cfg.pairs.cosine_threshold, pairs_path)
+                found = pair_fresh(keyed, gone, prior.data, planned.tables, cfg.lsh.max_bucket_size,
+                                   cfg.pairs.cosine_threshold, pairs_path, _settles_at(cfg, embedded, copies))
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
-                                      pairing="incremental" if found.result else "full")
+                                      pairing="incremental" if found.result else "full", settled=found.settled)
             result = found.result
             if result is None:
                 log.info("a bucket the change touches holds %d rows, over lsh.max_bucket_size=%d: pairing in full",
@@ -497,7 +499,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         criteria = [(near_stage.COPY_LAST, False), *criteria]
     result, verified = _verify(spark, cfg, out, progress, near_vectors if embedded.has_images else None, result,
                                found.verified_before if found is not None and cfg.pairs.verifies else None,
-                               nodes, criteria)
+                               nodes, criteria, settled=found is not None and found.settled)
 
     with progress.stage("groups") as record:
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
@@ -548,7 +550,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
-    for frame in (reused, keyed, copies, near.copies, near.radii, found.found if found is not None else None):
+    carried = (found.found, found.lost) if found is not None else ()
+    for frame in (reused, keyed, gone, copies, near.copies, near.radii, *carried):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,
@@ -589,16 +592,34 @@ def _collapse_near_copies(cfg: Config, good: DataFrame, extras: DataFrame | None
     return near
 
 
+def _settles_at(cfg: Config, embedded: _Embedded, copies: DataFrame | None) -> float | None:
+    """For an incremental run: the cosine at or above which a pair found tonight needs no
+    verification (-1: none does), so that pairs/ can be written final by the pairing stage
+    (:func:`spark.incremental.pair_incrementally`); None where the verify stage must still
+    rewrite it: exact copies tonight or last night (their pairs are replaced), or pairs
+    left unverified last night (their verdict may be needed now)."""
+    prior = embedded.prior
+    if copies is not None or prior.run.exact_copies or prior.run.unverified_pairs != 0:
+        return None
+    return cfg.pairs.accept_cosine if cfg.pairs.verifies and embedded.has_images else -1.0
+
+
 def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress, images: DataFrame | None,
             result: pairing_stage.PairingResult, known: DataFrame | None = None, nodes: DataFrame | None = None,
-            criteria: list[tuple[str, bool]] | None = None
+            criteria: list[tuple[str, bool]] | None = None, settled: bool = False
             ) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
     """Borderline pairs verified on local features (:func:`spark.verify.verify_pairs`;
     ``images`` None: none, as for ``neardup pairs``; ``known``: pairs an incremental run
     carried over, with last night's verdict; ``nodes`` and ``criteria``: the groups stage's
     images and keep priority, so only the pairs whose verdict the groups need are matched);
     the staged pairs/ is rewritten with ``inliers`` and ``verified`` before the groups stage
-    reads it."""
+    reads it. ``settled``: the staged pairs/ is final already (nothing to match); kept as it is."""
+    if settled:
+        with progress.stage("verify") as record:
+            verified = verify_stage.VerifyResult(result.pairs, 0, 0, 0, 0, 0)
+            record.update(verified.record())
+            record["rows"] = result.pairs
+        return result, verified
     staged = spark.read.parquet(out.staged("pairs"))
     if "exact" not in staged.columns:  # the same schema whether or not the run found exact copies
         staged = staged.withColumn("exact", F.lit(False))

@@ -252,6 +252,22 @@ def score_with_keys(vec_a: np.ndarray, vec_b: np.ndarray, keys_a: np.ndarray, ke
     return near_pairs(index, index, rowwise_cosine(vec_a, vec_b), matched, np.shape(keys_a)[1], cosine_threshold)
 
 
+def score_row_pairs(x: np.ndarray, keys: np.ndarray, a: np.ndarray, b: np.ndarray, cosine_threshold: float,
+                    chunk_pairs: int = 4096) -> ScoredPairs:
+    """:func:`score_with_keys` for pairs given as row positions ``a``, ``b`` into ``x``
+    (n, dim) and ``keys`` (n, L), a chunk of ``chunk_pairs`` pairs at a time: memory
+    O(chunk_pairs x (dim + L)), where gathering every pair's two rows at once would take
+    O(pairs x dim). ``a`` and ``b`` of the result are row positions, like the input's."""
+    parts = []
+    for start in range(0, len(a), chunk_pairs):
+        ca, cb = a[start:start + chunk_pairs], b[start:start + chunk_pairs]
+        near = score_with_keys(x[ca], x[cb], keys[ca], keys[cb], cosine_threshold)
+        parts.append(near._replace(a=ca[near.a], b=cb[near.b]))
+    if not parts:
+        return score_with_keys(x[:0], x[:0], keys[:0], keys[:0], cosine_threshold)
+    return ScoredPairs(*(np.concatenate(column) for column in zip(*parts)))
+
+
 def ordered_by_id(id_x: pa.Array, id_y: pa.Array, path_x: pa.Array, path_y: pa.Array) -> dict[str, pa.Array]:
     """The two ends of each pair named so that ``id_a < id_b`` (byte order of the UTF-8
     ids, as Spark compares strings): id_a, id_b, path_a, path_b."""

@@ -88,6 +88,7 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
     assert counts["embedded"] == 2  # fruits_large (new) and home (changed); board was touched only
     assert (counts["reused"], counts["changed"], counts["deleted"]) == (len(PHOTOS) - 1 + 1, 1, 1)
     assert manifest(night2)["incremental"]["pairing"] == "incremental"
+    assert manifest(night2)["incremental"]["settled"] is False  # a borderline pair found: the verify stage ran
     changes = pd.read_parquet(night2 / "changes")
     uri = f"file:{catalog}"
     assert set(changes[changes.change == "pair_removed"].id_b) == {f"{uri}/building_q40.jpg"}
@@ -131,29 +132,60 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     pq.write_table(pq.read_table(tmp_path / "a" / "embeddings", coerce_int96_timestamp_unit="us")
                    .drop_columns(["embedding"]), tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
     rows = [*range(30, 1100), *range(1100, 1200)]  # 30 deleted, 100 new
-    x[40] = x[41]  # and one changed vector: now a copy of its neighbour
+    # and one changed vector: near its neighbour (c), or a copy of it (b: exact copies, so
+    # the verify stage rewrites pairs/ with the copies' pairs)
+    x[40] = x[41] + 1e-3 * np.sign(x[41])
+    table(tmp_path / "c.parquet", rows)
+    x[40] = x[41]
     table(tmp_path / "b.parquet", rows)
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
                      "--previous", str(tmp_path / "a"), *common, "--set", "spark.shuffle_partitions=2"]) == 0
-    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b1"),
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "c"),
                      "--previous", str(tmp_path / "a_keys"), *common]) == 0
-    assert "embedding" not in pd.read_parquet(tmp_path / "b1" / "embeddings").columns
-    assert cli.main(["pairs", *full_run_with_the_same_plan(
-        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
-        tmp_path / "a")]) == 0
-    assert_same_results(tmp_path / "b", tmp_path / "full")
-    assert_same_results(tmp_path / "b1", tmp_path / "full")
-    assert manifest(tmp_path / "b1")["incremental"]["pairing"] == "incremental"
-    assert manifest(tmp_path / "b1")["lsh"]["buckets"] is not None
+    assert "embedding" not in pd.read_parquet(tmp_path / "c" / "embeddings").columns
+    for night in ("b", "c"):
+        assert cli.main(["pairs", *full_run_with_the_same_plan(
+            ["--embeddings", str(tmp_path / f"{night}.parquet"), "--output", str(tmp_path / f"full_{night}"),
+             *common], tmp_path / "a")]) == 0
+        assert_same_results(tmp_path / night, tmp_path / f"full_{night}")
+        # changes/, from the pairs found tonight only, against a comparison of the whole outputs.
+        expected = expected_changes(tmp_path / "a", tmp_path / f"full_{night}")
+        assert changes_set(pd.read_parquet(tmp_path / night / "changes")) == expected, night
+        assert manifest(tmp_path / night)["incremental"]["pairing"] == "incremental"
+    assert manifest(tmp_path / "c")["lsh"]["buckets"] is not None
     check_groups_output(tmp_path / "b")
-    # changes/, from the pairs found tonight only, against a comparison of the whole outputs.
-    expected = expected_changes(tmp_path / "a", tmp_path / "full")
-    for run in ("b", "b1"):
-        found = pd.read_parquet(tmp_path / run / "changes")
-        assert changes_set(found) == expected, run
     counts = manifest(tmp_path / "b")["counts"]
     assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (101, 1069, 1, 30)
-    assert manifest(tmp_path / "b")["incremental"]["pairing"] == "incremental"
+    assert counts["exact_copies"] == 1 and not manifest(tmp_path / "b")["incremental"]["settled"]
+    # Nothing to verify (no images) and no copies: pairs/ written final by the pairing stage.
+    assert manifest(tmp_path / "c")["incremental"]["settled"]
+    assert len(pd.read_parquet(tmp_path / "c" / "pairs")) == manifest(tmp_path / "c")["counts"]["pairs"]
+
+
+@pytest.mark.spark
+def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):
+    from neardup_core.spark import incremental as stage
+
+    pairs = spark.createDataFrame(
+        [("a", "b", "/old/a", "/old/b", 0.9, 0.5, 3, False, False, 41, "geometry"),
+         ("a", "c", "/old/a", "/old/c", 0.95, 0.7, 4, False, False, None, "embedding"),
+         ("b", "c", "/old/b", "/old/c", 0.8, 0.2, 1, False, False, 12, "geometry")],
+        "id_a string, id_b string, path_a string, path_b string, cosine double, jaccard double, "
+        "tables_matched int, exact boolean, near_copy boolean, inliers int, verified string")
+    embeddings = spark.createDataFrame([(i, f"/old/{i}") for i in "abc"], "id string, path string")
+    gone = spark.createDataFrame([("c", [1])], "id string, keys array<bigint>")
+    previous = stage.Previous(embeddings, pairs, None)
+
+    def carried(root, settled):
+        keyed = spark.createDataFrame([(i, f"{root}/{i}", False) for i in "ab"],
+                                      "id string, path string, fresh boolean")
+        return [tuple(r) for r in stage._carried(previous, gone, keyed, True, settled).collect()]
+
+    assert stage._paths_moved(spark.createDataFrame([("a", "/new/a", False)], "id string, path string, fresh boolean"),
+                              embeddings)
+    assert carried("/old", settled=True) == [("a", "b", "/old/a", "/old/b", 0.9, 0.5, 3, False, False, 41, "geometry")]
+    assert carried("/new", settled=True) == [("a", "b", "/new/a", "/new/b", 0.9, 0.5, 3, False, False, 41, "geometry")]
+    assert carried("/new", settled=False) == [("a", "b", "/new/a", "/new/b", 0.9, 0.5, 3)]
 
 
 def changes_set(frame):

@@ -198,3 +198,26 @@ def test_scores_from_keys_equal_the_bucket_path_when_nothing_splits():
     np.testing.assert_array_equal(got.tables_matched, expected.tables_matched)
     np.testing.assert_array_equal(got.cosine, expected.cosine)
     np.testing.assert_array_equal(got.jaccard, expected.jaccard)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 1000])
+@pytest.mark.parametrize("pairs", [0, 1, 5, 40])
+def test_row_pairs_score_like_gathered_rows(chunk, pairs):
+    rng = np.random.default_rng(chunk * 100 + pairs)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    x[5] = x[4]  # a pair at cosine 1
+    keys = rng.integers(0, 3, size=(30, 6))
+    a = rng.integers(0, 30, pairs)
+    b = (a + 1 + rng.integers(0, 29, pairs)) % 30
+    if pairs:
+        a[0], b[0] = 4, 5
+    got = pairing.score_row_pairs(x, keys, a, b, 0.1, chunk_pairs=chunk)
+    want = pairing.score_with_keys(x[a], x[b], keys[a], keys[b], 0.1)
+    np.testing.assert_array_equal(got.a, a[want.a])
+    np.testing.assert_array_equal(got.b, b[want.b])
+    np.testing.assert_array_equal(got.tables_matched, want.tables_matched)
+    np.testing.assert_allclose(got.cosine, want.cosine, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got.jaccard, want.jaccard, rtol=0, atol=1e-12)
+    assert got.tables_matched.dtype == np.int32 and got.cosine.dtype == np.float64
+    if pairs:
+        assert (4, 5) in set(zip(got.a.tolist(), got.b.tolist()))

@@ -25,9 +25,6 @@ CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id st
 _ENTRY_SCHEMA = "code bigint, id string, fresh boolean"
 _ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embedding", pa.list_(pa.float32())),
                              ("keys", pa.list_(pa.int64())), ("fresh", pa.bool_())])
-_PAIR_ARROW = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("path_a", pa.string()),
-                         ("path_b", pa.string()), ("cosine", pa.float64()), ("jaccard", pa.float64()),
-                         ("tables_matched", pa.int32())])
 
 
 class Previous(NamedTuple):
@@ -76,12 +73,14 @@ class IncrementalPairs(NamedTuple):
     touched_buckets: int
     largest_touched: int
     found: DataFrame | None = None  # PAIR_SCHEMA: tonight's pairs that involve a fresh row (persisted)
-    lost: DataFrame | None = None  # id_a, id_b, cosine: last night's pairs that involve a gone row
+    lost: DataFrame | None = None  # id_a, id_b, cosine: last night's pairs that involve a gone row (persisted)
     verified_before: DataFrame | None = None  # id_a, id_b, inliers, verified of the carried pairs
+    settled: bool = False  # pairs/ was written final, with verdicts: nothing for the verify stage to match
 
 
-def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame, tables: LshTables,
-                       max_bucket_size: int, cosine_threshold: float, path: str) -> IncrementalPairs:
+def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
+                       max_bucket_size: int, cosine_threshold: float, path: str, accept_cosine: float | None = None
+                       ) -> IncrementalPairs:
     """Tonight's pairs from last night's, for data the full pairing would shuffle: the
     previous pairs between images still here and unchanged, and the pairs that involve a
     fresh (new or changed) image, found in the buckets the fresh images hash to. Written to
@@ -90,6 +89,10 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     Args:
         keyed: tonight's rows: id, path, embedding, keys, fresh (embedded tonight).
         gone: id, keys of the previous run's rows that are deleted or changed.
+        previous: the previous run's datasets (its pairs/ and the paths in its embeddings/).
+        accept_cosine: None, or the cosine at or above which a pair needs no geometric
+            verification (-1 when nothing is verified): then, if every pair found tonight
+            is at or above it, pairs/ is written final (:func:`_write_pairs`).
 
     Exact (what a full run with the same tables gives) while no bucket the change touches
     holds more than ``max_bucket_size`` rows, before or after: then a pair's buckets
@@ -142,23 +145,21 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFr
     found = ends.select("id_a", "id_b", "path_a", "path_b", "vec_a", "vec_b", "keys_a", "keys_b").mapInArrow(
         score, PAIR_SCHEMA).persist()
     found.count()
-    pairs = _carried(previous_pairs, gone, keyed, broadcast=False).unionByName(found).persist()
-    count = pairs.count()
-    pairs.orderBy("id_a", "id_b").write.parquet(path)
-    pairs.unpersist()
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
     candidates.unpersist()
     now.unpersist()
     bcast.unpersist()
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), sizes["buckets"],
-                            largest, found, _lost(previous_pairs, gone), _verified_before(previous_pairs, gone))
+                            largest, found, _lost(previous.pairs, gone), _verified_before(previous.pairs, gone),
+                            settled)
 
 
-def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_pairs: DataFrame,
-                                   tables: LshTables, max_bucket_size: int, cosine_threshold: float, path: str
-                                   ) -> IncrementalPairs:
+def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
+                                   max_bucket_size: int, cosine_threshold: float, path: str,
+                                   accept_cosine: float | None = None) -> IncrementalPairs:
     """As :func:`pair_incrementally`, for data the full pairing would pair in one task:
     the fresh rows' candidates found and scored in one task (:func:`incremental.fresh_candidates`,
-    no shuffle), the carried pairs named by broadcast joins, and the union sorted in one task."""
+    no shuffle), and the carried pairs filtered by broadcast joins."""
     spark = keyed.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
     gone_keys = spark.sparkContext.broadcast(matrix(gone.select("keys").toArrow().column("keys"), num_tables))
@@ -166,7 +167,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_p
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.incremental import fresh_candidates
-        from neardup_core.pairing import ordered_by_id, score_with_keys
+        from neardup_core.pairing import ordered_by_id, score_row_pairs
 
         batches = list(batches)  # Spark's own list field names and nullability
         table = pa.Table.from_batches(batches) if batches else _ONE_TASK_INPUT.empty_table()
@@ -176,10 +177,9 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_p
         tally.record("touched", (found.touched_buckets, found.largest_touched, found.a is not None))
         if found.a is None:
             return
-        x = matrix(table.column("embedding"), dim)
-        near = score_with_keys(x[found.a], x[found.b], keys[found.a], keys[found.b], cosine_threshold)
+        near = score_row_pairs(matrix(table.column("embedding"), dim), keys, found.a, found.b, cosine_threshold)
         tally.record("scored", (len(found.a),))
-        a, b = pa.array(found.a[near.a]), pa.array(found.b[near.a])
+        a, b = pa.array(near.a), pa.array(near.b)
         ids, paths = table.column("id"), table.column("path")
         named = ordered_by_id(ids.take(a), ids.take(b), paths.take(a), paths.take(b))
         yield from pa.table({**named, "cosine": near.cosine, "jaccard": near.jaccard,
@@ -194,30 +194,59 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous_p
         found.unpersist()
         return IncrementalPairs(None, touched, largest)
 
-    def sort(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        batches = list(batches)
-        table = pa.Table.from_batches(batches) if batches else _PAIR_ARROW.empty_table()
-        tally.record("pairs", (table.num_rows,))
-        yield from table.sort_by([("id_a", "ascending"), ("id_b", "ascending")]).combine_chunks().to_batches()
-
-    pairs = _carried(previous_pairs, gone, keyed, broadcast=True).unionByName(found)
-    pairs.coalesce(1).mapInArrow(sort, PAIR_SCHEMA).write.parquet(path)
-    count = sum(v[0] for v in tally.values("pairs"))
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=True)
     return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], BucketStats(),
                                           {"incremental": True, "rows": 1}),
-                            touched, largest, found, _lost(previous_pairs, gone),
-                            _verified_before(previous_pairs, gone))
+                            touched, largest, found, _lost(previous.pairs, gone),
+                            _verified_before(previous.pairs, gone), settled)
 
 
-def _carried(previous_pairs: DataFrame, gone: DataFrame, keyed: DataFrame, broadcast: bool) -> DataFrame:
-    """Last night's pairs between rows still here and unchanged, named with tonight's paths."""
-    hint = F.broadcast if broadcast else (lambda frame: frame)
+def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
+                 accept_cosine: float | None, broadcast: bool) -> tuple[int, bool]:
+    """Tonight's pairs: last night's between rows still here and unchanged, and ``found``,
+    written to ``path`` sorted by id_a, id_b. Returns (pairs written, settled).
+
+    Settled (``accept_cosine`` given, and every found pair at or above it): the pairs are
+    final, so the verify stage, which would find nothing to match, need not rewrite them:
+    the carried pairs keep last night's verdict columns and the found ones are accepted on
+    the embedding, as that stage would label them. Otherwise: the pairing columns only.
+    """
+    settled = accept_cosine is not None and found.filter(F.col("cosine") < F.lit(accept_cosine)).isEmpty()
+    carried = _carried(previous, gone, keyed, broadcast, settled)
+    if settled:
+        found = found.select(*found.columns, F.lit(False).alias("exact"), F.lit(False).alias("near_copy"),
+                             F.lit(None).cast("int").alias("inliers"), F.lit("embedding").alias("verified"))
+    pairs = carried.unionByName(found)
+    # One sorted file where the pairing is one task; a global sort (which samples its input,
+    # reading it twice) where the pairs are many.
+    (pairs.repartition(1).sortWithinPartitions("id_a", "id_b") if broadcast else pairs.orderBy("id_a", "id_b")
+     ).write.parquet(path)
+    return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
+
+
+def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: bool, settled: bool) -> DataFrame:
+    """Last night's pairs between rows still here and unchanged, named with tonight's paths
+    (joined only where a reused row's path moved); ``settled``: with their verdict columns."""
     gone_ids = F.broadcast(gone.select("id"))
+    columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
+    if settled:
+        columns += ["exact", "near_copy", "inliers", "verified"]
+    carried = (previous.pairs.select(*columns).join(gone_ids.toDF("id_a"), "id_a", "left_anti")
+               .join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
+    if not _paths_moved(keyed, previous.embeddings):
+        return carried.select(*columns)
+    hint = F.broadcast if broadcast else (lambda frame: frame)
     names = hint(keyed.select("id", "path"))
-    return (previous_pairs.select("id_a", "id_b", "cosine", "jaccard", "tables_matched")
-            .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti")
-            .join(names.toDF("id_a", "path_a"), "id_a").join(names.toDF("id_b", "path_b"), "id_b")
-            .select("id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"))
+    return (carried.drop("path_a", "path_b").join(names.toDF("id_a", "path_a"), "id_a")
+            .join(names.toDF("id_b", "path_b"), "id_b").select(*columns))
+
+
+def _paths_moved(keyed: DataFrame, previous_embeddings: DataFrame) -> bool:
+    """Whether any reused row's path differs from last night's (a catalog moved or
+    remounted, the ids unchanged)."""
+    before = previous_embeddings.select("id", F.col("path").alias("path_before"))
+    return not (keyed.filter(~F.col("fresh")).select("id", "path").join(before, "id")
+                .where(F.col("path") != F.col("path_before")).isEmpty())
 
 
 def _verified_before(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame | None:
@@ -232,11 +261,13 @@ def _verified_before(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame | 
 
 def _lost(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame:
     """Last night's pairs that involve a deleted or changed row: the only ones that can be
-    missing tonight."""
-    gone_ids = F.broadcast(gone.select("id"))
-    pairs = previous_pairs.select("id_a", "id_b", "cosine")
-    return (pairs.join(gone_ids.toDF("id_a"), "id_a", "left_semi")
-            .unionByName(pairs.join(gone_ids.toDF("id_b"), "id_b", "left_semi")).distinct())
+    missing tonight. Persisted (few, and ``changes/`` reads them twice; each read would
+    scan last night's pairs/ again)."""
+    gone_ids = F.broadcast(gone.select("id", F.lit(True).alias("gone")))
+    return (previous_pairs.select("id_a", "id_b", "cosine")
+            .join(gone_ids.toDF("id_a", "gone_a"), "id_a", "left").join(gone_ids.toDF("id_b", "gone_b"), "id_b", "left")
+            .where(F.col("gone_a") | F.col("gone_b")).select("id_a", "id_b", "cosine")
+            .persist(StorageLevel.MEMORY_AND_DISK))
 
 
 def _codes(frame: DataFrame, num_tables: int) -> np.ndarray:
@@ -275,8 +306,9 @@ def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, group
     """
     key = ["id_a", "id_b"]
     if found is not None and found.found is not None:
-        # Of the pairs found tonight, those verification kept.
-        tonight = pairs.select(*key, "cosine").join(found.found.select(*key), key, "left_semi")
+        # Of the pairs found tonight, those verification kept (all, when it had none to match).
+        tonight = found.found.select(*key, "cosine") if found.settled else pairs.select(*key, "cosine").join(
+            found.found.select(*key), key, "left_semi")
         before = found.lost
     else:
         tonight, before = pairs.select(*key, "cosine"), previous.pairs.select(*key, "cosine")
