@@ -128,6 +128,53 @@ def touched_rows(keys: np.ndarray, touched: np.ndarray) -> list[np.ndarray]:
     return found
 
 
+def touched_counts(keys: np.ndarray, touched: np.ndarray) -> np.ndarray:
+    """How many rows of ``keys`` (n, L) each of the sorted ``touched`` codes holds:
+    (len(touched),) int64. Summed over the parts of a table, the sizes of the buckets a
+    change touches."""
+    counts = np.zeros(len(touched), np.int64)
+    for table, rows in enumerate(touched_rows(keys, touched)):
+        if len(rows):
+            at = np.searchsorted(touched, (np.int64(table) << KEY_BITS) | keys[rows, table])
+            counts += np.bincount(at, minlength=len(touched))
+    return counts
+
+
+class FreshIndex(NamedTuple):
+    """The fresh rows' keys sorted in each table, to find the rows that share a bucket."""
+
+    order: np.ndarray  # (L, f): fresh row positions by key, table by table
+    keys: np.ndarray  # (L, f): their keys, ascending in each table
+
+
+def index_fresh(fresh_keys: np.ndarray) -> FreshIndex:
+    """:class:`FreshIndex` of the fresh rows' (f, L) keys."""
+    order = np.argsort(fresh_keys, axis=0, kind="stable")
+    return FreshIndex(np.ascontiguousarray(order.T), np.ascontiguousarray(np.take_along_axis(fresh_keys, order, 0).T))
+
+
+def fresh_partners(keys: np.ndarray, index: FreshIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (row of ``keys``, fresh row) that shares a bucket in at least one table, once:
+    (rows, fresh, tables) aligned, ``tables`` the number of tables they share a key in
+    (tables_matched). A row that is itself fresh is paired with itself too; the caller
+    drops that. Memory O(rows x L + the pairs' entries over all tables)."""
+    n = len(keys)
+    found = [np.zeros(0, np.int64)]
+    for table in range(keys.shape[1]):
+        column = index.keys[table]
+        lo = np.searchsorted(column, keys[:, table], "left")
+        count = np.searchsorted(column, keys[:, table], "right") - lo
+        hit = np.flatnonzero(count)
+        if len(hit) == 0:
+            continue
+        c = count[hit]
+        offsets = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
+        fresh = index.order[table][np.repeat(lo[hit], c) + offsets]
+        found.append(fresh.astype(np.int64) * n + np.repeat(hit, c))
+    codes, tables = np.unique(np.concatenate(found), return_counts=True)
+    return codes % n, codes // n, tables.astype(np.int32)
+
+
 class FreshCandidates(NamedTuple):
     a: np.ndarray | None  # row positions of each candidate pair, a < b; None: a touched bucket is oversized
     b: np.ndarray | None

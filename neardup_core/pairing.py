@@ -253,15 +253,18 @@ def score_with_keys(vec_a: np.ndarray, vec_b: np.ndarray, keys_a: np.ndarray, ke
 
 
 def score_row_pairs(x: np.ndarray, keys: np.ndarray, a: np.ndarray, b: np.ndarray, cosine_threshold: float,
-                    chunk_pairs: int = 4096) -> ScoredPairs:
+                    chunk_pairs: int = 4096, x_b: np.ndarray | None = None, keys_b: np.ndarray | None = None
+                    ) -> ScoredPairs:
     """:func:`score_with_keys` for pairs given as row positions ``a``, ``b`` into ``x``
-    (n, dim) and ``keys`` (n, L), a chunk of ``chunk_pairs`` pairs at a time: memory
-    O(chunk_pairs x (dim + L)), where gathering every pair's two rows at once would take
-    O(pairs x dim). ``a`` and ``b`` of the result are row positions, like the input's."""
+    (n, dim) and ``keys`` (n, L) (``b`` into ``x_b`` and ``keys_b`` where given), a chunk
+    of ``chunk_pairs`` pairs at a time: memory O(chunk_pairs x (dim + L)), where gathering
+    every pair's two rows at once would take O(pairs x dim). ``a`` and ``b`` of the result
+    are row positions, like the input's."""
+    x_b, keys_b = (x, keys) if x_b is None else (x_b, keys_b)
     parts = []
     for start in range(0, len(a), chunk_pairs):
         ca, cb = a[start:start + chunk_pairs], b[start:start + chunk_pairs]
-        near = score_with_keys(x[ca], x[cb], keys[ca], keys[cb], cosine_threshold)
+        near = score_with_keys(x[ca], x_b[cb], keys[ca], keys_b[cb], cosine_threshold)
         parts.append(near._replace(a=ca[near.a], b=cb[near.b]))
     if not parts:
         return score_with_keys(x[:0], x[:0], keys[:0], keys[:0], cosine_threshold)

@@ -295,3 +295,41 @@ def test_fresh_candidates_are_the_pairs_sharing_a_bucket_with_a_fresh_row(n, tab
     expected = {(i, j) for i in range(n) for j in range(i + 1, n)
                 if (is_fresh[i] or is_fresh[j]) and (keys[i] == keys[j]).any()}
     assert list(zip(found.a.tolist(), found.b.tolist())) == sorted(expected)
+
+
+@pytest.mark.parametrize("n,tables,fresh", [(1, 1, 1), (2, 3, 1), (9, 2, 3), (400, 8, 30), (300, 5, 0), (50, 4, 50)])
+def test_fresh_partners_and_touched_counts_against_a_loop(n, tables, fresh):
+    rng = np.random.default_rng(n * 7 + fresh)
+    keys = rng.integers(0, 30, (n, tables))
+    fresh_keys = rng.integers(0, 30, (fresh, tables))
+    rows, partner, shared = incremental.fresh_partners(keys, incremental.index_fresh(fresh_keys))
+    expected = {(i, j, int((keys[i] == fresh_keys[j]).sum())) for i in range(n) for j in range(fresh)
+                if (keys[i] == fresh_keys[j]).any()}
+    assert set(zip(rows.tolist(), partner.tolist(), shared.tolist())) == expected
+    assert len(rows) == len(expected)  # each pair once
+    touched = np.unique(incremental.bucket_codes(fresh_keys)) if fresh else np.zeros(0, np.int64)
+    counts = incremental.touched_counts(keys, touched)
+    for code, count in zip(touched.tolist(), counts.tolist()):
+        table, key = code >> 48, code & ((1 << 48) - 1)
+        assert count == int((keys[:, table] == key).sum())
+
+
+@pytest.mark.parametrize("parts", [1, 3])
+def test_fresh_partners_over_parts_give_the_fresh_candidates(parts):
+    """The shuffled incremental path meets each row with the fresh rows in its own part
+    (spark.incremental.pair_incrementally); with one pair of fresh rows kept from the end
+    with the lower position, the parts give fresh_candidates' pairs and nothing else."""
+    rng = np.random.default_rng(parts)
+    keys = rng.integers(0, 25, (600, 6))
+    fresh = np.zeros(600, bool)
+    fresh[rng.choice(600, 40, replace=False)] = True
+    index = incremental.index_fresh(keys[fresh])
+    fresh_at = np.flatnonzero(fresh)
+    got = set()
+    for part in np.array_split(np.arange(600), parts):
+        rows, partner, _ = incremental.fresh_partners(keys[part], index)
+        a, b = part[rows], fresh_at[partner]
+        keep = ~fresh[a] | (a < b)
+        got |= {(min(x, y), max(x, y)) for x, y in zip(a[keep].tolist(), b[keep].tolist())}
+    want = incremental.fresh_candidates(keys, fresh, np.zeros((0, 6), np.int64), 10**6)
+    assert got == set(zip(want.a.tolist(), want.b.tolist()))

@@ -13,7 +13,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..incremental import KEY_BITS, bucket_codes, touched_rows
+from ..incremental import bucket_codes, touched_counts
 from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import matrix
@@ -22,7 +22,6 @@ from .tally import Tally
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
-_ENTRY_SCHEMA = "code bigint, id string, fresh boolean"
 _ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embedding", pa.list_(pa.float32())),
                              ("keys", pa.list_(pa.int64())), ("fresh", pa.bool_())])
 
@@ -100,58 +99,84 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     """
     spark = keyed.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
-    codes = [_codes(frame.select("keys"), num_tables) for frame in (keyed.filter("fresh"), gone)]
-    touched = np.unique(np.concatenate(codes))
-    bcast = spark.sparkContext.broadcast(touched)
-    # The members of the touched buckets: one scan of every row's keys, kept for the three
-    # uses below (bucket sizes, fresh rows' partners, their scores).
-    entries = _touched_entries(bcast, num_tables)
-    now = keyed.select("id", "keys", "fresh").mapInArrow(entries, _ENTRY_SCHEMA).persist()
-    before = gone.select("id", "keys", F.lit(False).alias("fresh")).mapInArrow(entries, _ENTRY_SCHEMA)
-    sizes = (now.select("code", F.lit(1).alias("now"), F.when(F.col("fresh"), 0).otherwise(1).alias("before"))
-             .unionByName(before.select("code", F.lit(0).alias("now"), F.lit(1).alias("before")))
-             .groupBy("code").agg(F.sum("now").alias("now"), F.sum("before").alias("before"))
-             .agg(F.count("*").alias("buckets"), F.max(F.greatest("now", "before")).alias("largest")).first())
-    largest = sizes["largest"] or 0
+    fresh = keyed.filter("fresh").select("id", "path", "embedding", "keys").toArrow()
+    fresh_keys = matrix(fresh.column("keys"), num_tables)
+    gone_keys = matrix(gone.select("keys").toArrow().column("keys"), num_tables)
+    touched = np.unique(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
+    largest = _largest_touched(keyed, touched, fresh_keys, gone_keys)
     if largest > max_bucket_size:
-        now.unpersist()
-        bcast.unpersist()
-        return IncrementalPairs(None, sizes["buckets"], largest)
-    fresh = now.filter("fresh").select("code", F.col("id").alias("id_x"))
-    candidates = (fresh.join(now.select("code", F.col("id").alias("id_y")), "code")
-                  .where(F.col("id_x") != F.col("id_y"))
-                  .select(F.least("id_x", "id_y").alias("id_a"), F.greatest("id_x", "id_y").alias("id_b"))
-                  .distinct().persist())
-    scored = candidates.count()
-    # Only the candidates' rows, picked by a broadcast of their ids, meet the candidates.
-    ends_ids = candidates.select(F.col("id_a").alias("id")).union(candidates.select(F.col("id_b").alias("id")))
-    rows = keyed.select("id", "path", "embedding", "keys").join(F.broadcast(ends_ids.distinct()), "id", "left_semi")
-    ends = (candidates.join(rows.toDF("id_a", "path_a", "vec_a", "keys_a"), "id_a")
-            .join(rows.toDF("id_b", "path_b", "vec_b", "keys_b"), "id_b"))
+        return IncrementalPairs(None, len(touched), largest)
+    # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
+    # (ids, paths, vectors, keys) go to every task, and nothing is shuffled.
+    shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
+                                            matrix(fresh.column("embedding"), dim), fresh_keys))
+    tally = Tally(spark)
 
-    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.pairing import score_with_keys
+    def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
 
+        from neardup_core.incremental import fresh_partners, index_fresh
+        from neardup_core.pairing import ordered_by_id, score_row_pairs
+
+        ids_f, paths_f, x_f, keys_f = shipped.value
+        index = index_fresh(keys_f)
+        scored = 0
         for batch in batches:
-            c = batch.column
-            near = score_with_keys(matrix(c("vec_a"), dim), matrix(c("vec_b"), dim), matrix(c("keys_a"), num_tables),
-                                   matrix(c("keys_b"), num_tables), cosine_threshold)
-            index = pa.array(near.a)
-            yield pa.RecordBatch.from_arrays(
-                [c("id_a").take(index), c("id_b").take(index), c("path_a").take(index), c("path_b").take(index),
-                 pa.array(near.cosine), pa.array(near.jaccard), pa.array(near.tables_matched)],
-                names=["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"])
+            keys = matrix(batch.column("keys"), num_tables)
+            rows, partner, _ = fresh_partners(keys, index)
+            ids = batch.column("id")
+            # A pair of two fresh rows is met from both ends (and a fresh row meets itself):
+            # kept where this end's id is the smaller.
+            mine = batch.column("fresh").to_numpy(zero_copy_only=False).astype(bool)[rows]
+            if mine.any():
+                lower = pc.less(ids.take(pa.array(rows)), ids_f.take(pa.array(partner))).to_numpy(zero_copy_only=False)
+                keep = ~mine | lower
+                rows, partner = rows[keep], partner[keep]
+            scored += len(rows)
+            near = score_row_pairs(matrix(batch.column("embedding"), dim), keys, rows, partner, cosine_threshold,
+                                   x_b=x_f, keys_b=keys_f)
+            if len(near.a) == 0:
+                continue
+            a, b = pa.array(near.a), pa.array(near.b)
+            named = ordered_by_id(ids.take(a), ids_f.take(b), batch.column("path").take(a), paths_f.take(b))
+            yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
+                                              "tables_matched": near.tables_matched})
+        tally.record("scored", (scored,))
 
-    found = ends.select("id_a", "id_b", "path_a", "path_b", "vec_a", "vec_b", "keys_a", "keys_b").mapInArrow(
-        score, PAIR_SCHEMA).persist()
+    found = (keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA)
+             .persist(StorageLevel.MEMORY_AND_DISK))
     found.count()
+    shipped.unpersist()
     count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
-    candidates.unpersist()
-    now.unpersist()
-    bcast.unpersist()
-    return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), sizes["buckets"],
+    scored = sum(v[0] for v in tally.values("scored"))
+    return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), len(touched),
                             largest, found, _lost(previous.pairs, gone), _verified_before(previous.pairs, gone),
                             settled)
+
+
+def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
+    """Rows in the largest bucket the change touches, tonight or last night (tonight's
+    less its fresh rows, plus the gone ones): each task counts its rows in each touched
+    bucket (:func:`incremental.touched_counts`), and the counts are summed by bucket."""
+    spark = keyed.sparkSession
+    num_tables = fresh_keys.shape[1]
+    shipped = spark.sparkContext.broadcast(touched)
+
+    def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.incremental import touched_counts
+
+        for batch in batches:
+            counts = touched_counts(matrix(batch.column("keys"), num_tables), shipped.value)
+            hit = np.flatnonzero(counts)
+            yield pa.RecordBatch.from_arrays([pa.array(hit), pa.array(counts[hit])], names=["bucket", "rows"])
+
+    sums = (keyed.select("keys").mapInArrow(count, "bucket bigint, rows bigint").groupBy("bucket")
+            .agg(F.sum("rows").alias("rows")).toArrow())
+    shipped.unpersist()
+    now = np.zeros(len(touched), np.int64)
+    now[sums.column("bucket").to_numpy()] = sums.column("rows").to_numpy()
+    before = now - touched_counts(fresh_keys, touched) + touched_counts(gone_keys, touched)
+    return int(max(now.max(initial=0), before.max(initial=0)))
 
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
@@ -268,30 +293,6 @@ def _lost(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame:
             .join(gone_ids.toDF("id_a", "gone_a"), "id_a", "left").join(gone_ids.toDF("id_b", "gone_b"), "id_b", "left")
             .where(F.col("gone_a") | F.col("gone_b")).select("id_a", "id_b", "cosine")
             .persist(StorageLevel.MEMORY_AND_DISK))
-
-
-def _codes(frame: DataFrame, num_tables: int) -> np.ndarray:
-    """Every (table, key) of a small frame's keys (:func:`incremental.bucket_codes`), on the driver."""
-    return bucket_codes(matrix(frame.toArrow().column("keys"), num_tables))
-
-
-def _touched_entries(touched_broadcast, num_tables: int):
-    """A task function: for each row in a touched bucket, its (code, id, fresh)."""
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        touched = touched_broadcast.value
-        for batch in batches:
-            if batch.num_rows == 0 or len(touched) == 0:
-                continue
-            keys = matrix(batch.column("keys"), num_tables)
-            for table, row in enumerate(touched_rows(keys, touched)):
-                if len(row):
-                    codes = (np.int64(table) << KEY_BITS) | keys[row, table]  # as bucket_codes
-                    yield pa.RecordBatch.from_arrays(
-                        [pa.array(codes), batch.column("id").take(pa.array(row)),
-                         batch.column("fresh").take(pa.array(row))], names=["code", "id", "fresh"])
-
-    return run
 
 
 def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, groups: DataFrame,

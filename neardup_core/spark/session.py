@@ -49,6 +49,10 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     # Spark packs files into read tasks as if each cost 4 MB more than its size; for
     # 100-500 kB images that makes ~30-image tasks whose fixed cost rivals their work.
     builder = builder.config("spark.sql.files.openCostInBytes", str(64 * 1024))
+    # Adaptive execution sizes a shuffle's partitions to its data, but by default not in a
+    # frame the job persists (and it persists the rows it joins: the listing against the
+    # previous run, the reused rows), which then kept 200 tasks of a few rows each.
+    builder = builder.config("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning", "true")
     if cfg.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in cfg.conf.items():
