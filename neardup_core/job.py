@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -445,8 +446,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark)) is None
-            pair_fresh = (incremental_stage.pair_incrementally_in_one_task if one_task
-                          else incremental_stage.pair_incrementally)
+            pair_fresh = (incremental_stage.pair_incrementally_in_one_task if one_task else functools.partial(
+                incremental_stage.pair_incrementally, chunk_bytes=cfg.pairs.partition_bytes))
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):

@@ -333,3 +333,42 @@ def test_fresh_partners_over_parts_give_the_fresh_candidates(parts):
         got |= {(min(x, y), max(x, y)) for x, y in zip(a[keep].tolist(), b[keep].tolist())}
     want = incremental.fresh_candidates(keys, fresh, np.zeros((0, 6), np.int64), 10**6)
     assert got == set(zip(want.a.tolist(), want.b.tolist()))
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
+def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, tmp_path, chunk_bytes):
+    """pair_incrementally with the fresh rows sent whole or one row at a time: the pairs
+    sharing a key in some table with at least one fresh end, each once, scored."""
+    from neardup_core.lsh import LshTables
+    from neardup_core.spark import incremental as stage
+
+    rng = np.random.default_rng(5)
+    n, dim, tables = 60, 4, 3
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    keys = rng.integers(0, 6, (n, tables))
+    fresh = np.arange(n) % 20 == 0  # 3 fresh rows: 3 chunks of one row with chunk_bytes 1
+    ids = [f"r{i:03d}" for i in range(n)]
+    keyed = spark.createDataFrame(
+        [(ids[i], f"/p/{ids[i]}", x[i].tolist(), keys[i].tolist(), bool(fresh[i])) for i in range(n)],
+        "id string, path string, embedding array<float>, keys array<bigint>, fresh boolean").repartition(3)
+    gone = spark.createDataFrame([], "id string, keys array<bigint>")
+    empty = spark.createDataFrame([], "id_a string, id_b string, path_a string, path_b string, cosine double, "
+                                      "jaccard double, tables_matched int")
+    previous = stage.Previous(spark.createDataFrame([], "id string, path string"), empty, None)
+    planes = LshTables.draw(1, tables, 3, 0, dim)
+    found = stage.pair_incrementally(keyed, gone, previous, planes, 10**6, -1.0, str(tmp_path / "pairs"),
+                                     chunk_bytes=chunk_bytes)
+    assert found.result.tasks["fresh_chunks"] == (fresh.sum() if chunk_bytes == 1 else 1)
+    got = pd.read_parquet(tmp_path / "pairs")
+    expected = {(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)
+                if (fresh[i] or fresh[j]) and (keys[i] == keys[j]).any()}
+    assert set(zip(got.id_a, got.id_b)) == expected and len(got) == len(expected)
+    assert list(zip(got.id_a, got.id_b)) == sorted(expected)
+    for row in got.itertuples():
+        i, j = ids.index(row.id_a), ids.index(row.id_b)
+        assert row.tables_matched == (keys[i] == keys[j]).sum()
+        cosine = float(x[i].astype(np.float64) @ x[j] / np.linalg.norm(x[i].astype(np.float64)) / np.linalg.norm(x[j]))
+        assert abs(row.cosine - cosine) < 1e-6
+    found.found.unpersist()
+    found.lost.unpersist()

@@ -78,8 +78,8 @@ class IncrementalPairs(NamedTuple):
 
 
 def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
-                       max_bucket_size: int, cosine_threshold: float, path: str, accept_cosine: float | None = None
-                       ) -> IncrementalPairs:
+                       max_bucket_size: int, cosine_threshold: float, path: str, accept_cosine: float | None = None,
+                       chunk_bytes: int = 64 * 2**20) -> IncrementalPairs:
     """Tonight's pairs from last night's, for data the full pairing would shuffle: the
     previous pairs between images still here and unchanged, and the pairs that involve a
     fresh (new or changed) image, found in the buckets the fresh images hash to. Written to
@@ -92,6 +92,8 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
         accept_cosine: None, or the cosine at or above which a pair needs no geometric
             verification (-1 when nothing is verified): then, if every pair found tonight
             is at or above it, pairs/ is written final (:func:`_write_pairs`).
+        chunk_bytes: the most bytes of fresh rows sent to every task at a time
+            (``pairs.partition_mb``).
 
     Exact (what a full run with the same tables gives) while no bucket the change touches
     holds more than ``max_bucket_size`` rows, before or after: then a pair's buckets
@@ -99,18 +101,44 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     """
     spark = keyed.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
-    fresh = keyed.filter("fresh").select("id", "path", "embedding", "keys").toArrow()
-    fresh_keys = matrix(fresh.column("keys"), num_tables)
+    fresh_keys = matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
     gone_keys = matrix(gone.select("keys").toArrow().column("keys"), num_tables)
     touched = np.unique(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
     largest = _largest_touched(keyed, touched, fresh_keys, gone_keys)
     if largest > max_bucket_size:
         return IncrementalPairs(None, len(touched), largest)
     # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
-    # (ids, paths, vectors, keys) go to every task, and nothing is shuffled.
-    shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
-                                            matrix(fresh.column("embedding"), dim), fresh_keys))
+    # (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at a time
+    # (each chunk one pass over the rows), and nothing is shuffled.
+    chunks = max(1, min(len(fresh_keys), -(-len(fresh_keys) * (dim * 4 + num_tables * 8 + 200) // chunk_bytes)))
     tally = Tally(spark)
+    found = [_meet_fresh(keyed, keyed.filter(F.col("fresh") & (F.abs(F.xxhash64("id")) % chunks == chunk)),
+                         num_tables, dim, cosine_threshold, tally, f"scored-{chunk}") for chunk in range(chunks)]
+    found = _union(found).persist(StorageLevel.MEMORY_AND_DISK)
+    found.count()
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
+    scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
+    return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True, "fresh_chunks": chunks}),
+                            len(touched), largest, found, _lost(previous.pairs, gone),
+                            _verified_before(previous.pairs, gone), settled)
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return union
+
+
+def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, cosine_threshold: float,
+                tally: Tally, name: str) -> DataFrame:
+    """Tonight's pairs between ``fresh_rows`` (collected and broadcast) and every row of
+    ``keyed`` (PAIR_SCHEMA, not yet run), each found in the task that holds the row."""
+    spark = keyed.sparkSession
+    fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
+    shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
+                                            matrix(fresh.column("embedding"), dim),
+                                            matrix(fresh.column("keys"), num_tables)))
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
@@ -141,17 +169,9 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
             named = ordered_by_id(ids.take(a), ids_f.take(b), batch.column("path").take(a), paths_f.take(b))
             yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
                                               "tables_matched": near.tables_matched})
-        tally.record("scored", (scored,))
+        tally.record(name, (scored,))
 
-    found = (keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA)
-             .persist(StorageLevel.MEMORY_AND_DISK))
-    found.count()
-    shipped.unpersist()
-    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
-    scored = sum(v[0] for v in tally.values("scored"))
-    return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True}), len(touched),
-                            largest, found, _lost(previous.pairs, gone), _verified_before(previous.pairs, gone),
-                            settled)
+    return keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA)
 
 
 def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
