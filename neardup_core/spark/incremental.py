@@ -4,12 +4,14 @@ carry over), and ``changes/``. The rules are in :mod:`neardup_core.incremental`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel
+from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -112,10 +114,12 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     # (each chunk one pass over the rows), and nothing is shuffled.
     chunks = max(1, min(len(fresh_keys), -(-len(fresh_keys) * (dim * 4 + num_tables * 8 + 200) // chunk_bytes)))
     tally = Tally(spark)
-    found = [_meet_fresh(keyed, keyed.filter(F.col("fresh") & (F.abs(F.xxhash64("id")) % chunks == chunk)),
-                         num_tables, dim, cosine_threshold, tally, f"scored-{chunk}") for chunk in range(chunks)]
-    found = _union(found).persist(StorageLevel.MEMORY_AND_DISK)
+    met = [_meet_fresh(keyed, keyed.filter(F.col("fresh") & (F.abs(F.xxhash64("id")) % chunks == chunk)),
+                       num_tables, dim, cosine_threshold, tally, f"scored-{chunk}") for chunk in range(chunks)]
+    found = functools.reduce(DataFrame.unionByName, (frame for frame, _ in met)).persist(StorageLevel.MEMORY_AND_DISK)
     found.count()
+    for _, shipped in met:
+        shipped.unpersist()
     count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
     scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True, "fresh_chunks": chunks}),
@@ -123,17 +127,11 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
                             _verified_before(previous.pairs, gone), settled)
 
 
-def _union(frames: list[DataFrame]) -> DataFrame:
-    union = frames[0]
-    for frame in frames[1:]:
-        union = union.unionByName(frame)
-    return union
-
-
 def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, cosine_threshold: float,
-                tally: Tally, name: str) -> DataFrame:
+                tally: Tally, name: str) -> tuple[DataFrame, Broadcast]:
     """Tonight's pairs between ``fresh_rows`` (collected and broadcast) and every row of
-    ``keyed`` (PAIR_SCHEMA, not yet run), each found in the task that holds the row."""
+    ``keyed`` (PAIR_SCHEMA, not yet run), each found in the task that holds the row; and
+    the broadcast, to release once they have run."""
     spark = keyed.sparkSession
     fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
     shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
@@ -171,7 +169,7 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
                                               "tables_matched": near.tables_matched})
         tally.record(name, (scored,))
 
-    return keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA)
+    return keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA), shipped
 
 
 def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
