@@ -537,7 +537,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             else:
                 keyed = pairing_stage.keyed_embeddings(numbered, planned.tables)
             vectors = cfg.output.write_embeddings is True or embedded.has_images  # auto: not the user's own
-            (keyed if vectors else keyed.drop("embedding")).write.parquet(out.staged("embeddings"))
+            pairing_stage.write_keyed(keyed if vectors else keyed.drop("embedding"), out.staged("embeddings"),
+                                      cfg.pairs.partition_bytes)
         if prior is not None:
             before = prior.data.embeddings.select("id")
             incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),

@@ -20,6 +20,17 @@ log = logging.getLogger("neardup")
 
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
 
+# Settings the job gives Spark unless spark.conf or spark-submit sets them (job_defaults).
+# spark.serializer.objectStreamReset: Spark's Java serializer keeps a reference to every
+# object it writes or reads until it resets its stream, by default every 100 objects. A
+# DataFrame cached on disk (or spilled from memory) is a stream of column batches of
+# spark.sql.inMemoryColumnarStorage.batchSize rows (10,000: 10 MB of 256-d vectors), so a
+# task that caches or reads back a partition held up to 100 of them, its whole partition
+# below 1 GB: at 1M vectors in 2 tasks, 830 MB of the default 1g heap writing embeddings/,
+# then OutOfMemoryError (docs/performance.md). Reset after every batch, a task holds one;
+# the cost is a class description written again per object.
+JOB_DEFAULTS = {"spark.serializer.objectStreamReset": "1"}
+
 
 def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_submit: bool,
                   verbose: bool = False) -> SparkSession:
@@ -55,6 +66,8 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     builder = builder.config("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning", "true")
     if cfg.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+    for key, value in job_defaults(cfg.conf, submit_settings() if launched_by_spark_submit else {}).items():
+        builder = builder.config(key, value)
     for key, value in cfg.conf.items():
         if key != "spark.master" or not launched_by_spark_submit:
             builder = builder.config(key, value)
@@ -66,6 +79,12 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     if not verbose:
         spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def job_defaults(conf: dict[str, str], submitted: dict[str, str]) -> dict[str, str]:
+    """:data:`JOB_DEFAULTS` less the keys that ``conf`` (``spark.conf``) or ``submitted``
+    (spark-submit's settings) set: theirs win."""
+    return {key: value for key, value in JOB_DEFAULTS.items() if key not in conf and key not in submitted}
 
 
 def session_master(cfg: SparkConfig, launched_by_spark_submit: bool) -> tuple[str | None, list[tuple[str, str]]]:
