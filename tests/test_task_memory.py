@@ -21,10 +21,11 @@ RESET = "spark.serializer.objectStreamReset"
 
 
 def test_job_defaults_yield_to_the_users_settings():
-    assert job_defaults({}, {}) == {RESET: "1"} == JOB_DEFAULTS
-    assert job_defaults({RESET: "100"}, {}) == {}
-    assert job_defaults({}, {RESET: "100"}) == {}
-    assert job_defaults({"spark.driver.memory": "4g"}, {"spark.executor.memory": "2g"}) == {RESET: "1"}
+    cached = "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning"
+    assert job_defaults({}, {}) == {RESET: "1", cached: "true"} == JOB_DEFAULTS
+    assert job_defaults({RESET: "100"}, {}) == {cached: "true"}
+    assert job_defaults({}, {RESET: "100", cached: "false"}) == {}
+    assert job_defaults({"spark.driver.memory": "4g"}, {"spark.executor.memory": "2g"}) == JOB_DEFAULTS
 
 
 @pytest.mark.spark

@@ -29,7 +29,12 @@ QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-q
 # below 1 GB: at 1M vectors in 2 tasks, 830 MB of the default 1g heap writing embeddings/,
 # then OutOfMemoryError (docs/performance.md). Reset after every batch, a task holds one;
 # the cost is a class description written again per object.
-JOB_DEFAULTS = {"spark.serializer.objectStreamReset": "1"}
+# spark.sql.optimizer.canChangeCachedPlanOutputPartitioning: adaptive execution sizes a
+# shuffle's partitions to its data, but by default not in a frame the job persists (and it
+# persists the rows it joins: the listing against the previous run, the reused rows), which
+# then kept Spark's 200 tasks of a few rows each (400 after a union; docs/performance.md).
+JOB_DEFAULTS = {"spark.serializer.objectStreamReset": "1",
+                "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true"}
 
 
 def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_submit: bool,
@@ -60,10 +65,6 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     # Spark packs files into read tasks as if each cost 4 MB more than its size; for
     # 100-500 kB images that makes ~30-image tasks whose fixed cost rivals their work.
     builder = builder.config("spark.sql.files.openCostInBytes", str(64 * 1024))
-    # Adaptive execution sizes a shuffle's partitions to its data, but by default not in a
-    # frame the job persists (and it persists the rows it joins: the listing against the
-    # previous run, the reused rows), which then kept 200 tasks of a few rows each.
-    builder = builder.config("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning", "true")
     if cfg.shuffle_partitions:
         builder = builder.config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     for key, value in job_defaults(cfg.conf, submit_settings() if launched_by_spark_submit else {}).items():
