@@ -274,3 +274,17 @@ def test_a_consumer_that_stops_early_leaves_no_decoding_behind():
     stream.close()
     assert len(decoded) <= 4  # the first batch and at most 2 + 1 ahead, not the whole stream
     assert not [t for t in threading.enumerate() if t.name.startswith("neardup-decode")]
+
+
+@pytest.mark.parametrize("present", [[], [False], [True], [True, False, True, True], [False, False, True]])
+def test_vectors_become_the_arrow_column_pa_array_would_build(present):
+    import pyarrow as pa
+
+    from neardup_core.spark.arrow import optional_list_column
+
+    rng = np.random.default_rng(len(present))
+    vectors = [rng.standard_normal(5).astype(np.float32) if p else None for p in present]
+    got = optional_list_column(vectors, 5)
+    assert got.equals(pa.array(vectors, type=pa.list_(pa.float32())))
+    with pytest.raises(ValueError, match="vectors of 4 values"):
+        optional_list_column([np.zeros(5, np.float32)], 4)

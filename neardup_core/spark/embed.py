@@ -11,6 +11,7 @@ from pyspark.sql import DataFrame
 
 from ..config import EmbedConfig, InputConfig, ModelConfig
 from ..embed import PreparedModel
+from .arrow import optional_list_column
 from .listing import EMBEDDED_SCHEMA
 
 
@@ -29,7 +30,7 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
         file's bytes and modification time; for files that failed, error_stage and
         error_message instead of the embedding.
     """
-    shipped = None
+    shipped, dim = None, prepared.dim
     if prepared.shipped:
         listing.sparkSession.sparkContext.addFile(prepared.file)
         shipped = os.path.basename(prepared.file)
@@ -65,7 +66,7 @@ def embed_images(listing: DataFrame, prepared: PreparedModel, model: ModelConfig
                 [
                     batch.column("id"),
                     batch.column("path"),
-                    pa.array(result.embeddings, type=pa.list_(pa.float32())),
+                    optional_list_column(result.embeddings, dim),
                     pa.array(result.width, type=pa.int32()),
                     pa.array(result.height, type=pa.int32()),
                     pa.array(result.file_bytes, type=pa.int64()),
