@@ -598,10 +598,11 @@ def _settles_at(cfg: Config, embedded: _Embedded, copies: DataFrame | None) -> f
     """For an incremental run: the cosine at or above which a pair found tonight needs no
     verification (-1: none does), so that pairs/ can be written final by the pairing stage
     (:func:`spark.incremental.pair_incrementally`); None where the verify stage must still
-    rewrite it: exact copies tonight or last night (their pairs are replaced), or pairs
-    left unverified last night (their verdict may be needed now)."""
+    rewrite it: exact copies tonight or last night (their pairs are replaced), pairs left
+    unverified last night (their verdict may be needed now), or ``pairs.keep_rejected``
+    (that stage writes ``rejected_pairs/``)."""
     prior = embedded.prior
-    if copies is not None or prior.run.exact_copies or prior.run.unverified_pairs != 0:
+    if copies is not None or prior.run.exact_copies or prior.run.unverified_pairs != 0 or cfg.pairs.keep_rejected:
         return None
     return cfg.pairs.accept_cosine if cfg.pairs.verifies and embedded.has_images else -1.0
 

@@ -372,3 +372,21 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
         assert abs(row.cosine - cosine) < 1e-6
     found.found.unpersist()
     found.lost.unpersist()
+
+
+def test_pairs_are_written_final_only_when_the_verify_stage_would_change_nothing():
+    from types import SimpleNamespace
+
+    from neardup_core.job import _settles_at
+
+    def settles(overrides=(), images=True, copies=None, **run):
+        previous = dict(exact_copies=0, unverified_pairs=0) | run
+        embedded = SimpleNamespace(prior=SimpleNamespace(run=SimpleNamespace(**previous)), has_images=images)
+        return _settles_at(load_config(overrides=list(overrides)), embedded, copies)
+
+    cfg = load_config()
+    assert settles() == cfg.pairs.accept_cosine  # found pairs below it need the verify stage
+    assert settles(images=False) == -1.0 and settles([f"pairs.accept_cosine={cfg.pairs.cosine_threshold}"]) == -1.0
+    assert settles(copies=object()) is None and settles(exact_copies=3) is None
+    assert settles(unverified_pairs=2) is None and settles(unverified_pairs=None) is None  # an older run
+    assert settles(["pairs.keep_rejected=true"]) is None  # the verify stage writes rejected_pairs/
