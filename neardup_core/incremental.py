@@ -140,6 +140,14 @@ def touched_counts(keys: np.ndarray, touched: np.ndarray) -> np.ndarray:
     return counts
 
 
+def largest_touched(now: np.ndarray, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
+    """Rows in the largest touched bucket, tonight or last night, from tonight's rows in
+    each of the sorted ``touched`` codes (``now``, aligned with them): last night's bucket
+    is tonight's less its fresh rows, plus its gone ones."""
+    before = now - touched_counts(fresh_keys, touched) + touched_counts(gone_keys, touched)
+    return int(max(now.max(initial=0), before.max(initial=0)))
+
+
 class FreshIndex(NamedTuple):
     """The fresh rows' keys sorted in each table, to find the rows that share a bucket."""
 

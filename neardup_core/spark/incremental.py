@@ -15,7 +15,7 @@ from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..incremental import bucket_codes, touched_counts
+from ..incremental import bucket_codes, largest_touched
 from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import matrix
@@ -173,8 +173,8 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
 
 
 def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
-    """Rows in the largest bucket the change touches, tonight or last night (tonight's
-    less its fresh rows, plus the gone ones): each task counts its rows in each touched
+    """Rows in the largest bucket the change touches, tonight or last night
+    (:func:`incremental.largest_touched`): each task counts its rows in each touched
     bucket (:func:`incremental.touched_counts`), and the counts are summed by bucket."""
     spark = keyed.sparkSession
     num_tables = fresh_keys.shape[1]
@@ -193,8 +193,7 @@ def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarr
     shipped.unpersist()
     now = np.zeros(len(touched), np.int64)
     now[sums.column("bucket").to_numpy()] = sums.column("rows").to_numpy()
-    before = now - touched_counts(fresh_keys, touched) + touched_counts(gone_keys, touched)
-    return int(max(now.max(initial=0), before.max(initial=0)))
+    return largest_touched(now, touched, fresh_keys, gone_keys)
 
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
