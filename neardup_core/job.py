@@ -215,7 +215,8 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         with progress.stage("read-embeddings") as record:
             extra_columns = tuple(cfg.groups.manifest_columns())
             read = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column, cfg.input.embedding_column,
-                                                 extra_columns, cfg.input.slice_rows, VECTOR_BATCH_ROWS)
+                                                 extra_columns, cfg.input.slice_rows, VECTOR_BATCH_ROWS,
+                                                 cfg.pairs.partition_bytes)
             rows, dim, extras = read.rows, read.dim, read.extras
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
@@ -225,9 +226,10 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 rows = rows.join(before, "id", "left").withColumn(
                     "reused", F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
                 ).drop("previous_hash")
-            # Caching in memory builds a task's rows in the heap before it can spill them: a
-            # task's rows larger than a pairing task's data go straight to disk.
-            big = read.task_bytes > cfg.pairs.partition_bytes
+            # Caching in memory builds a task's rows in the heap before it can spill them, and
+            # a cache larger than the heap's storage share spills through it: vectors beyond
+            # one pairing task's data (pairs.partition_mb) per core go straight to disk.
+            big = read.vector_bytes > cfg.pairs.partition_bytes * default_parallelism(spark)
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             images = record["rows"] = rows.count()
             # After the read is cached: checking the ids does not read the table again.
@@ -530,13 +532,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if cfg.output.write_embeddings is not False:
             if copies is not None or near.copies is not None:
                 numbered = pairing_stage.number_rows(every)  # embeddings/ holds the copies too
+            vectors = cfg.output.write_embeddings is True or embedded.has_images  # auto: not the user's own
             if keyed is not None:
                 keyed = keyed.drop("fresh")
             elif planned is None:
                 keyed = pairing_stage.unkeyed_embeddings(numbered)
             else:
-                keyed = pairing_stage.keyed_embeddings(numbered, planned.tables)
-            vectors = cfg.output.write_embeddings is True or embedded.has_images  # auto: not the user's own
+                keyed = pairing_stage.keyed_embeddings(numbered, planned.tables, vectors)
             pairing_stage.write_keyed(keyed if vectors else keyed.drop("embedding"), out.staged("embeddings"),
                                       cfg.pairs.partition_bytes)
         if prior is not None:

@@ -95,6 +95,10 @@ def test_sliced_read_gives_the_rows_of_a_whole_table_read(spark, tmp_path, monke
     # One task per slice of at most 4 rows (the row groups of 1 and 2 rows read together).
     assert arrow.rows.rdd.getNumPartitions() == 12
     assert rows(arrow) == expected
+    # A slice also holds at most slice_bytes of float32 vectors: 4 rows here, as above.
+    by_bytes = listing.read_embeddings(spark, str(tmp_path), "item", "vec", batch_rows=3, slice_bytes=4 * 4 * DIM + 3)
+    assert by_bytes.rows.rdd.getNumPartitions() == 12
+    assert rows(by_bytes) == expected
     monkeypatch.setattr(listing, "_arrow_table", lambda *args: None)
     assert rows(listing.read_embeddings(spark, str(tmp_path), "item", "vec")) == expected
 

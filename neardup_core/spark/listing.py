@@ -190,12 +190,12 @@ class UserEmbeddings(NamedTuple):
     rows: DataFrame  # EMBEDDED_SCHEMA
     dim: int  # length of every good vector (the first good row's)
     extras: DataFrame  # id and the table's extra_columns
-    task_bytes: int = 0  # the vectors one read task gives (0: not known)
+    vector_bytes: int = 0  # all the table's vectors as float32 (0: not known)
 
 
 def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
                     extra_columns: tuple[str, ...] = (), slice_rows: int = 500_000,
-                    batch_rows: int = 10_000) -> UserEmbeddings:
+                    batch_rows: int = 10_000, slice_bytes: int = 64 << 20) -> UserEmbeddings:
     """Embeddings made elsewhere: a Parquet table with an id column and an embedding
     column (list of floats, or fixed-size binary holding little-endian float32).
 
@@ -206,7 +206,8 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     the table's where it has them (a run's own ``embeddings/`` does), else null.
 
     The rows are read by PyArrow in Python tasks (:mod:`spark.vector_table`), in slices
-    of at most ``slice_rows`` rows and at least one per core, ``batch_rows`` at a time;
+    of at most ``slice_rows`` rows and ``slice_bytes`` of float32 vectors, and at least one
+    per core, ``batch_rows`` at a time;
     where PyArrow cannot open the path (a scheme it has no file system for, such as
     ``s3a://``) or a column has a type it would not convert as Spark does, by Spark's
     reader, which holds a row group's column chunk whole in the JVM (the log says which).
@@ -234,11 +235,12 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         dim = first_vector_length(arrow, embedding_column)
         _check_first_vector(path, dim)
         total = sum(map(sum, arrow.row_groups))
-        per_slice = max(1, min(slice_rows, -(-total // spark.sparkContext.defaultParallelism)))
+        per_slice = max(1, min(slice_rows, slice_bytes // (4 * dim),
+                               -(-total // spark.sparkContext.defaultParallelism)))
         rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows)
         log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total,
                  len(arrow.files), tasks)
-        return UserEmbeddings(rows, dim, extras, -(-total // tasks) * dim * 4)
+        return UserEmbeddings(rows, dim, extras, total * dim * 4)
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
              for name in _FACT_TYPES]

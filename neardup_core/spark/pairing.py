@@ -270,10 +270,13 @@ def _name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
     return joined.mapInArrow(run, PAIR_SCHEMA)
 
 
-def keyed_embeddings(numbered: DataFrame, tables: LshTables) -> DataFrame:
+def keyed_embeddings(numbered: DataFrame, tables: LshTables, vectors: bool = True) -> DataFrame:
     """id, path, embedding, the row's bucket key in each table (before splitting) and
-    the image's facts, for the ``embeddings/`` output (KEYED_SCHEMA)."""
+    the image's facts, for the ``embeddings/`` output (KEYED_SCHEMA); without
+    ``embedding`` when not ``vectors``: the vectors then go to Python to be hashed but
+    do not come back."""
     planes_broadcast = numbered.sparkSession.sparkContext.broadcast(tables)
+    names = ["id", "path", *(["embedding"] if vectors else []), "keys", *IMAGE_FACTS]
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.lsh import signature_keys
@@ -281,12 +284,12 @@ def keyed_embeddings(numbered: DataFrame, tables: LshTables) -> DataFrame:
         lsh_tables: LshTables = planes_broadcast.value
         for batch in batches:
             keys, _ = signature_keys(matrix(batch.column("embedding"), lsh_tables.dim), lsh_tables, subkeys=False)
-            yield pa.RecordBatch.from_arrays(
-                [batch.column("id"), batch.column("path"), batch.column("embedding"), list_column(keys),
-                 *(batch.column(name) for name in IMAGE_FACTS)],
-                names=["id", "path", "embedding", "keys", *IMAGE_FACTS])
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            columns["keys"] = list_column(keys)
+            yield pa.RecordBatch.from_arrays([columns[name] for name in names], names=names)
 
-    return numbered.select("id", "path", "embedding", *IMAGE_FACTS).mapInArrow(run, KEYED_SCHEMA)
+    schema = KEYED_SCHEMA if vectors else KEYED_SCHEMA.replace("embedding array<float>, ", "")
+    return numbered.select("id", "path", "embedding", *IMAGE_FACTS).mapInArrow(run, schema)
 
 
 def write_keyed(keyed: DataFrame, path: str, row_group_bytes: int) -> None:
