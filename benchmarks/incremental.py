@@ -38,8 +38,11 @@ def run(args: list[str], driver_memory: str) -> float:
     cmd = [sys.executable, "-m", "neardup_core.cli", *args, "--set",
            f"spark.conf={{spark.driver.memory: {driver_memory}}}", *(f for s in SETTINGS for f in ("--set", s))]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=dict(os.environ, PYSPARK_PYTHON=sys.executable), stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, env=dict(os.environ, PYSPARK_PYTHON=sys.executable), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if done.returncode:
+        tail = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("\tat "))[-3000:]
+        sys.exit(f"exit {done.returncode} after {time.perf_counter() - start:.1f} s: {' '.join(args)}\n{tail}")
     return time.perf_counter() - start
 
 
