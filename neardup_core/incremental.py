@@ -110,6 +110,21 @@ def bucket_codes(keys: np.ndarray) -> np.ndarray:
     return ((np.arange(keys.shape[1], dtype=np.int64) << KEY_BITS) | keys).reshape(-1)
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing's multiplier (2^64 / golden ratio)
+
+
+def may_hold(values: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """A filter before the binary searches below: False where a needle is certainly not
+    among ``values`` (int64), True where it is, and for about 1.5 % of the others. One
+    byte per slot, 64 slots per value (at most 2^26): a needle costs one multiply and one
+    read, where a binary search costs a read per level (93 ns a needle into 10,000 keys)."""
+    bits = int(np.clip(np.ceil(np.log2(max(len(values), 1) * 64)), 10, 26))
+    shift = np.uint64(64 - bits)
+    seen = np.zeros(1 << bits, bool)
+    seen[(values.astype(np.uint64) * _GOLDEN) >> shift] = True
+    return seen[(needles.astype(np.uint64) * _GOLDEN) >> shift]
+
+
 def touched_rows(keys: np.ndarray, touched: np.ndarray) -> list[np.ndarray]:
     """For each table t, the rows of ``keys`` (n, L) whose key in t is among the sorted
     ``touched`` codes (table << 48 | key). One binary search per table in that table's
@@ -123,8 +138,9 @@ def touched_rows(keys: np.ndarray, touched: np.ndarray) -> list[np.ndarray]:
             found.append(np.zeros(0, np.int64))
             continue
         column = keys[:, table]
-        at = np.minimum(np.searchsorted(in_table, column), len(in_table) - 1)
-        found.append(np.flatnonzero(in_table[at] == column))
+        maybe = np.flatnonzero(may_hold(in_table, column))
+        at = np.minimum(np.searchsorted(in_table, column[maybe]), len(in_table) - 1)
+        found.append(maybe[in_table[at] == column[maybe]])
     return found
 
 
@@ -133,10 +149,12 @@ def touched_counts(keys: np.ndarray, touched: np.ndarray) -> np.ndarray:
     (len(touched),) int64. Summed over the parts of a table, the sizes of the buckets a
     change touches."""
     counts = np.zeros(len(touched), np.int64)
+    bounds = np.searchsorted(touched, np.arange(keys.shape[1] + 1, dtype=np.int64) << KEY_BITS)
     for table, rows in enumerate(touched_rows(keys, touched)):
-        if len(rows):
-            at = np.searchsorted(touched, (np.int64(table) << KEY_BITS) | keys[rows, table])
-            counts += np.bincount(at, minlength=len(touched))
+        if len(rows):  # counted within the table's share of the codes, not over all of them
+            start, stop = bounds[table], bounds[table + 1]
+            at = np.searchsorted(touched[start:stop], (np.int64(table) << KEY_BITS) | keys[rows, table])
+            counts[start:stop] += np.bincount(at, minlength=stop - start)
     return counts
 
 
@@ -169,15 +187,16 @@ def fresh_partners(keys: np.ndarray, index: FreshIndex) -> tuple[np.ndarray, np.
     n = len(keys)
     found = [np.zeros(0, np.int64)]
     for table in range(keys.shape[1]):
-        column = index.keys[table]
-        lo = np.searchsorted(column, keys[:, table], "left")
-        count = np.searchsorted(column, keys[:, table], "right") - lo
-        hit = np.flatnonzero(count)
+        column, needles = index.keys[table], keys[:, table]
+        maybe = np.flatnonzero(may_hold(column, needles))
+        lo = np.searchsorted(column, needles[maybe], "left")
+        found_at = column[np.minimum(lo, len(column) - 1)] == needles[maybe]
+        hit, lo = maybe[found_at], lo[found_at]
         if len(hit) == 0:
             continue
-        c = count[hit]
+        c = np.searchsorted(column, needles[hit], "right") - lo  # the right bound of the few hits only
         offsets = np.arange(c.sum()) - np.repeat(np.cumsum(c) - c, c)
-        fresh = index.order[table][np.repeat(lo[hit], c) + offsets]
+        fresh = index.order[table][np.repeat(lo, c) + offsets]
         found.append(fresh.astype(np.int64) * n + np.repeat(hit, c))
     codes, tables = np.unique(np.concatenate(found), return_counts=True)
     return codes % n, codes // n, tables.astype(np.int32)

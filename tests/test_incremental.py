@@ -390,3 +390,20 @@ def test_pairs_are_written_final_only_when_the_verify_stage_would_change_nothing
     assert settles(copies=object()) is None and settles(exact_copies=3) is None
     assert settles(unverified_pairs=2) is None and settles(unverified_pairs=None) is None  # an older run
     assert settles(["pairs.keep_rejected=true"]) is None  # the verify stage writes rejected_pairs/
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 1000, 40_000])
+def test_may_hold_never_drops_a_member_and_passes_few_others(n):
+    """The filter before the binary searches of touched_rows and fresh_partners: every
+    member passes (else a pair would be lost), and few non-members do."""
+    from neardup_core.incremental import may_hold
+
+    rng = np.random.default_rng(n)
+    values = rng.integers(0, 1 << 48, n, dtype=np.int64)
+    others = rng.integers(0, 1 << 48, 100_000, dtype=np.int64)
+    others = others[~np.isin(others, values)]
+    assert may_hold(values, values).all()
+    assert may_hold(values, np.concatenate([others, values]))[len(others):].all()
+    assert may_hold(values, others).mean() <= 0.03
+    small = np.arange(n, dtype=np.int64)  # dense small keys, as k-bit keys are
+    assert may_hold(small, small).all() and may_hold(small, small + n).sum() <= 0.03 * n
