@@ -34,6 +34,17 @@ def local_path(path: str) -> str:
     return parsed.path if parsed.scheme == "file" else path
 
 
+def check_embeddings_path(path: str) -> None:
+    """``neardup pairs --embeddings``: a local path must exist (checked before Spark starts,
+    which would otherwise log a Java stack trace first).
+
+    Raises:
+        InputError: a local path that does not exist.
+    """
+    if is_local(path) and not os.path.exists(local_path(path)):
+        raise InputError(f"--embeddings {path}: no such file or directory")
+
+
 def resolve_format(cfg: InputConfig) -> str:
     """``directory``, ``parquet`` or ``csv``; ``auto`` is decided by the path itself.
 

@@ -180,6 +180,14 @@ def test_missing_columns_exit_2_naming_them(spark, tmp_path, capsys):
     assert "no column 'vec' (columns: item, vector)" in capsys.readouterr().err
 
 
+def test_missing_table_exits_2_in_one_line_before_spark_starts(tmp_path, capsys):
+    """No Spark session (no `spark` fixture, none started): the path is checked first."""
+    assert run(["--embeddings", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"neardup: error: --embeddings {tmp_path}/nope.parquet: no such file or directory"
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_prints_the_choice_before_anything_heavy(tmp_path, capsys):
     x = synthetic(3, n=3000, planted=50)
     pd.DataFrame({"id": [str(i) for i in range(len(x))],
