@@ -120,6 +120,7 @@ class _Embedded(NamedTuple):
     listed: DataFrame | None = None  # id of every input (an incremental run: to count deletions)
     unchanged: DataFrame | None = None  # id, path, bytes, modified of inputs unchanged by the listing
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
+    paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
 
 
 class _Planned(NamedTuple):
@@ -239,7 +240,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
             errors = record["errors"] = rows.filter("error_stage is not null").count()
         return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
-                         rows.select("id"))
+                         rows.select("id"), paths_are_ids=not read.has_paths)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -303,6 +304,7 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         manifest = _manifest(cfg, run_id, started, spark, progress, counts, dim, lsh_record)
         manifest["fingerprint"] = embedded.fingerprint
         manifest["incremental"] = incremental_record
+        manifest["paths_are_ids"] = embedded.paths_are_ids
         _check_accounting(counts)
         manifest["report"] = report_stage.write_report(spark, cfg, out.staging, manifest)
         out.commit(manifest)

@@ -132,6 +132,8 @@ def test_bad_vectors_are_recorded_and_the_rest_goes_on(normal_run):
     assert [s["name"] for s in manifest["stages"]] == ["read-embeddings", "exact-copies", "near-copies", "plan",
                                                        "pairs", "verify", "groups", "write"]
     assert manifest["lsh"]["recall_at_threshold"] >= 0.99
+    # The table has no path column: its ids are not opened as image files for the report.
+    assert manifest["paths_are_ids"] is True and manifest["report"]["thumbnail_errors"] == 0
     assert len(pd.read_parquet(out / "embeddings")) == len(x)
     written = pd.read_parquet(out / "pairs")
     assert (written.verified == "embedding").all() and written.inliers.isna().all()  # no images to verify

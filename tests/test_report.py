@@ -226,6 +226,20 @@ def test_build_writes_a_self_contained_folder_and_replaces_it_whole(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["report", "run"]  # no temporary folder left
 
 
+def test_ids_are_never_opened_as_files_when_the_table_had_no_path_column(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    manifest, _ = seeded_run(run)
+
+    def thumbs(items):
+        raise AssertionError(f"asked to read {items[:2]}")
+
+    record = report.build(str(run), {**manifest, "paths_are_ids": True}, str(tmp_path / "report"), ReportConfig(),
+                          thumbs)
+    assert record["thumbnails"] == 0 and record["thumbnail_errors"] == 0 and record["groups_shown"] > 0
+    assert f"no thumbnail: {report.NO_PATH_COLUMN}" in (tmp_path / "report" / "index.html").read_text()
+
+
 def test_a_failed_write_leaves_the_old_report(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()

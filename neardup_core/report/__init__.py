@@ -23,9 +23,15 @@ __all__ = ["ReportData", "ReportError", "attach_thumbnails", "build", "prepare",
 Thumbnailer = Callable[[list[tuple[str, str]]], dict[str, "bytes | str"]]
 
 
+# What an image shows in the report of `neardup pairs` on a table without a path column.
+NO_PATH_COLUMN = "the embeddings table has no path column"
+
+
 def build(run: str, manifest: dict, folder: str, limits: ReportConfig, make_thumbnails: Thumbnailer,
           truth: Truth | None = None) -> dict:
     """Build the report of the run in ``run`` into the local ``folder`` (replaced whole).
+    A run whose manifest says ``paths_are_ids`` (``neardup pairs`` of a table with no
+    path column) gets no thumbnails: its paths are ids, never opened as files.
 
     Returns:
         What the manifest records: written, groups and pairs shown, thumbnails made and
@@ -36,9 +42,13 @@ def build(run: str, manifest: dict, folder: str, limits: ReportConfig, make_thum
     """
     data = prepare(run, manifest, limits, truth)
     wanted = dict(sorted({image.id: image.path for image in data.images()}.items()))
-    made = make_thumbnails(list(wanted.items())) if wanted else {}
+    if manifest.get("paths_are_ids"):  # ids are not file names: nothing is read for them
+        made, errors = {image_id: NO_PATH_COLUMN for image_id in wanted}, 0
+    else:
+        made = make_thumbnails(list(wanted.items())) if wanted else {}
+        errors = sum(not isinstance(v, bytes) for v in made.values())
     files = attach_thumbnails(data, made)
     size = write(data, files, folder)
     return {"written": True, "groups_shown": len(data.groups), "groups": data.total_groups,
             "pairs_shown": len(data.pairs), "pairs": data.total_pairs, "thumbnails": len(files),
-            "thumbnail_errors": sum(not isinstance(v, bytes) for v in made.values()), "bytes": size}
+            "thumbnail_errors": errors, "bytes": size}

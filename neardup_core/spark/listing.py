@@ -191,6 +191,7 @@ class UserEmbeddings(NamedTuple):
     dim: int  # length of every good vector (the first good row's)
     extras: DataFrame  # id and the table's extra_columns
     vector_bytes: int = 0  # all the table's vectors as float32 (0: not known)
+    has_paths: bool = True  # the table has a path column (else each row's path is its id)
 
 
 def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
@@ -240,7 +241,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows)
         log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total,
                  len(arrow.files), tasks)
-        return UserEmbeddings(rows, dim, extras, total * dim * 4)
+        return UserEmbeddings(rows, dim, extras, total * dim * 4, "path" in table.columns)
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
              for name in _FACT_TYPES]
@@ -265,7 +266,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
                  vector_hashes(vectors, dim), pa.array([False] * len(vectors)), stages, reasons],
                 names=["id", "path", "embedding", *IMAGE_FACTS, "reused", "error_stage", "error_message"])
 
-    return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim, extras)
+    return UserEmbeddings(rows.mapInArrow(run, EMBEDDED_SCHEMA), dim, extras, 0, "path" in table.columns)
 
 
 def _check_first_vector(path: str, dim: int | None) -> None:
