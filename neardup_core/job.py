@@ -37,7 +37,7 @@ from .lsh import LshTables
 from .output import OutputDir, OutputError, check_local_output, check_output
 from .pairing import BucketStats
 from .progress import Progress
-from .sources import InputError, check_embeddings_path, is_local, local_path, resolve_format
+from .sources import InputError, is_local, local_path, require_local_path, resolve_format
 from .spark import exact as exact_stage
 from .spark import groups as groups_stage
 from .spark import incremental as incremental_stage
@@ -209,7 +209,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         ConfigError, InputError, OutputError: bad invocation, before the pairing runs.
     """
     cfg.output.required_path()
-    check_embeddings_path(embeddings)
+    require_local_path(embeddings, "--embeddings")
     lock = _lock_output(cfg)
     progress = Progress()
 

@@ -34,15 +34,16 @@ def local_path(path: str) -> str:
     return parsed.path if parsed.scheme == "file" else path
 
 
-def check_embeddings_path(path: str) -> None:
-    """``neardup pairs --embeddings``: a local path must exist (checked before Spark starts,
-    which would otherwise log a Java stack trace first).
+def require_local_path(path: str, option: str) -> None:
+    """A local path given as ``option`` (``--input``, ``--embeddings``) must exist: checked
+    before Spark starts, which would otherwise log a Java stack trace first. A URI is left
+    to its file system.
 
     Raises:
         InputError: a local path that does not exist.
     """
     if is_local(path) and not os.path.exists(local_path(path)):
-        raise InputError(f"--embeddings {path}: no such file or directory")
+        raise InputError(f"{option} {path}: no such file or directory")
 
 
 def resolve_format(cfg: InputConfig) -> str:
@@ -54,9 +55,8 @@ def resolve_format(cfg: InputConfig) -> str:
     path = cfg.path
     if not path:
         raise InputError("--input is required")
+    require_local_path(path, "--input")
     local = is_local(path)
-    if local and not os.path.exists(local_path(path)):
-        raise InputError(f"--input {path}: no such file or directory")
     if cfg.format != "auto":
         if cfg.format == "parquet" and local and os.path.isdir(local_path(path)):
             _check_local_parquet(local_path(path))
