@@ -212,14 +212,47 @@ def candidates_of_vectors(vectors: np.ndarray, tables: LshTables, max_bucket_siz
     return found
 
 
-def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Exact cosine (float64) of rows a[i] and b[i] of ``vectors``, ``chunk`` pairs at a
-    time, so memory is O(chunk * dim) however many pairs there are."""
+# Rows converted to float64 at a time by the cosine kernels: a block of two 128 x 1280
+# float64 matrices (2.6 MB) stays in cache; 4,096-row blocks did not, and scored 156,000
+# pairs of 1280-d vectors 3.4 x slower (docs/performance.md). Results do not depend on it.
+COSINE_BLOCK_ROWS = 128
+
+
+def squared_norms(vectors: np.ndarray, block_rows: int = COSINE_BLOCK_ROWS) -> np.ndarray:
+    """Each row's squared length in float64, ``block_rows`` rows at a time: the same
+    values :func:`rowwise_cosine` computes for a row, so cosines from them are identical."""
+    out = np.empty(len(vectors), dtype=np.float64)
+    for start in range(0, len(vectors), block_rows):
+        block = np.asarray(vectors[start:start + block_rows], dtype=np.float64)
+        out[start:start + block_rows] = np.einsum("ij,ij->i", block, block)
+    return out
+
+
+def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = COSINE_BLOCK_ROWS,
+                 vectors_b: np.ndarray | None = None, squared: np.ndarray | None = None,
+                 squared_b: np.ndarray | None = None) -> np.ndarray:
+    """Exact cosine (float64) of rows a[i] and b[i] of ``vectors`` (``b`` into
+    ``vectors_b`` where given), ``chunk`` pairs at a time, so memory is O(chunk * dim)
+    however many pairs there are. Equal, bit for bit, to :func:`rowwise_cosine` of the
+    gathered rows; each row's length is computed once (``squared``, ``squared_b``: its
+    :func:`squared_norms`, if the caller has them), not once per pair.
+    """
+    if vectors_b is None:
+        vectors_b, squared_b = vectors, squared
+    squared = squared_norms(vectors) if squared is None else squared
+    if squared_b is None:
+        squared_b = squared if vectors_b is vectors else squared_norms(vectors_b)
     out = np.empty(len(a), dtype=np.float64)
     for start in range(0, len(a), chunk):
-        stop = start + chunk
-        out[start:stop] = rowwise_cosine(vectors[a[start:stop]], vectors[b[start:stop]])
+        ca, cb = a[start:start + chunk], b[start:start + chunk]
+        dots = np.einsum("ij,ij->i", np.asarray(vectors[ca], np.float64), np.asarray(vectors_b[cb], np.float64))
+        out[start:start + chunk] = _cosine(dots, np.sqrt(squared[ca] * squared_b[cb]))
     return out
+
+
+def _cosine(dots: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(np.where(norms > 0, dots / norms, 0.0), -1.0, 1.0)
 
 
 class ScoredPairs(NamedTuple):
@@ -257,15 +290,19 @@ def score_row_pairs(x: np.ndarray, keys: np.ndarray, a: np.ndarray, b: np.ndarra
                     ) -> ScoredPairs:
     """:func:`score_with_keys` for pairs given as row positions ``a``, ``b`` into ``x``
     (n, dim) and ``keys`` (n, L) (``b`` into ``x_b`` and ``keys_b`` where given), a chunk
-    of ``chunk_pairs`` pairs at a time: memory O(chunk_pairs x (dim + L)), where gathering
-    every pair's two rows at once would take O(pairs x dim). ``a`` and ``b`` of the result
-    are row positions, like the input's."""
+    of ``chunk_pairs`` pairs at a time: memory O(chunk_pairs x L) besides the result, where
+    gathering every pair's two rows at once would take O(pairs x dim). The cosines come
+    from :func:`pair_cosines` (each row's length computed once). ``a`` and ``b`` of the
+    result are row positions, like the input's."""
     x_b, keys_b = (x, keys) if x_b is None else (x_b, keys_b)
+    squared = squared_norms(x)
+    squared_b = squared if x_b is x else squared_norms(x_b)
     parts = []
     for start in range(0, len(a), chunk_pairs):
         ca, cb = a[start:start + chunk_pairs], b[start:start + chunk_pairs]
-        near = score_with_keys(x[ca], x_b[cb], keys[ca], keys_b[cb], cosine_threshold)
-        parts.append(near._replace(a=ca[near.a], b=cb[near.b]))
+        cosine = pair_cosines(x, ca, cb, vectors_b=x_b, squared=squared, squared_b=squared_b)
+        matched = (keys[ca] == keys_b[cb]).sum(axis=1)
+        parts.append(near_pairs(ca, cb, cosine, matched, np.shape(keys)[1], cosine_threshold))
     if not parts:
         return score_with_keys(x[:0], x[:0], keys[:0], keys[:0], cosine_threshold)
     return ScoredPairs(*(np.concatenate(column) for column in zip(*parts)))
@@ -285,12 +322,13 @@ def jaccard(tables_matched: np.ndarray, num_tables: int) -> np.ndarray:
     return m / (2 * num_tables - m)
 
 
-def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact cosine of each row of ``a`` with the same row of ``b``, in float64."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    dots = np.einsum("ij,ij->i", a, b)
-    norms = np.sqrt(np.einsum("ij,ij->i", a, a) * np.einsum("ij,ij->i", b, b))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = np.where(norms > 0, dots / norms, 0.0)
-    return np.clip(cos, -1.0, 1.0)
+def rowwise_cosine(a: np.ndarray, b: np.ndarray, block_rows: int = COSINE_BLOCK_ROWS) -> np.ndarray:
+    """Exact cosine of each row of ``a`` with the same row of ``b``, in float64,
+    ``block_rows`` rows at a time (:data:`COSINE_BLOCK_ROWS`)."""
+    out = np.empty(len(a), dtype=np.float64)
+    for start in range(0, len(a), block_rows):
+        x = np.asarray(a[start:start + block_rows], dtype=np.float64)
+        y = np.asarray(b[start:start + block_rows], dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x) * np.einsum("ij,ij->i", y, y))
+        out[start:start + block_rows] = _cosine(np.einsum("ij,ij->i", x, y), norms)
+    return out
