@@ -52,6 +52,7 @@ from .spark.listing import IMAGE_FACTS
 from .spark.session import (
     build_session,
     default_parallelism,
+    executor_cores,
     executor_status,
     launch_setting,
     out_of_memory_advice,
@@ -451,7 +452,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark)) is None
-            pair_fresh = (incremental_stage.pair_incrementally_in_one_task if one_task else functools.partial(
+            pair_fresh = (functools.partial(incremental_stage.pair_incrementally_in_one_task,
+                                            threads=executor_cores(spark)) if one_task else functools.partial(
                 incremental_stage.pair_incrementally, chunk_bytes=cfg.pairs.partition_bytes))
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))

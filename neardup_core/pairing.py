@@ -17,6 +17,7 @@ carries the other tables' keys (which would make the shuffle grow as N * L^2).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -216,6 +217,8 @@ def candidates_of_vectors(vectors: np.ndarray, tables: LshTables, max_bucket_siz
 # float64 matrices (2.6 MB) stays in cache; 4,096-row blocks did not, and scored 156,000
 # pairs of 1280-d vectors 3.4 x slower (docs/performance.md). Results do not depend on it.
 COSINE_BLOCK_ROWS = 128
+# Fewer pairs than this per thread are scored on one thread: starting threads costs more.
+PAIRS_PER_THREAD = 50_000
 
 
 def squared_norms(vectors: np.ndarray, block_rows: int = COSINE_BLOCK_ROWS) -> np.ndarray:
@@ -230,12 +233,14 @@ def squared_norms(vectors: np.ndarray, block_rows: int = COSINE_BLOCK_ROWS) -> n
 
 def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = COSINE_BLOCK_ROWS,
                  vectors_b: np.ndarray | None = None, squared: np.ndarray | None = None,
-                 squared_b: np.ndarray | None = None) -> np.ndarray:
+                 squared_b: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
     """Exact cosine (float64) of rows a[i] and b[i] of ``vectors`` (``b`` into
     ``vectors_b`` where given), ``chunk`` pairs at a time, so memory is O(chunk * dim)
-    however many pairs there are. Equal, bit for bit, to :func:`rowwise_cosine` of the
-    gathered rows; each row's length is computed once (``squared``, ``squared_b``: its
-    :func:`squared_norms`, if the caller has them), not once per pair.
+    however many pairs there are (per thread). Equal, bit for bit, to
+    :func:`rowwise_cosine` of the gathered rows; each row's length is computed once
+    (``squared``, ``squared_b``: its :func:`squared_norms`, if the caller has them), not
+    once per pair. ``threads`` > 1: that many threads score consecutive shares of the
+    pairs (NumPy releases the GIL), for a task that runs alone.
     """
     if vectors_b is None:
         vectors_b, squared_b = vectors, squared
@@ -243,6 +248,16 @@ def pair_cosines(vectors: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int =
     if squared_b is None:
         squared_b = squared if vectors_b is vectors else squared_norms(vectors_b)
     out = np.empty(len(a), dtype=np.float64)
+    if threads > 1 and len(a) >= threads * PAIRS_PER_THREAD:
+        bounds = np.linspace(0, len(a), threads + 1).astype(np.int64)
+
+        def share(i: int) -> None:
+            lo, hi = bounds[i], bounds[i + 1]
+            out[lo:hi] = pair_cosines(vectors, a[lo:hi], b[lo:hi], chunk, vectors_b, squared, squared_b)
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(share, range(threads)))
+        return out
     for start in range(0, len(a), chunk):
         ca, cb = a[start:start + chunk], b[start:start + chunk]
         dots = np.einsum("ij,ij->i", np.asarray(vectors[ca], np.float64), np.asarray(vectors_b[cb], np.float64))
@@ -286,23 +301,22 @@ def score_with_keys(vec_a: np.ndarray, vec_b: np.ndarray, keys_a: np.ndarray, ke
 
 
 def score_row_pairs(x: np.ndarray, keys: np.ndarray, a: np.ndarray, b: np.ndarray, cosine_threshold: float,
-                    chunk_pairs: int = 4096, x_b: np.ndarray | None = None, keys_b: np.ndarray | None = None
-                    ) -> ScoredPairs:
+                    chunk_pairs: int = 4096, x_b: np.ndarray | None = None, keys_b: np.ndarray | None = None,
+                    threads: int = 1) -> ScoredPairs:
     """:func:`score_with_keys` for pairs given as row positions ``a``, ``b`` into ``x``
     (n, dim) and ``keys`` (n, L) (``b`` into ``x_b`` and ``keys_b`` where given), a chunk
-    of ``chunk_pairs`` pairs at a time: memory O(chunk_pairs x L) besides the result, where
-    gathering every pair's two rows at once would take O(pairs x dim). The cosines come
-    from :func:`pair_cosines` (each row's length computed once). ``a`` and ``b`` of the
-    result are row positions, like the input's."""
+    of ``chunk_pairs`` pairs at a time: memory O(pairs + chunk_pairs x L), where gathering
+    every pair's two rows at once would take O(pairs x dim). The cosines come
+    from :func:`pair_cosines` (each row's length computed once; on ``threads`` threads).
+    ``a`` and ``b`` of the result are row positions, like the input's."""
     x_b, keys_b = (x, keys) if x_b is None else (x_b, keys_b)
-    squared = squared_norms(x)
-    squared_b = squared if x_b is x else squared_norms(x_b)
+    cosines = pair_cosines(x, a, b, vectors_b=x_b, threads=threads)
     parts = []
     for start in range(0, len(a), chunk_pairs):
         ca, cb = a[start:start + chunk_pairs], b[start:start + chunk_pairs]
-        cosine = pair_cosines(x, ca, cb, vectors_b=x_b, squared=squared, squared_b=squared_b)
         matched = (keys[ca] == keys_b[cb]).sum(axis=1)
-        parts.append(near_pairs(ca, cb, cosine, matched, np.shape(keys)[1], cosine_threshold))
+        parts.append(near_pairs(ca, cb, cosines[start:start + chunk_pairs], matched, np.shape(keys)[1],
+                                cosine_threshold))
     if not parts:
         return score_with_keys(x[:0], x[:0], keys[:0], keys[:0], cosine_threshold)
     return ScoredPairs(*(np.concatenate(column) for column in zip(*parts)))

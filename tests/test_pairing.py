@@ -150,6 +150,9 @@ def test_pair_cosines_equal_gathered_rows_bit_for_bit(pairs, two_matrices):
     for chunk in (1, 3, 128, 4096):
         got = pairing.pair_cosines(x, a, b, chunk, vectors_b=x_b if two_matrices else None)
         np.testing.assert_array_equal(got, want)
+    threaded = pairing.pair_cosines(np.repeat(x, 2, axis=0), np.tile(a, 400), np.tile(b, 400), threads=3,
+                                    vectors_b=np.repeat(x_b, 2, axis=0) if two_matrices else None)
+    np.testing.assert_array_equal(threaded, np.tile(pairing.rowwise_cosine(x[a // 2], x_b[b // 2]), 400))
     for block_rows in (1, 5, 128):
         np.testing.assert_array_equal(pairing.rowwise_cosine(x[a], x_b[b], block_rows), want)
 

@@ -19,7 +19,7 @@ from ..incremental import bucket_codes, largest_touched
 from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import matrix
-from .pairing import PAIR_SCHEMA, PairingResult
+from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
 from .tally import Tally
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
@@ -198,10 +198,11 @@ def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarr
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
                                    max_bucket_size: int, cosine_threshold: float, path: str,
-                                   accept_cosine: float | None = None) -> IncrementalPairs:
+                                   accept_cosine: float | None = None, threads: int = 1) -> IncrementalPairs:
     """As :func:`pair_incrementally`, for data the full pairing would pair in one task:
     the fresh rows' candidates found and scored in one task (:func:`incremental.fresh_candidates`,
-    no shuffle), and the carried pairs filtered by broadcast joins."""
+    no shuffle; scored on up to ``threads`` threads, as the task runs alone), and the
+    carried pairs filtered by broadcast joins."""
     spark = keyed.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
     gone_keys = spark.sparkContext.broadcast(matrix(gone.select("keys").toArrow().column("keys"), num_tables))
@@ -219,7 +220,8 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
         tally.record("touched", (found.touched_buckets, found.largest_touched, found.a is not None))
         if found.a is None:
             return
-        near = score_row_pairs(matrix(table.column("embedding"), dim), keys, found.a, found.b, cosine_threshold)
+        near = score_row_pairs(matrix(table.column("embedding"), dim), keys, found.a, found.b, cosine_threshold,
+                               threads=min(threads, usable_cores()))
         tally.record("scored", (len(found.a),))
         a, b = pa.array(near.a), pa.array(near.b)
         ids, paths = table.column("id"), table.column("path")
@@ -259,9 +261,10 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
         found = found.select(*found.columns, F.lit(False).alias("exact"), F.lit(False).alias("near_copy"),
                              F.lit(None).cast("int").alias("inliers"), F.lit("embedding").alias("verified"))
     pairs = carried.unionByName(found)
-    # One sorted file where the pairing is one task; a global sort (which samples its input,
-    # reading it twice) where the pairs are many.
-    (pairs.repartition(1).sortWithinPartitions("id_a", "id_b") if broadcast else pairs.orderBy("id_a", "id_b")
+    # One sorted file where the pairing is one task (read, joined and sorted in that task:
+    # no shuffle); a global sort (which samples its input, reading it twice) where the
+    # pairs are many.
+    (pairs.coalesce(1).sortWithinPartitions("id_a", "id_b") if broadcast else pairs.orderBy("id_a", "id_b")
      ).write.parquet(path)
     return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
 

@@ -115,7 +115,7 @@ def write_no_pairs(spark: SparkSession, path: str) -> None:
 
 def _pair_in_one_task(numbered: DataFrame, planes_broadcast, max_bucket_size: int, cosine_threshold: float,
                       tally: Tally, threads: int) -> DataFrame:
-    """The whole stage in one task, with no shuffle: hash on up to ``threads`` threads
+    """The whole stage in one task, with no shuffle: hash and score on up to ``threads`` threads
     (the task runs alone), pair (:func:`pairing.candidates_of_vectors`, the same bucket
     kernel as the shuffled path), score and name. Tallies what the shuffled steps would,
     and "pairs"; returns PAIR_SCHEMA rows in one partition, sorted by id_a, id_b."""
@@ -126,8 +126,10 @@ def _pair_in_one_task(numbered: DataFrame, planes_broadcast, max_bucket_size: in
         tables: LshTables = planes_broadcast.value
         table = pa.Table.from_batches(list(batches), schema=_ONE_TASK_INPUT)
         x = matrix(table.column("embedding"), tables.dim)
-        stats, a, b, matched = candidates_of_vectors(x, tables, max_bucket_size, threads=min(threads, _usable_cores()))
-        near = near_pairs(a, b, pair_cosines(x, a, b), matched, tables.num_tables, cosine_threshold)
+        threads_here = min(threads, usable_cores())
+        stats, a, b, matched = candidates_of_vectors(x, tables, max_bucket_size, threads=threads_here)
+        near = near_pairs(a, b, pair_cosines(x, a, b, threads=threads_here), matched, tables.num_tables,
+                          cosine_threshold)
         tally.record("buckets", tuple(stats))
         tally.record("scored", (len(a),))
         tally.record("pairs", (len(near.a),))
@@ -305,5 +307,5 @@ def unkeyed_embeddings(numbered: DataFrame) -> DataFrame:
     return numbered.select("id", "path", "embedding", F.array().cast("array<bigint>").alias("keys"), *IMAGE_FACTS)
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
