@@ -240,6 +240,52 @@ def test_ids_are_never_opened_as_files_when_the_table_had_no_path_column(tmp_pat
     assert f"no thumbnail: {report.NO_PATH_COLUMN}" in (tmp_path / "report" / "index.html").read_text()
 
 
+def with_content_hashes(root, changed=()):
+    """Adds embeddings/ ``content_hash`` to a seeded run: the same on both nights but for ``changed``."""
+    file = root / "embeddings" / "part-00000.parquet"
+    table = pq.read_table(file)
+    hashes = [("changed-" if i in changed else "same-") + i for i in table.column("id").to_pylist()]
+    pq.write_table(table.append_column("content_hash", pa.array(hashes, pa.string())), file)
+
+
+@pytest.mark.parametrize("case", ["reused", "other thumbnail size", "neardup pairs", "not incremental"])
+def test_an_incremental_report_takes_unchanged_images_thumbnails_from_the_previous_run(tmp_path, case):
+    before, tonight = tmp_path / "before", tmp_path / "tonight"
+    before.mkdir()
+    tonight.mkdir()
+    last_night, _ = seeded_run(before)
+    manifest, _ = seeded_run(tonight)
+    with_content_hashes(before)
+    with_content_hashes(tonight, changed={"g00-1.jpg"})
+    old = jpeg(colour=(10, 10, 10))
+    report.build(str(before), last_night, str(before / "report"), ReportConfig(),
+                 lambda items: {i: old if i != "g01-0.jpg" else "no such file" for i, _ in items})
+    manifest["incremental"] = {"previous": str(before), "reused": True}
+    if case == "other thumbnail size":
+        manifest["config"]["report"] = {"thumbnail_px": 96}
+    elif case == "neardup pairs":
+        manifest["config"]["input"] = {"path": None}
+    elif case == "not incremental":
+        manifest["incremental"]["reused"] = False
+    asked = []
+
+    def thumbs(items):
+        asked.extend(i for i, _ in items)
+        return {i: jpeg(colour=(250, 250, 250)) for i, _ in items}
+
+    record = report.build(str(tonight), manifest, str(tonight / "report"), ReportConfig(), thumbs)
+    shown = {i.id for i in prepare(str(tonight), manifest, ReportConfig()).images()}
+    if case != "reused":
+        assert sorted(asked) == sorted(shown) and record["thumbnails_reused"] == 0
+        return
+    # Made again: the image whose content changed, and the one last night failed to make.
+    assert sorted(asked) == ["g00-1.jpg", "g01-0.jpg"]
+    assert record["thumbnails_reused"] == len(shown) - 2 and record["thumbnails"] == len(shown)
+    for image_id in shown - set(asked):
+        assert (tonight / "report" / "thumbs" / thumbnail_name(image_id)).read_bytes() == old
+    assert (tonight / "report" / "thumbs" / thumbnail_name("g00-1.jpg")).read_bytes() != old
+
+
 def test_a_failed_write_leaves_the_old_report(tmp_path, monkeypatch):
     run = tmp_path / "run"
     run.mkdir()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..config import ReportConfig
 from ..evaluation import Truth
-from .data import ReportData, ReportError, prepare, read_finished_manifest
+from .data import ReportData, ReportError, prepare, previous_thumbnails, read_finished_manifest
 from .render import attach_thumbnails, write
 
 __all__ = ["ReportData", "ReportError", "attach_thumbnails", "build", "prepare", "read_finished_manifest", "write"]
@@ -31,11 +31,13 @@ def build(run: str, manifest: dict, folder: str, limits: ReportConfig, make_thum
           truth: Truth | None = None) -> dict:
     """Build the report of the run in ``run`` into the local ``folder`` (replaced whole).
     A run whose manifest says ``paths_are_ids`` (``neardup pairs`` of a table with no
-    path column) gets no thumbnails: its paths are ids, never opened as files.
+    path column) gets no thumbnails: its paths are ids, never opened as files. An
+    incremental run takes the thumbnails of unchanged images from its previous run's
+    report (:func:`data.previous_thumbnails`) and makes the others.
 
     Returns:
-        What the manifest records: written, groups and pairs shown, thumbnails made and
-        failed, bytes.
+        What the manifest records: written, groups and pairs shown, thumbnails (those
+        reused among them) and failed, bytes.
 
     Raises:
         ReportError: the run lacks a dataset the report reads.
@@ -43,12 +45,15 @@ def build(run: str, manifest: dict, folder: str, limits: ReportConfig, make_thum
     data = prepare(run, manifest, limits, truth)
     wanted = dict(sorted({image.id: image.path for image in data.images()}.items()))
     if manifest.get("paths_are_ids"):  # ids are not file names: nothing is read for them
-        made, errors = {image_id: NO_PATH_COLUMN for image_id in wanted}, 0
+        made, errors, reused = {image_id: NO_PATH_COLUMN for image_id in wanted}, 0, 0
     else:
-        made = make_thumbnails(list(wanted.items())) if wanted else {}
+        made = previous_thumbnails(run, manifest, list(wanted))
+        reused = len(made)
+        missing = [(image_id, path) for image_id, path in wanted.items() if image_id not in made]
+        made.update(make_thumbnails(missing) if missing else {})
         errors = sum(not isinstance(v, bytes) for v in made.values())
     files = attach_thumbnails(data, made)
     size = write(data, files, folder)
     return {"written": True, "groups_shown": len(data.groups), "groups": data.total_groups,
             "pairs_shown": len(data.pairs), "pairs": data.total_pairs, "thumbnails": len(files),
-            "thumbnail_errors": errors, "bytes": size}
+            "thumbnails_reused": reused, "thumbnail_errors": errors, "bytes": size}

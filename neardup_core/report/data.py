@@ -28,6 +28,7 @@ from ..config import ReportConfig
 from ..evaluation import Truth, pr_curve, score_pairs
 from ..sources import is_local, local_path
 from . import charts
+from .thumbs import thumbnail_name
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -159,6 +160,50 @@ def read_finished_manifest(run: str) -> dict:
             return json.loads(fh.read().decode("utf-8"))
     except (OSError, ValueError) as err:
         raise ReportError(f"--run {run}: unreadable {MANIFEST}: {err}") from err
+
+
+def previous_thumbnails(run: str, manifest: dict, ids: list[str]) -> dict[str, bytes]:
+    """Thumbnails the previous run of an incremental run (``manifest["incremental"]``)
+    already made, for the images of ``ids`` whose content did not change: image id ->
+    JPEG bytes from its ``report/thumbs/``. Only between two runs over image files, with
+    the same neardup version and thumbnail settings (``report.thumbnail_px``,
+    ``input.max_pixels``), and for images whose ``content_hash`` in embeddings/ is the
+    same on both nights; an id with no thumbnail there is left out. Anything unreadable
+    gives nothing: the thumbnails are then made again.
+    """
+    incremental = manifest.get("incremental") or {}
+    if not ids or not incremental.get("reused") or not incremental.get("previous"):
+        return {}
+    previous = incremental["previous"]
+    try:
+        before = read_finished_manifest(previous)
+    except ReportError:
+        return {}
+    if any(m.get("config", {}).get("input", {}).get("path") is None for m in (manifest, before)):
+        return {}  # `neardup pairs`: an unchanged vector says nothing about the file at its path
+    settings = [(m.get("neardup_version"), m["config"].get("report", {}).get("thumbnail_px"),
+                 m["config"]["input"].get("max_pixels")) for m in (manifest, before)]
+    if settings[0] != settings[1]:
+        return {}
+    wanted = pa.array(sorted(ids), pa.string())
+    hashes = []
+    for folder in (run, previous):
+        dataset = _dataset(f"{folder}/embeddings")
+        if dataset is None or "content_hash" not in dataset.schema.names:
+            return {}
+        table = dataset.to_table(columns=["id", "content_hash"], filter=pc.field("id").isin(wanted))
+        hashes.append(dict(zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist())))
+    fs, inner = _filesystem(f"{previous}/report/thumbs")
+    found = {}
+    for image_id, digest in hashes[0].items():
+        if digest is None or hashes[1].get(image_id) != digest:
+            continue
+        try:
+            with fs.open_input_stream(f"{inner}/{thumbnail_name(image_id)}") as fh:
+                found[image_id] = fh.read()
+        except (OSError, ValueError):  # not made last night (it failed, or was not shown)
+            continue
+    return found
 
 
 def _dataset(folder: str) -> ds.Dataset | None:
