@@ -69,6 +69,8 @@ class PreviousRun(NamedTuple):
     exact_copies: int = 0  # inputs it paired as exact copies of another (spark.exact)
     near_copies: int = 0  # inputs it collapsed as near copies (spark.near): its pairs/ is not every pair
     unverified_pairs: int | None = None  # pairs it left unverified (None: an older run that did not count them)
+    plan_items: int | None = None  # rows its plan was priced for (None: an older run that did not record them)
+    plan_candidates: float = 0.0  # the candidate pairs its plan expected for them
 
 
 def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
@@ -88,7 +90,8 @@ def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
                        int(manifest.get("counts", {}).get("pairs", 0)),
                        int(manifest.get("counts", {}).get("exact_copies", 0)),
                        int(manifest.get("counts", {}).get("near_copies", 0)),
-                       manifest.get("counts", {}).get("unverified_pairs"))
+                       manifest.get("counts", {}).get("unverified_pairs"), lsh.get("items"),
+                       float(lsh.get("expected_candidate_pairs") or 0.0))
 
 
 def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables: int | str) -> list[str]:

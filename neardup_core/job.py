@@ -127,7 +127,8 @@ class _Embedded(NamedTuple):
 class _Planned(NamedTuple):
     plan: tuning.LshPlan
     tables: LshTables
-    sample_size: int
+    sample_size: int  # 0: priced from the previous run's estimate
+    items: int
 
     def record(self) -> dict:
         plan = self.plan
@@ -135,7 +136,7 @@ class _Planned(NamedTuple):
                 "recall_at_threshold": round(plan.recall_at_threshold, 5),
                 "expected_candidate_pairs": round(plan.expected_candidates),
                 "expected_shuffle_bytes": round(plan.bucket_shuffle_bytes + plan.candidate_shuffle_bytes),
-                "expected_core_seconds": round(plan.cost, 1), "sample_size": self.sample_size}
+                "expected_core_seconds": round(plan.cost, 1), "sample_size": self.sample_size, "items": self.items}
 
 
 def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = False,
@@ -426,7 +427,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     if reusing and prior.run.num_tables is not None:  # the previous plan, priced again for the record
         lsh = dataclasses.replace(lsh, bits_per_table=prior.run.bits_per_table, num_tables=prior.run.num_tables)
     with progress.stage("plan") as record:
-        planned = _plan(good, items, embedded.dim, lsh, cfg.pairs.cosine_threshold)
+        planned = _plan(good, items, embedded.dim, lsh, cfg.pairs.cosine_threshold,
+                        prior.run if reusing and prior.run.num_tables is not None else None)
         if planned is not None:
             record.update(planned.record())
 
@@ -653,21 +655,31 @@ def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress
     return result._replace(pairs=verified.pairs), verified
 
 
-def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_threshold: float) -> _Planned | None:
+def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_threshold: float,
+          previous: incremental.PreviousRun | None = None) -> _Planned | None:
     """The LSH tables for ``items`` embeddings (:func:`tuning.plan_for`, priced on a sample
-    of them), or None when there is nothing to hash."""
-    sample = pairing_stage.sample_embeddings(embedded, items, lsh.sample_size, lsh.seed, dim)
-    if len(sample) == 0:
-        return None
-    try:
-        plan = tuning.plan_for(lsh, cosine_threshold, tuning.unit_pair_cosines(sample), items, dim)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    of them), or None when there is nothing to hash. With ``previous`` (an incremental
+    run, whose ``lsh`` is the previous plan): that plan, priced from the previous run's
+    estimate for tonight's ``items`` (:func:`tuning.scaled_candidates`), without a sample."""
+    if previous is not None and previous.plan_items and items:
+        candidates = tuning.scaled_candidates(previous.plan_candidates, previous.plan_items, items)
+        plan = tuning.price_plan(lsh.bits_per_table, lsh.num_tables, cosine_threshold, candidates, items, dim,
+                                 lsh.split_bits)
+        sample_size = 0
+    else:
+        sample = pairing_stage.sample_embeddings(embedded, items, lsh.sample_size, lsh.seed, dim)
+        if len(sample) == 0:
+            return None
+        try:
+            plan = tuning.plan_for(lsh, cosine_threshold, tuning.unit_pair_cosines(sample), items, dim)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        sample_size = len(sample)
     log.info("LSH plan: %d tables of %d bits; recall %.4f at cosine %.3f; about %.0f candidate pairs",
              plan.num_tables, plan.bits_per_table, plan.recall_at_threshold, cosine_threshold,
              plan.expected_candidates)
     tables = LshTables.draw(lsh.seed, plan.num_tables, plan.bits_per_table, lsh.split_bits, dim)
-    return _Planned(plan, tables, len(sample))
+    return _Planned(plan, tables, sample_size, items)
 
 
 def _log_oversized(buckets: BucketStats, lsh: LshConfig) -> None:

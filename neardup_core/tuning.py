@@ -149,6 +149,22 @@ class LshPlan(NamedTuple):
     cost: float  # estimated core-seconds (pairing_seconds): what the plan minimises
 
 
+def price_plan(bits: int, tables: int, cosine_threshold: float, candidates: float, items: int, dim: int,
+               split_bits: int = 0) -> LshPlan:
+    """The plan (``bits``, ``tables``) for ``items`` vectors of ``dim`` floats that make
+    about ``candidates`` candidate pairs: its recall at ``cosine_threshold``, shuffle bytes
+    and cost (:func:`pairing_seconds`)."""
+    return LshPlan(bits, tables, float(candidate_probability(cosine_threshold, bits, tables)), candidates,
+                   items * shuffle_bytes_per_item(tables), candidate_shuffle_bytes(candidates, dim),
+                   pairing_seconds(items, dim, bits, tables, split_bits, candidates))
+
+
+def scaled_candidates(candidates: float, items: int, to_items: int) -> float:
+    """A plan's expected candidate pairs for ``items`` vectors, for ``to_items`` vectors
+    distributed alike: they grow with the pairs, C(n, 2)."""
+    return candidates * to_items * (to_items - 1) / max(items * (items - 1), 1)
+
+
 def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.ndarray, items: int, dim: int,
              bits: int | None = None, tables: int | None = None, max_tables: int = 256,
              max_bits: int = 48, split_bits: int = 0) -> LshPlan:
@@ -166,10 +182,8 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
         ValueError: no choice within the limits reaches the target.
     """
     def priced(k: int, n_tables: int) -> LshPlan:
-        candidates = expected_candidates(pair_cosines, items, k, n_tables)
-        return LshPlan(k, n_tables, float(candidate_probability(cosine_threshold, k, n_tables)), candidates,
-                       items * shuffle_bytes_per_item(n_tables), candidate_shuffle_bytes(candidates, dim),
-                       pairing_seconds(items, dim, k, n_tables, split_bits, candidates))
+        return price_plan(k, n_tables, cosine_threshold, expected_candidates(pair_cosines, items, k, n_tables),
+                          items, dim, split_bits)
 
     if bits is not None and tables is not None:
         return priced(bits, tables)

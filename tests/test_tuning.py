@@ -140,3 +140,15 @@ def test_pairing_tasks_hold_about_the_task_size(items, dim, tables, candidates, 
     assert entries / bucket_tasks <= task_bytes and (bucket_tasks == floor or entries / (bucket_tasks - 1) > task_bytes)
     rows = vectors + candidates * blocks.half_dtype(dim).itemsize
     assert rows / row_tasks <= task_bytes and (row_tasks == floor or rows / (row_tasks - 1) > task_bytes)
+
+
+def test_a_plan_priced_from_its_candidates_is_the_plan_and_scales_with_the_pairs():
+    """An incremental run prices the previous plan from that run's estimate, not a sample."""
+    rng = np.random.default_rng(3)
+    plan = tuning.plan_lsh(0.9, 0.99, tuning.sample_pair_cosines(clustered(rng, 500, 32, 5, 1.0)), 50_000, 32,
+                           split_bits=4)
+    assert tuning.price_plan(plan.bits_per_table, plan.num_tables, 0.9, plan.expected_candidates, 50_000, 32,
+                             4) == plan
+    assert tuning.scaled_candidates(plan.expected_candidates, 50_000, 50_000) == plan.expected_candidates
+    assert tuning.scaled_candidates(1000.0, 100, 201) == pytest.approx(1000.0 * 201 * 200 / (100 * 99))
+    assert tuning.scaled_candidates(5.0, 1, 3) == 30.0  # no pairs before: no division by zero
