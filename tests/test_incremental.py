@@ -336,10 +336,14 @@ def test_fresh_partners_over_parts_give_the_fresh_candidates(parts):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
-def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, tmp_path, chunk_bytes):
+@pytest.mark.parametrize("chunk_bytes,gone_rows,max_bucket", [(1, 0, 10**6), (1 << 30, 0, 10**6), (1, 2, 10**6),
+                                                              (1, 2, 8), (1 << 30, 0, 8)])
+def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, tmp_path, chunk_bytes, gone_rows,
+                                                                          max_bucket):
     """pair_incrementally with the fresh rows sent whole or one row at a time: the pairs
-    sharing a key in some table with at least one fresh end, each once, scored."""
+    sharing a key in some table with at least one fresh end, each once, scored; or, where
+    a touched bucket (counted in the first pass) holds over ``max_bucket`` rows tonight or
+    last night, nothing, with the same largest bucket as fresh_candidates finds."""
     from neardup_core.lsh import LshTables
     from neardup_core.spark import incremental as stage
 
@@ -352,13 +356,21 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
     keyed = spark.createDataFrame(
         [(ids[i], f"/p/{ids[i]}", x[i].tolist(), keys[i].tolist(), bool(fresh[i])) for i in range(n)],
         "id string, path string, embedding array<float>, keys array<bigint>, fresh boolean").repartition(3)
-    gone = spark.createDataFrame([], "id string, keys array<bigint>")
+    gone_keys = rng.integers(0, 6, (gone_rows, tables))
+    gone = spark.createDataFrame([(f"gone{g}", gone_keys[g].tolist()) for g in range(gone_rows)],
+                                 "id string, keys array<bigint>")
     empty = spark.createDataFrame([], "id_a string, id_b string, path_a string, path_b string, cosine double, "
                                       "jaccard double, tables_matched int")
     previous = stage.Previous(spark.createDataFrame([], "id string, path string"), empty, None)
     planes = LshTables.draw(1, tables, 3, 0, dim)
-    found = stage.pair_incrementally(keyed, gone, previous, planes, 10**6, -1.0, str(tmp_path / "pairs"),
+    found = stage.pair_incrementally(keyed, gone, previous, planes, max_bucket, -1.0, str(tmp_path / "pairs"),
                                      chunk_bytes=chunk_bytes)
+    reference = incremental.fresh_candidates(keys, fresh, gone_keys, max_bucket)
+    assert (reference.a is None) == (max_bucket == 8)  # buckets of about 10 rows
+    assert (found.touched_buckets, found.largest_touched) == (reference.touched_buckets, reference.largest_touched)
+    if reference.a is None:  # over max_bucket: the job pairs in full instead
+        assert found.result is None and not (tmp_path / "pairs").exists()
+        return
     assert found.result.tasks["fresh_chunks"] == (fresh.sum() if chunk_bytes == 1 else 1)
     got = pd.read_parquet(tmp_path / "pairs")
     expected = {(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)

@@ -106,20 +106,37 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     fresh_keys = matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
     gone_keys = matrix(gone.select("keys").toArrow().column("keys"), num_tables)
     touched = np.unique(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
-    largest = _largest_touched(keyed, touched, fresh_keys, gone_keys)
-    if largest > max_bucket_size:
-        return IncrementalPairs(None, len(touched), largest)
     # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
     # (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at a time
-    # (each chunk one pass over the rows), and nothing is shuffled.
+    # (each chunk one pass over the rows), and nothing is shuffled. The first pass also
+    # counts the rows of each touched bucket; only if none is oversized do the others run.
     chunks = max(1, min(len(fresh_keys), -(-len(fresh_keys) * (dim * 4 + num_tables * 8 + 200) // chunk_bytes)))
     tally = Tally(spark)
-    met = [_meet_fresh(keyed, keyed.filter(F.col("fresh") & (F.abs(F.xxhash64("id")) % chunks == chunk)),
-                       num_tables, dim, cosine_threshold, tally, f"scored-{chunk}") for chunk in range(chunks)]
-    found = functools.reduce(DataFrame.unionByName, (frame for frame, _ in met)).persist(StorageLevel.MEMORY_AND_DISK)
-    found.count()
-    for _, shipped in met:
-        shipped.unpersist()
+
+    def meet(chunk: int, codes: np.ndarray | None = None) -> tuple[DataFrame, list[Broadcast]]:
+        rows = keyed.filter(F.col("fresh") & (F.abs(F.xxhash64("id")) % chunks == chunk))
+        return _meet_fresh(keyed, rows, num_tables, dim, cosine_threshold, tally, f"scored-{chunk}", codes)
+
+    first, shipped = meet(0, touched)
+    first = first.persist(StorageLevel.MEMORY_AND_DISK)
+    first.count()
+    now = np.zeros(len(touched), np.int64)
+    for hit, rows_in in tally.values("touched"):
+        now[hit] += rows_in
+    largest = largest_touched(now, touched, fresh_keys, gone_keys)
+    if largest > max_bucket_size:
+        first.unpersist()
+        for broadcast in shipped:
+            broadcast.unpersist()
+        return IncrementalPairs(None, len(touched), largest)
+    met = [meet(chunk) for chunk in range(1, chunks)]
+    found = functools.reduce(DataFrame.unionByName, (frame for frame, _ in met), first)
+    if met:
+        found = found.persist(StorageLevel.MEMORY_AND_DISK)
+        found.count()
+        first.unpersist()
+    for broadcast in shipped + [b for _, sent in met for b in sent]:
+        broadcast.unpersist()
     count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
     scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True, "fresh_chunks": chunks}),
@@ -128,27 +145,33 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
 
 
 def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, cosine_threshold: float,
-                tally: Tally, name: str) -> tuple[DataFrame, Broadcast]:
+                tally: Tally, name: str, touched: np.ndarray | None = None) -> tuple[DataFrame, list[Broadcast]]:
     """Tonight's pairs between ``fresh_rows`` (collected and broadcast) and every row of
     ``keyed`` (PAIR_SCHEMA, not yet run), each found in the task that holds the row; and
-    the broadcast, to release once they have run."""
+    the broadcasts, to release once they have run. With ``touched`` (sorted bucket codes),
+    each task also records how many of its rows each touched bucket holds
+    (:func:`incremental.touched_counts`), as "touched": (positions in ``touched``, rows)."""
     spark = keyed.sparkSession
     fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
     shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
                                             matrix(fresh.column("embedding"), dim),
                                             matrix(fresh.column("keys"), num_tables)))
+    codes = None if touched is None else spark.sparkContext.broadcast(touched)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
 
-        from neardup_core.incremental import fresh_partners, index_fresh
+        from neardup_core.incremental import fresh_partners, index_fresh, touched_counts
         from neardup_core.pairing import ordered_by_id, score_row_pairs
 
         ids_f, paths_f, x_f, keys_f = shipped.value
         index = index_fresh(keys_f)
+        counts = None if codes is None else np.zeros(len(codes.value), np.int64)
         scored = 0
         for batch in batches:
             keys = matrix(batch.column("keys"), num_tables)
+            if counts is not None:
+                counts += touched_counts(keys, codes.value)
             rows, partner, _ = fresh_partners(keys, index)
             ids = batch.column("id")
             # A pair of two fresh rows is met from both ends (and a fresh row meets itself):
@@ -168,32 +191,12 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
             yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
                                               "tables_matched": near.tables_matched})
         tally.record(name, (scored,))
-
-    return keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA), shipped
-
-
-def _largest_touched(keyed: DataFrame, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
-    """Rows in the largest bucket the change touches, tonight or last night
-    (:func:`incremental.largest_touched`): each task counts its rows in each touched
-    bucket (:func:`incremental.touched_counts`), and the counts are summed by bucket."""
-    spark = keyed.sparkSession
-    num_tables = fresh_keys.shape[1]
-    shipped = spark.sparkContext.broadcast(touched)
-
-    def count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from neardup_core.incremental import touched_counts
-
-        for batch in batches:
-            counts = touched_counts(matrix(batch.column("keys"), num_tables), shipped.value)
+        if counts is not None:
             hit = np.flatnonzero(counts)
-            yield pa.RecordBatch.from_arrays([pa.array(hit), pa.array(counts[hit])], names=["bucket", "rows"])
+            tally.record_arrays("touched", hit, counts[hit])
 
-    sums = (keyed.select("keys").mapInArrow(count, "bucket bigint, rows bigint").groupBy("bucket")
-            .agg(F.sum("rows").alias("rows")).toArrow())
-    shipped.unpersist()
-    now = np.zeros(len(touched), np.int64)
-    now[sums.column("bucket").to_numpy()] = sums.column("rows").to_numpy()
-    return largest_touched(now, touched, fresh_keys, gone_keys)
+    frame = keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA)
+    return frame, [shipped] + ([] if codes is None else [codes])
 
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,

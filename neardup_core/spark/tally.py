@@ -25,6 +25,12 @@ class Tally:
 
         self._acc.add({(name, TaskContext.get().partitionId()): tuple(int(v) for v in values)})
 
+    def record_arrays(self, name: str, *arrays) -> None:
+        """In a task: this task's NumPy arrays for ``name`` (as :meth:`record`, kept whole)."""
+        from pyspark import TaskContext
+
+        self._acc.add({(name, TaskContext.get().partitionId()): arrays})
+
     def values(self, name: str) -> list[tuple]:
         """On the driver: one tuple per partition that recorded ``name``."""
         return [v for (key, _), v in sorted(self._acc.value.items()) if key == name]
