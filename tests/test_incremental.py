@@ -131,6 +131,10 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     (tmp_path / "a_keys" / "embeddings").mkdir()
     pq.write_table(pq.read_table(tmp_path / "a" / "embeddings", coerce_int96_timestamp_unit="us")
                    .drop_columns(["embedding"]), tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
+    # d: only new vectors, nothing deleted or changed (no gone rows to look up).
+    table(tmp_path / "d.parquet", range(0, 1150))
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "d"),
+                     "--previous", str(tmp_path / "a"), *common]) == 0
     rows = [*range(30, 1100), *range(1100, 1200)]  # 30 deleted, 100 new
     # and one changed vector: near its neighbour (c), or a copy of it (b: exact copies, so
     # the verify stage rewrites pairs/ with the copies' pairs)
@@ -143,7 +147,7 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "c"),
                      "--previous", str(tmp_path / "a_keys"), *common]) == 0
     assert "embedding" not in pd.read_parquet(tmp_path / "c" / "embeddings").columns
-    for night in ("b", "c"):
+    for night in ("b", "c", "d"):
         assert cli.main(["pairs", *full_run_with_the_same_plan(
             ["--embeddings", str(tmp_path / f"{night}.parquet"), "--output", str(tmp_path / f"full_{night}"),
              *common], tmp_path / "a")]) == 0
@@ -156,6 +160,8 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     check_groups_output(tmp_path / "b")
     counts = manifest(tmp_path / "b")["counts"]
     assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (101, 1069, 1, 30)
+    only_new = manifest(tmp_path / "d")["counts"]
+    assert (only_new["embedded"], only_new["reused"], only_new["changed"], only_new["deleted"]) == (50, 1100, 0, 0)
     assert counts["exact_copies"] == 1 and not manifest(tmp_path / "b")["incremental"]["settled"]
     # Nothing to verify (no images) and no copies: pairs/ written final by the pairing stage.
     assert manifest(tmp_path / "c")["incremental"]["settled"]
