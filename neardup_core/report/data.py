@@ -188,10 +188,13 @@ def previous_thumbnails(run: str, manifest: dict, ids: list[str]) -> dict[str, b
     wanted = pa.array(sorted(ids), pa.string())
     hashes = []
     for folder in (run, previous):
-        dataset = _dataset(f"{folder}/embeddings")
-        if dataset is None or "content_hash" not in dataset.schema.names:
+        try:
+            dataset = _dataset(f"{folder}/embeddings")
+            if dataset is None or "content_hash" not in dataset.schema.names:
+                return {}
+            table = dataset.to_table(columns=["id", "content_hash"], filter=pc.field("id").isin(wanted))
+        except (OSError, ValueError):  # pyarrow's errors: ArrowIOError, ArrowInvalid
             return {}
-        table = dataset.to_table(columns=["id", "content_hash"], filter=pc.field("id").isin(wanted))
         hashes.append(dict(zip(table.column("id").to_pylist(), table.column("content_hash").to_pylist())))
     fs, inner = _filesystem(f"{previous}/report/thumbs")
     found = {}
