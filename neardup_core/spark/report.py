@@ -102,7 +102,8 @@ def write_report(spark: SparkSession, cfg: Config, staging: str, manifest: dict)
         log.warning("report: not written: %s: %s", type(err).__name__, err)
         return {"written": False, "error": f"{type(err).__name__}: {err}"}
     record["seconds"] = round(time.perf_counter() - start, 3)
-    log.info("report: %d groups and %d pairs shown, %d thumbnails (%d from the previous run, %d failed), %d bytes "
-             "-> %s/report", record["groups_shown"], record["pairs_shown"], record["thumbnails"],
-             record["thumbnails_reused"], record["thumbnail_errors"], record["bytes"], cfg.output.path)
+    reused = f"{record['thumbnails_reused']} from the previous run, " if record["thumbnails_reused"] else ""
+    log.info("report: %d groups and %d pairs shown, %d thumbnails (%s%d failed), %d bytes -> %s/report",
+             record["groups_shown"], record["pairs_shown"], record["thumbnails"], reused, record["thumbnail_errors"],
+             record["bytes"], cfg.output.path)
     return record
