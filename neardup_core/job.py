@@ -424,11 +424,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     pairs_path = out.staged("pairs") if copies is None else out.staged("_near-pairs")
 
     lsh = cfg.lsh
-    if reusing and prior.run.num_tables is not None:  # the previous plan, priced again for the record
-        lsh = dataclasses.replace(lsh, bits_per_table=prior.run.bits_per_table, num_tables=prior.run.num_tables)
+    reused_plan = prior.run if reusing and prior.run.num_tables is not None else None
+    if reused_plan is not None:  # the previous plan, priced again for the record
+        lsh = dataclasses.replace(lsh, bits_per_table=reused_plan.bits_per_table, num_tables=reused_plan.num_tables)
     with progress.stage("plan") as record:
-        planned = _plan(good, items, embedded.dim, lsh, cfg.pairs.cosine_threshold,
-                        prior.run if reusing and prior.run.num_tables is not None else None)
+        planned = _plan(good, items, embedded.dim, lsh, cfg.pairs.cosine_threshold, reused_plan)
         if planned is not None:
             record.update(planned.record())
 
@@ -442,7 +442,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        elif reusing and prior.run.num_tables is not None and not prior.run.near_copies:
+        elif reused_plan is not None and not reused_plan.near_copies:
             # Only the pairs that involve a new or changed image are found; the rest carry over.
             # Tonight's rows: the fresh ones hashed and kept (few), and the reused ones as the
             # reuse stage keeps them; their union is not copied into a cache of its own (at 1M
