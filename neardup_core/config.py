@@ -156,6 +156,7 @@ class PairsConfig(_Section):
 
     cosine_threshold: float = 0.625
     partition_mb: int = 64
+    one_task_mb: int = 512
     # Geometric verification of borderline pairs (neardup_core.verify).
     accept_cosine: float = 0.75
     min_inliers: int = 15
@@ -175,6 +176,7 @@ class PairsConfig(_Section):
         _in_range("pairs.copy_cosine", self.copy_cosine, 0.0, 1.0)
         _in_range("pairs.copy_min_rows", self.copy_min_rows, 2, 10**9)
         _in_range("pairs.partition_mb", self.partition_mb, 1, 4096)
+        _in_range("pairs.one_task_mb", self.one_task_mb, 0, 65536)
         _in_range("pairs.accept_cosine", self.accept_cosine, -1.0, 1.0)
         _in_range("pairs.min_inliers", self.min_inliers, 1, 100_000)
         _in_range("pairs.max_keypoints", self.max_keypoints, 10, 100_000)
@@ -191,6 +193,11 @@ class PairsConfig(_Section):
     def partition_bytes(self) -> int:
         """``partition_mb`` in bytes: what one task of a sized stage holds."""
         return self.partition_mb * 2**20
+
+    @property
+    def one_task_bytes(self) -> int:
+        """``one_task_mb`` in bytes: the most the pairing may hold to run in one task."""
+        return self.one_task_mb * 2**20
 
     @property
     def near_copy_cosine(self) -> float | None:

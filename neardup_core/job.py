@@ -463,7 +463,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 gone = last_night.join(gone_ids, "id", "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
-                cfg.pairs.partition_bytes, default_parallelism(spark)) is None
+                cfg.pairs.partition_bytes, default_parallelism(spark), cfg.pairs.one_task_bytes) is None
             pair_fresh = (functools.partial(incremental_stage.pair_incrementally_in_one_task,
                                             threads=executor_cores(spark)) if one_task else functools.partial(
                 incremental_stage.pair_incrementally, chunk_bytes=cfg.pairs.partition_bytes))

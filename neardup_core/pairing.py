@@ -164,17 +164,30 @@ def bucket_pairs(table: np.ndarray, key: np.ndarray, subkey: np.ndarray, row: np
 def merge_copies(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One (a, b) per distinct pair, sorted, with how many copies it had: the number of
     tables in which the pair shares a bucket (``tables_matched``)."""
-    order = np.lexsort((b, a))
+    if len(a) and min(int(a.min()), int(b.min())) >= 0 and max(int(a.max()), int(b.max())) < 1 << 31:
+        order = np.argsort((a.astype(np.int64) << 32) | b)  # one sort key: faster than lexsort, same order
+    else:
+        order = np.lexsort((b, a))
     a, b = a[order], b[order]
     counts = run_lengths(a, b)
     first = np.cumsum(counts) - counts
     return a[first], b[first], counts.astype(np.int32)
 
 
-def all_candidates(keys: np.ndarray, subkeys: np.ndarray, max_bucket_size: int, split_bits: int
+# Tables bucketed at a time by :func:`all_candidates`: 8 tables of 100,000 rows sort in
+# cache; all 137 tables in one sort took 3.5 x as long (docs/performance.md). Results do
+# not depend on it.
+TABLES_PER_STEP = 8
+
+
+def all_candidates(keys: np.ndarray, subkeys: np.ndarray, max_bucket_size: int, split_bits: int,
+                   threads: int = 1, tables_per_step: int = TABLES_PER_STEP
                    ) -> tuple[BucketStats, np.ndarray, np.ndarray, np.ndarray]:
     """Every distinct candidate pair of n rows hashed into L tables, in one process: the
-    bucket step and the merge of copies together, for data that fits one task.
+    bucket step and the merge of copies together, for data that fits one task. A bucket
+    lies in one table, so the tables are bucketed ``tables_per_step`` at a time, on up to
+    ``threads`` threads (NumPy's sorts release the GIL); the merge makes the result the
+    same whatever the steps and threads.
 
     Args:
         keys, subkeys: (n, L) from :func:`lsh.signature_keys`.
@@ -182,15 +195,31 @@ def all_candidates(keys: np.ndarray, subkeys: np.ndarray, max_bucket_size: int, 
 
     Returns:
         (stats, a, b, tables_matched): row positions a < b, sorted, each pair once.
-        Memory O(n * L + copies).
+        Memory O(n * tables_per_step * threads + copies), beside the keys.
     """
     n, num_tables = keys.shape
-    stats, pair_blocks = bucket_pairs(np.tile(np.arange(num_tables), n), keys.reshape(-1), subkeys.reshape(-1),
-                                      np.repeat(np.arange(n, dtype=np.int64), num_tables), max_bucket_size,
-                                      split_bits)
-    found = list(pair_blocks)
+    rows = np.arange(n, dtype=np.int64)
+
+    def step(first: int) -> tuple[BucketStats, list[tuple[np.ndarray, np.ndarray]]]:
+        last = min(first + tables_per_step, num_tables)
+        stats, blocks = bucket_pairs(np.tile(np.arange(first, last), n), keys[:, first:last].reshape(-1),
+                                     subkeys[:, first:last].reshape(-1), np.repeat(rows, last - first),
+                                     max_bucket_size, split_bits)
+        return stats, list(blocks)
+
+    starts = range(0, num_tables, tables_per_step)
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            steps = list(pool.map(step, starts))
+    else:
+        steps = [step(first) for first in starts]
+    stats = BucketStats()
+    for found, _ in steps:
+        stats = stats.merge(found)
+    found = [block for _, blocks in steps for block in blocks]
     a = np.concatenate([p[0] for p in found]) if found else np.zeros(0, np.int64)
     b = np.concatenate([p[1] for p in found]) if found else np.zeros(0, np.int64)
+    del steps, found
     return (stats, *merge_copies(a, b))
 
 
@@ -206,10 +235,11 @@ def candidates_of_vectors(vectors: np.ndarray, tables: LshTables, max_bucket_siz
         As :func:`all_candidates`: (stats, a, b, tables_matched), rows of ``vectors``.
     """
     keys, _ = signature_keys(vectors, tables, threads=threads, subkeys=False)
-    found = all_candidates(keys, np.zeros_like(keys), max_bucket_size, tables.split_bits)
+    # Zeros from calloc: pages of the zero page until written, so they cost no memory here.
+    found = all_candidates(keys, np.zeros(keys.shape, np.int64), max_bucket_size, tables.split_bits, threads)
     if found[0].oversized and tables.split_bits:
         keys, subkeys = signature_keys(vectors, tables, threads=threads)
-        found = all_candidates(keys, subkeys, max_bucket_size, tables.split_bits)
+        found = all_candidates(keys, subkeys, max_bucket_size, tables.split_bits, threads)
     return found
 
 

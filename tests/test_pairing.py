@@ -1,3 +1,4 @@
+import collections
 import itertools
 
 import numpy as np
@@ -103,13 +104,26 @@ def test_rowwise_cosine_of_zero_vector_is_zero():
     assert pairing.rowwise_cosine(np.zeros((1, 4)), np.ones((1, 4)))[0] == 0.0
 
 
+def test_merge_copies_of_row_numbers_beyond_31_bits_sort_the_same():
+    """Row numbers from monotonically_increasing_id (partition << 33) take the lexsort path."""
+    rng = np.random.default_rng(2)
+    small_a, small_b = rng.integers(0, 40, 500), rng.integers(40, 80, 500)
+    big = np.array([3, 1 << 33, (1 << 33) + 5, 1 << 40] * 20, dtype=np.int64)
+    for a, b in ((small_a, small_b), (big[small_a], big[small_b]), (small_a, big[small_b])):
+        expected = sorted(collections.Counter(zip(a.tolist(), b.tolist())).items())
+        ma, mb, m = pairing.merge_copies(a, b)
+        assert list(zip(zip(ma.tolist(), mb.tolist()), m.tolist())) == expected
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 9, 151])
-@pytest.mark.parametrize("num_tables,n_keys", [(1, 2), (5, 20)])
-def test_all_candidates_in_one_process_match_brute_force(n, num_tables, n_keys):
-    """The one-task path's kernel: hashing output in, distinct pairs with tables_matched out."""
+@pytest.mark.parametrize("num_tables,n_keys", [(1, 2), (5, 20), (19, 30)])
+@pytest.mark.parametrize("tables_per_step,threads", [(8, 1), (1, 1), (3, 2), (64, 2)])
+def test_all_candidates_in_one_process_match_brute_force(n, num_tables, n_keys, tables_per_step, threads):
+    """The one-task path's kernel: hashing output in, distinct pairs with tables_matched
+    out, whatever the tables bucketed per step and the threads."""
     rng = np.random.default_rng(n * 7 + num_tables)
     keys = rng.integers(0, n_keys, size=(n, num_tables)).astype(np.int64)
-    stats, a, b, matched = pairing.all_candidates(keys, np.zeros_like(keys), 10**6, 0)
+    stats, a, b, matched = pairing.all_candidates(keys, np.zeros_like(keys), 10**6, 0, threads, tables_per_step)
     assert (a < b).all() and (np.diff(a * n + b) > 0).all()  # sorted, each pair once
     assert dict(zip(zip(a.tolist(), b.tolist()), matched.tolist())) == brute_force_pairs(list(range(n)), keys)
     assert stats.pair_copies == int(matched.sum())
@@ -119,10 +133,11 @@ def test_all_candidates_splits_like_the_shuffled_kernel():
     rng = np.random.default_rng(5)
     keys = rng.integers(0, 3, size=(400, 4)).astype(np.int64)  # buckets of ~130 rows
     subkeys = rng.integers(0, 16, size=(400, 4)).astype(np.int64)
-    stats, a, b, matched = pairing.all_candidates(keys, subkeys, 40, 4)
     expected, expected_stats = kernel_pairs(keys, 40, subkeys, 4)
-    assert stats.oversized > 0 and stats == expected_stats
-    assert dict(zip(zip(a.tolist(), b.tolist()), matched.tolist())) == expected
+    for tables_per_step, threads in ((8, 1), (1, 2), (3, 2)):
+        stats, a, b, matched = pairing.all_candidates(keys, subkeys, 40, 4, threads, tables_per_step)
+        assert stats.oversized > 0 and stats == expected_stats
+        assert dict(zip(zip(a.tolist(), b.tolist()), matched.tolist())) == expected
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 4096])

@@ -124,15 +124,19 @@ def test_unreachable_targets_say_what_to_change():
 @pytest.mark.parametrize("items,dim,tables,candidates,task_mb", [
     (1, 4, 1, 0, 1), (1000, 256, 86, 5000, 64), (20_000, 256, 86, 45_000, 64), (100_000, 256, 137, 240_000, 64),
     (1_000_000, 256, 220, 5_243_733, 64), (50_000, 64, 30, 10**7, 16)])
-def test_pairing_tasks_hold_about_the_task_size(items, dim, tables, candidates, task_mb):
-    """Reference: the bytes each step holds, from the packed record sizes themselves."""
+@pytest.mark.parametrize("one_task_mb", [0, 512])
+def test_pairing_tasks_hold_about_the_task_size(items, dim, tables, candidates, task_mb, one_task_mb):
+    """Reference: the bytes each step holds, from the packed record sizes themselves; and
+    the one-task path's memory, from the arrays it holds."""
     from neardup_core import blocks
 
     task_bytes, floor = task_mb * 2**20, 2
-    tasks = tuning.pairing_tasks(items, dim, tables, candidates, task_bytes, floor)
+    tasks = tuning.pairing_tasks(items, dim, tables, candidates, task_bytes, floor, one_task_mb * 2**20)
     entries = items * tables * blocks.ENTRY.itemsize
     vectors = items * blocks.vector_dtype(dim).itemsize
-    if entries + vectors <= task_bytes:
+    # float32 vectors twice; int64 keys of every table, and as much for bucketing; candidates
+    one_task = items * (2 * 4 * dim + 2 * 8 * tables) + candidates * tuning.ONE_TASK_CANDIDATE_BYTES
+    if one_task <= one_task_mb * 2**20:
         assert tasks is None
         return
     bucket_tasks, row_tasks = tasks

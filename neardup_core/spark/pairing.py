@@ -69,8 +69,9 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
     that shares a bucket in one of ``tables`` and has cosine >= ``pairs.cosine_threshold``,
     written to ``path`` as PAIR_SCHEMA Parquet sorted by id_a, id_b.
 
-    Task counts come from :func:`tuning.pairing_tasks` (``pairs.partition_mb`` of packed
-    data per task); ``shuffle_partitions`` > 0 forces that many and the shuffled path.
+    One task, or task counts, from :func:`tuning.pairing_tasks` (``pairs.one_task_mb``;
+    ``pairs.partition_mb`` of packed data per task); ``shuffle_partitions`` > 0 forces that
+    many and the shuffled path.
     """
     spark = numbered.sparkSession
     tally = Tally(spark)
@@ -78,7 +79,7 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
         tasks = (shuffle_partitions, shuffle_partitions)
     else:
         tasks = tuning.pairing_tasks(items, tables.dim, tables.num_tables, expected_candidates,
-                                     pairs_cfg.partition_bytes, default_parallelism(spark))
+                                     pairs_cfg.partition_bytes, default_parallelism(spark), pairs_cfg.one_task_bytes)
     planes = spark.sparkContext.broadcast(tables)
     if tasks is None:
         _pair_in_one_task(numbered, planes, lsh_cfg.max_bucket_size, pairs_cfg.cosine_threshold, tally,
