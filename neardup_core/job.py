@@ -193,8 +193,8 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         with progress.stage("embed", images=images) as record, _sized_shuffles(spark, cfg, images if reusing else 0):
             rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            record["rows"] = rows.count()
-            errors = record["errors"] = rows.filter("error_stage is not null").count()
+            record["rows"], errors = rows.agg(F.count(F.lit(1)), F.count("error_stage")).first()
+            record["errors"] = errors
         extras = listing.select("id", *extra_columns) if extra_columns else None
         return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
                          unchanged, has_images=True)
@@ -235,12 +235,12 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
             big = read.vector_bytes > cfg.pairs.partition_bytes * default_parallelism(spark)
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
-            images = record["rows"] = rows.count()
-            # After the read is cached: checking the ids does not read the table again.
+            # One pass reads the table into the cache and counts; the ids' check reads the cache.
+            images, errors = rows.agg(F.count(F.lit(1)), F.count("error_stage")).first()
+            record["rows"], record["errors"] = images, errors
             problem = listing_stage.manifest_id_problem(rows)
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
-            errors = record["errors"] = rows.filter("error_stage is not null").count()
         return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"), paths_are_ids=not read.has_paths)
 

@@ -51,7 +51,13 @@ def table_collision_probability(cosine: np.ndarray | float, bits: int) -> np.nda
 
 def candidate_probability(cosine: np.ndarray | float, bits: int, tables: int) -> np.ndarray:
     """P(a pair shares a bucket in at least one of ``tables`` tables) = 1 - (1 - p**k) ** L."""
-    return -np.expm1(tables * np.log1p(-np.minimum(table_collision_probability(cosine, bits), 1 - 1e-16)))
+    return candidate_probability_of_bit(bit_collision_probability(cosine), bits, tables)
+
+
+def candidate_probability_of_bit(p: np.ndarray | float, bits: int, tables: int) -> np.ndarray:
+    """:func:`candidate_probability` from p, the :func:`bit_collision_probability`: what a
+    planner pricing many (k, L) computes once."""
+    return -np.expm1(tables * np.log1p(-np.minimum(np.asarray(p) ** bits, 1 - 1e-16)))
 
 
 def tables_for_recall(cosine: float, bits: int, target_recall: float) -> int:
@@ -91,12 +97,15 @@ def sample_pair_cosines(sample: np.ndarray, max_pairs: int = 2_000_000, seed: in
                            for s in range(0, max_pairs, block)])
 
 
-def expected_candidates(pair_cosines: np.ndarray, items: int, bits: int, tables: int) -> float:
+def expected_candidates(pair_cosines: np.ndarray, items: int, bits: int, tables: int,
+                        bit_probabilities: np.ndarray | None = None) -> float:
     """Expected candidate pairs among ``items`` vectors whose pairs' cosines are
-    distributed like ``pair_cosines``: C(items, 2) * mean P(candidate)."""
+    distributed like ``pair_cosines``: C(items, 2) * mean P(candidate). ``bit_probabilities``:
+    their :func:`bit_collision_probability`, if already computed."""
     if len(pair_cosines) == 0:
         return 0.0
-    return items * (items - 1) / 2 * float(np.mean(candidate_probability(pair_cosines, bits, tables)))
+    p = bit_collision_probability(pair_cosines) if bit_probabilities is None else bit_probabilities
+    return items * (items - 1) / 2 * float(np.mean(candidate_probability_of_bit(p, bits, tables)))
 
 
 def shuffle_bytes_per_item(tables: int) -> float:
@@ -194,9 +203,11 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
     Raises:
         ValueError: no choice within the limits reaches the target.
     """
+    same_side = bit_collision_probability(pair_cosines)  # once, not once per plan priced
+
     def priced(k: int, n_tables: int) -> LshPlan:
-        return price_plan(k, n_tables, cosine_threshold, expected_candidates(pair_cosines, items, k, n_tables),
-                          items, dim, split_bits)
+        return price_plan(k, n_tables, cosine_threshold,
+                          expected_candidates(pair_cosines, items, k, n_tables, same_side), items, dim, split_bits)
 
     if bits is not None and tables is not None:
         return priced(bits, tables)
