@@ -438,7 +438,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
     with progress.stage("pairs") as record:
         shuffle_before = shuffle_bytes_written(spark)
-        result, found = None, None
+        result, found, final = None, None, False
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
@@ -482,8 +482,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             if incremental_record is not None and "pairing" not in incremental_record:
                 incremental_record["pairing"] = "full"
             if near.copies is None:
+                # Nothing to verify, and no copies whose pairs replace these: the pairs are final as written.
+                final = (found is None and copies is None and not cfg.pairs.keep_rejected
+                         and not (cfg.pairs.verifies and embedded.has_images))
                 result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates,
-                                            cfg.lsh, cfg.pairs, cfg.spark.shuffle_partitions, pairs_path)
+                                            cfg.lsh, cfg.pairs, cfg.spark.shuffle_partitions, pairs_path, final)
             else:  # scored down to the at-risk bound, then spark.near writes pairs_path
                 lowest = near_copies.lowest_cosine_at_risk(cfg.pairs.cosine_threshold, near.largest_radius)
                 result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates,
@@ -519,7 +522,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         criteria = [(near_stage.COPY_LAST, False), *criteria]
     result, verified = _verify(spark, cfg, out, progress, near_vectors if embedded.has_images else None, result,
                                found.verified_before if found is not None and cfg.pairs.verifies else None,
-                               nodes, criteria, settled=found is not None and found.settled)
+                               nodes, criteria, settled=final or (found is not None and found.settled))
 
     with progress.stage("groups") as record:
         tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(

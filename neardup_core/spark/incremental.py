@@ -21,6 +21,7 @@ from ..pairing import BucketStats
 from .arrow import matrix
 from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
 from .tally import Tally
+from .verify import accepted_on_embedding
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
@@ -261,8 +262,7 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
     settled = accept_cosine is not None and found.filter(F.col("cosine") < F.lit(accept_cosine)).isEmpty()
     carried = _carried(previous, gone, keyed, broadcast, settled)
     if settled:
-        found = found.select(*found.columns, F.lit(False).alias("exact"), F.lit(False).alias("near_copy"),
-                             F.lit(None).cast("int").alias("inliers"), F.lit("embedding").alias("verified"))
+        found = accepted_on_embedding(found)
     pairs = carried.unionByName(found)
     # One sorted file where the pairing is one task (read, joined and sorted in that task:
     # no shuffle); a global sort (which samples its input, reading it twice) where the

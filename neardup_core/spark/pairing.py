@@ -28,6 +28,7 @@ from .arrow import BLOCK_SCHEMA, blobs_by_kind, block_batch, list_column, matrix
 from .listing import IMAGE_FACTS
 from .session import default_parallelism, executor_cores
 from .tally import Tally
+from .verify import accepted_on_embedding
 
 PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
@@ -64,10 +65,12 @@ def number_rows(embedded: DataFrame) -> DataFrame:
 
 
 def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates: float, lsh_cfg: LshConfig,
-         pairs_cfg: PairsConfig, shuffle_partitions: int, path: str) -> PairingResult:
+         pairs_cfg: PairsConfig, shuffle_partitions: int, path: str, final: bool = False) -> PairingResult:
     """Every pair of ``numbered``'s rows (from :func:`number_rows`; ``items`` of them)
     that shares a bucket in one of ``tables`` and has cosine >= ``pairs.cosine_threshold``,
-    written to ``path`` as PAIR_SCHEMA Parquet sorted by id_a, id_b.
+    written to ``path`` as PAIR_SCHEMA Parquet sorted by id_a, id_b; ``final``: with the
+    verify stage's columns too (:func:`spark.verify.accepted_on_embedding`), for a run
+    that verifies nothing, so that no stage rewrites them.
 
     One task, or task counts, from :func:`tuning.pairing_tasks` (``pairs.one_task_mb``;
     ``pairs.partition_mb`` of packed data per task); ``shuffle_partitions`` > 0 forces that
@@ -75,6 +78,7 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
     """
     spark = numbered.sparkSession
     tally = Tally(spark)
+    labelled = accepted_on_embedding if final else (lambda frame: frame)
     if shuffle_partitions:
         tasks = (shuffle_partitions, shuffle_partitions)
     else:
@@ -82,8 +86,8 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
                                      pairs_cfg.partition_bytes, default_parallelism(spark), pairs_cfg.one_task_bytes)
     planes = spark.sparkContext.broadcast(tables)
     if tasks is None:
-        _pair_in_one_task(numbered, planes, lsh_cfg.max_bucket_size, pairs_cfg.cosine_threshold, tally,
-                          executor_cores(spark)).write.parquet(path)  # one partition, already sorted
+        labelled(_pair_in_one_task(numbered, planes, lsh_cfg.max_bucket_size, pairs_cfg.cosine_threshold, tally,
+                                   executor_cores(spark))).write.parquet(path)  # one partition, already sorted
         pairs = sum(v[0] for v in tally.values("pairs"))
         task_record = {"buckets": 1, "rows": 1, "shuffled": False}
     else:
@@ -99,7 +103,7 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
                              tally)
         named = _name_pairs(near, numbered).persist(StorageLevel.MEMORY_AND_DISK)
         pairs = named.count()  # runs the stage; the sort and the write read the cache
-        named.orderBy("id_a", "id_b").write.parquet(path)
+        labelled(named.orderBy("id_a", "id_b")).write.parquet(path)
         named.unpersist()
         task_record = {"buckets": bucket_parts, "rows": row_parts, "shuffled": True}
     planes.unpersist()

@@ -81,6 +81,13 @@ def label_unverified(pairs: DataFrame) -> DataFrame:
     return pairs.withColumn("inliers", F.lit(None).cast("int")).withColumn("verified", F.lit("embedding"))
 
 
+def accepted_on_embedding(pairs: DataFrame) -> DataFrame:
+    """Pairs found by the pairing stage (PAIR_SCHEMA) with the columns the verify stage
+    gives a pair it has no need to match: not an exact or near copy, accepted on the
+    embedding. A stage that writes them so leaves the verify stage nothing to rewrite."""
+    return label_unverified(pairs.withColumn("exact", F.lit(False)).withColumn("near_copy", F.lit(False)))
+
+
 def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, input_cfg: InputConfig,
                  min_tasks: int, scratch: str, path: str, rejected_path: str | None = None,
                  known: DataFrame | None = None, nodes: DataFrame | None = None,
