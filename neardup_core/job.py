@@ -193,7 +193,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         with progress.stage("embed", images=images) as record, _sized_shuffles(spark, cfg, images if reusing else 0):
             rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            record["rows"], errors = rows.agg(F.count(F.lit(1)), F.count("error_stage")).first()
+            record["rows"], errors = _rows_and_errors(rows)
             record["errors"] = errors
         extras = listing.select("id", *extra_columns) if extra_columns else None
         return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
@@ -236,7 +236,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             big = read.vector_bytes > cfg.pairs.partition_bytes * default_parallelism(spark)
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             # One pass reads the table into the cache and counts; the ids' check reads the cache.
-            images, errors = rows.agg(F.count(F.lit(1)), F.count("error_stage")).first()
+            images, errors = _rows_and_errors(rows)
             record["rows"], record["errors"] = images, errors
             problem = listing_stage.manifest_id_problem(rows)
             if problem:
@@ -245,6 +245,11 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                          rows.select("id"), paths_are_ids=not read.has_paths)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+
+
+def _rows_and_errors(rows: DataFrame) -> tuple[int, int]:
+    """Rows, and those with an error, in one pass (the pass that fills a persisted frame's cache)."""
+    return tuple(rows.agg(F.count(F.lit(1)), F.count("error_stage")).first())
 
 
 def _lock_output(cfg: Config) -> OutputLock:

@@ -222,10 +222,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     if arrow is not None and not extra_columns:
         # Checked on the files' Arrow schema: Spark's reader is not needed (opening it runs
         # a Spark job that reads a footer: 1.6 s at 100,000 rows).
-        kind = _spark_kind(arrow.schema.field(embedding_column).type)
-        if kind not in _VECTOR_KINDS:
-            raise InputError(f"--embeddings {path}: column {embedding_column!r} is {kind}; expected a list of "
-                             "floats or binary float32")
+        _check_vector_kind(path, embedding_column, _spark_kind(arrow.schema.field(embedding_column).type))
         return _read_by_arrow(spark, path, arrow, id_column, embedding_column, None, slice_rows, batch_rows,
                               slice_bytes)
     try:
@@ -237,9 +234,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         raise InputError(f"--embeddings {path}: no column {', '.join(map(repr, missing))} "
                          f"(columns: {', '.join(table.columns)}); set input.id_column / input.embedding_column")
     kind = table.schema[embedding_column].dataType.simpleString()
-    if kind not in _VECTOR_KINDS:
-        raise InputError(f"--embeddings {path}: column {embedding_column!r} is {kind}; expected a list of "
-                         "floats or binary float32")
+    _check_vector_kind(path, embedding_column, kind)
     _require_columns(table, extra_columns, f"--embeddings {path}")
     extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
     if arrow is not None:
@@ -281,6 +276,13 @@ def _check_first_vector(path: str, dim: int | None) -> None:
 
 
 _VECTOR_KINDS = ("binary", "array<float>", "array<double>")
+
+
+def _check_vector_kind(path: str, column: str, kind: str) -> None:
+    """The vector column's type (as Spark names it) is one this job reads, else InputError."""
+    if kind not in _VECTOR_KINDS:
+        raise InputError(f"--embeddings {path}: column {column!r} is {kind}; expected a list of floats or binary "
+                         "float32")
 
 
 def _spark_kind(kind: pa.DataType) -> str:
