@@ -310,6 +310,7 @@ class SparkConfig(_Section):
     app_name: str = "neardup"
     shuffle_partitions: int = 0
     conf: dict[str, str] = field(default_factory=dict)
+    class_archive: bool = True  # start the driver's JVM from `neardup build-jvm-archive`'s archive, where built
 
     def _check(self) -> None:
         _in_range("spark.shuffle_partitions", self.shuffle_partitions, 0, 10**6)

@@ -46,6 +46,7 @@ from .spark import near as near_stage
 from .spark import pairing as pairing_stage
 from .spark import report as report_stage
 from .spark import verify as verify_stage
+from .spark.class_archive import configured_archive
 from .spark.embed import embed_images
 from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
@@ -288,7 +289,8 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
     path = cfg.output.required_path()
     started = dt.datetime.now(dt.timezone.utc)
     run_id = lock.me.run_id
-    spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose)
+    spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose,
+                                                configured_archive(cfg))
     progress.executors = lambda: executor_status(spark)
     if not verbose:
         quiet_interrupts(spark)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pyspark.sql import SparkSession
 
 from ..config import ConfigError, SparkConfig
+from .class_archive import java_options as archive_options
 from .jvm import registered_executors, silence_jvm_logs, submit_settings
 
 log = logging.getLogger("neardup")
@@ -38,7 +39,7 @@ JOB_DEFAULTS = {"spark.serializer.objectStreamReset": "1",
 
 
 def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_submit: bool,
-                  verbose: bool = False) -> SparkSession:
+                  verbose: bool = False, class_archive: str | None = None) -> SparkSession:
     """The job's session. Locally it runs ``local[*]`` unless ``spark.master`` says
     otherwise; under spark-submit the master, resources and logging come from spark-submit.
 
@@ -46,6 +47,10 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
         arrow_batch_size: rows per Arrow batch handed to the stages' Python functions.
         verbose: keep Spark's own start-up and INFO logging (local runs); otherwise the
             JVM logs warnings and errors only.
+        class_archive: a class-data archive (:mod:`spark.class_archive`) the driver's JVM
+            starts from, where this process starts it and ``spark.conf`` sets no
+            ``spark.driver.extraJavaOptions``. Should the JVM not start with it, it starts
+            without it, and the archive is removed.
     """
     builder = SparkSession.builder.appName(cfg.app_name)
     master, ignored = session_master(cfg, launched_by_spark_submit)
@@ -54,11 +59,17 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
                     "decides", key, value)
     if master is not None:
         builder = builder.master(master)
+    # The driver JVM's options, where this process starts it and spark.conf does not set them.
+    java_options: list[str] | None = None
     if not launched_by_spark_submit:
         # Local workers must run the interpreter that has our dependencies installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        if not verbose and "spark.driver.extraJavaOptions" not in cfg.conf:
-            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
+        if "spark.driver.extraJavaOptions" not in cfg.conf:
+            java_options = [] if verbose else [f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}"]
+    archived = class_archive is not None and java_options is not None
+    if java_options or archived:
+        builder = builder.config("spark.driver.extraJavaOptions",
+                                 " ".join([archive_options(class_archive)] * archived + java_options))
     builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", str(arrow_batch_size))
     # The stage log lines say where the job is; Spark's progress bar garbles them.
     builder = builder.config("spark.ui.showConsoleProgress", "false")
@@ -75,11 +86,29 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
     try:
         spark = builder.getOrCreate()
     except Exception as err:  # the JVM refused the settings (a bad master, too little memory)
-        first = " ".join(str(err).split())[:300] or type(err).__name__
-        raise ConfigError(f"Spark could not start with these settings (spark.master, spark.conf): {first}") from err
+        if not archived:
+            raise _start_error(err) from err
+        # Perhaps the archive (a damaged file crashes the JVM as it maps it): without it.
+        builder = builder.config("spark.driver.extraJavaOptions", " ".join(java_options))
+        try:
+            spark = builder.getOrCreate()
+        except Exception as again:
+            raise _start_error(again) from again
+        log.warning("the JVM did not start from its class archive %s (%s); started without it and removed the "
+                    "archive (rebuild it with `neardup build-jvm-archive`)", class_archive, _first_line(err))
+        with contextlib.suppress(OSError):
+            os.remove(class_archive)
     if not verbose:
         spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:300] or type(err).__name__
+
+
+def _start_error(err: Exception) -> ConfigError:
+    return ConfigError(f"Spark could not start with these settings (spark.master, spark.conf): {_first_line(err)}")
 
 
 def job_defaults(conf: dict[str, str], submitted: dict[str, str]) -> dict[str, str]:
