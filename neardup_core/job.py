@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from . import __version__, incremental, near_copies, tuning
@@ -178,12 +178,15 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         reusing = prior is not None and not prior.why_not
         with progress.stage("list") as record:
             listing = listing_stage.list_inputs(spark, cfg.input, fmt, extra_columns, with_content=not reusing)
-            images = record["rows"] = listing.count()
+            # A manifest's ids are checked in the same pass: one more aggregate, the distinct ids.
+            images, ids = listing.agg(F.count(F.lit(1)), F.count_distinct("id") if fmt != "directory" else F.lit(0)
+                                      ).first()
+            record["rows"] = images
             if images == 0:
                 kind = "image files (" + ", ".join(cfg.input.extensions) + ")" if fmt == "directory" else "rows"
                 raise InputError(f"--input {cfg.input.path}: no {kind} found")
             if fmt != "directory":
-                problem = listing_stage.manifest_id_problem(listing)
+                problem = listing_stage.manifest_id_problem(listing) if ids != images else None
                 if problem:
                     raise InputError(f"--input {cfg.input.path}: {problem} (column {cfg.input.id_column!r})")
                 listing = listing_stage.spread_manifest(listing, images, cfg.input.rows_per_partition,
@@ -194,7 +197,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         with progress.stage("embed", images=images) as record, _sized_shuffles(spark, cfg, images if reusing else 0):
             rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            record["rows"], errors = _rows_and_errors(rows)
+            record["rows"], errors = _counts(rows)
             record["errors"] = errors
         extras = listing.select("id", *extra_columns) if extra_columns else None
         return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
@@ -236,10 +239,11 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
             big = read.vector_bytes > cfg.pairs.partition_bytes * default_parallelism(spark)
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
-            # One pass reads the table into the cache and counts; the ids' check reads the cache.
-            images, errors = _rows_and_errors(rows)
+            # One pass reads the table into the cache, counts, and counts the distinct ids;
+            # only where they fall short does the ids' check (which names them) read the cache.
+            images, errors, ids = _counts(rows, F.count_distinct("id"))
             record["rows"], record["errors"] = images, errors
-            problem = listing_stage.manifest_id_problem(rows)
+            problem = listing_stage.manifest_id_problem(rows) if ids != images else None
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
         return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
@@ -248,9 +252,10 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
 
-def _rows_and_errors(rows: DataFrame) -> tuple[int, int]:
-    """Rows, and those with an error, in one pass (the pass that fills a persisted frame's cache)."""
-    return tuple(rows.agg(F.count(F.lit(1)), F.count("error_stage")).first())
+def _counts(rows: DataFrame, *more: Column) -> tuple[int, ...]:
+    """Rows, those with an error, and the aggregates ``more``, in one pass (the pass that
+    fills a persisted frame's cache)."""
+    return tuple(rows.agg(F.count(F.lit(1)), F.count("error_stage"), *more).first())
 
 
 def _lock_output(cfg: Config) -> OutputLock:

@@ -16,8 +16,9 @@ decision (docs/design.md, "Exact copies"):
 
 That is what the sequential keep/drop would decide on the full graph, where copies share
 every neighbour: the copies rank after their representative, and the first kept neighbour
-of a later copy is the representative's. Cost: one shuffle of (id, hash, priority columns)
-by hash, and a rewrite of pairs/ and groups/ when there are copies; linear in the inputs.
+of a later copy is the representative's. Cost: one aggregate of the hashes; where there are
+copies, a shuffle of their (id, hash, priority columns) by hash and a rewrite of pairs/ and
+groups/; linear in the inputs.
 """
 
 from __future__ import annotations
@@ -49,7 +50,12 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
         extras: id and the manifest columns the criteria name, or None.
     """
     names = [name for name, _ in criteria if name not in ("pixels", "id", *_FACTS)]
-    facts = good.select("id", "path", "content_hash", *_FACTS).filter(F.col("content_hash").isNotNull())
+    hashed = good.filter(F.col("content_hash").isNotNull())
+    # Most catalogs hold no copies: one aggregate says so, and the ranking below never runs.
+    shared = hashed.groupBy("content_hash").count().filter(F.col("count") > 1).select("content_hash")
+    if shared.isEmpty():
+        return Collapsed(good, None, 0)
+    facts = hashed.select("id", "path", "content_hash", *_FACTS).join(shared, "content_hash", "left_semi")
     if names and extras is not None:
         facts = facts.join(extras.select("id", *names), "id", "left")
     order = Window.partitionBy("content_hash").orderBy(*priority_order(criteria), F.col("id").asc())

@@ -28,7 +28,6 @@ import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StructField, StructType
 
 from ..lsh import LshTables
 from .arrow import matrix
@@ -73,11 +72,20 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
 
         for batch in batches:
             keys = fine_keys(matrix(batch.column("embedding"), dim), planes.value)
-            yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(keys, pa.int64())],
-                                             names=[*batch.schema.names, "fine_key"])
+            yield pa.RecordBatch.from_arrays([batch.column("id"), pa.array(keys, pa.int64())], names=["id", "fine_key"])
 
-    with_keys = facts.mapInArrow(keyed, StructType([*facts.schema.fields, StructField("fine_key", LongType())]))
-    shared = with_keys.groupBy("fine_key").count().filter(F.col("count") >= min_rows).select("fine_key")
+    # The vectors go to Python once, and only (id, fine key) come back; where no fine key
+    # is shared by min_rows rows (most catalogs), that is the whole stage.
+    keys = (good.select("id", "embedding").mapInArrow(keyed, "id string, fine_key bigint")
+            .persist(StorageLevel.MEMORY_AND_DISK))
+    shared = [row[0] for row in keys.groupBy("fine_key").count().filter(F.col("count") >= min_rows)
+              .select("fine_key").collect()]
+    planes.unpersist()
+    if not shared:
+        keys.unpersist()
+        return NearCollapsed(good, None, None, 0, 0.0)
+    members = keys.join(F.broadcast(spark.createDataFrame([(key,) for key in shared], "fine_key bigint")),
+                        "fine_key", "left_semi")
 
     def cluster(table: pa.Table) -> pa.Table:
         from neardup_core.groups import priority_order
@@ -93,10 +101,10 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
                          "representative": ids.take(reps), "representative_path": paths.take(reps),
                          "cosine": pa.array(found.cosine[copies], pa.float64())})
 
-    copies = (with_keys.join(F.broadcast(shared), "fine_key", "left_semi").groupBy("fine_key")
-              .applyInArrow(cluster, COPY_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK))
+    copies = (facts.join(members, "id").groupBy("fine_key").applyInArrow(cluster, COPY_SCHEMA)
+              .persist(StorageLevel.MEMORY_AND_DISK))
     count = copies.count()
-    planes.unpersist()
+    keys.unpersist()
     if count == 0:
         copies.unpersist()
         return NearCollapsed(good, None, None, 0, 0.0)
