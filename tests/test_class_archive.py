@@ -52,6 +52,8 @@ def test_the_archive_is_one_per_java_and_used_only_where_built(tmp_path, monkeyp
     os.makedirs(spaced / "jvm")
     open(class_archive.archive_path(str(spaced)), "wb").close()
     assert class_archive.usable_archive(str(spaced)) is None  # extraJavaOptions splits on spaces
+    with pytest.raises(class_archive.ArchiveError, match="model.cache_dir"):
+        class_archive.build(str(spaced))
 
 
 @pytest.mark.spark

@@ -58,9 +58,11 @@ def usable_archive(cache_dir: str) -> str | None:
     """The archive's path when one has been built and can be named in Spark's
     ``extraJavaOptions`` (which splits on spaces), else None."""
     path = archive_path(cache_dir)
-    if not os.path.isfile(path) or any(c.isspace() or c in "'\"" for c in path):
-        return None
-    return path
+    return path if os.path.isfile(path) and _nameable(path) else None
+
+
+def _nameable(path: str) -> bool:
+    return not any(c.isspace() or c in "'\"" for c in path)
 
 
 def configured_archive(cfg: Config) -> str | None:
@@ -83,6 +85,9 @@ def build(cache_dir: str) -> str:
         ArchiveError: the JVM could not record the archive, or could not start from it.
     """
     path = archive_path(cache_dir)
+    if not _nameable(path):
+        raise ArchiveError(f"{path}: Spark splits the JVM's options at spaces and quotes, so an archive there could "
+                           "not be used; set model.cache_dir to a path without them")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     recording = f"{path}.{os.getpid()}.tmp"
     try:
