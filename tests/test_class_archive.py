@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from neardup_core.config import from_dict
+from neardup_core.config import ConfigError, from_dict
 from neardup_core.spark import class_archive
 
 from .conftest import REPO
@@ -20,7 +20,7 @@ from .conftest import REPO
 # A session built as the job builds it, from the archive given as argv[1]; prints a sum.
 SESSION = textwrap.dedent("""
     import sys
-    from neardup_core.config import from_dict
+    from neardup_core.config import ConfigError, from_dict
     from neardup_core.spark.session import build_session
 
     spark = build_session(from_dict({"spark": {"master": "local[1]"}}).spark, 100, False, class_archive=sys.argv[1])
@@ -52,7 +52,7 @@ def test_the_archive_is_one_per_java_and_used_only_where_built(tmp_path, monkeyp
     os.makedirs(spaced / "jvm")
     open(class_archive.archive_path(str(spaced)), "wb").close()
     assert class_archive.usable_archive(str(spaced)) is None  # extraJavaOptions splits on spaces
-    with pytest.raises(class_archive.ArchiveError, match="model.cache_dir"):
+    with pytest.raises(ConfigError, match="model.cache_dir"):
         class_archive.build(str(spaced))
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyspark
 
-from ..config import Config
+from ..config import Config, ConfigError
 
 # The JVM's own notes on the archive (classes it skips while recording, an archive it
 # cannot use) stay out of the console.
@@ -82,12 +82,13 @@ def build(cache_dir: str) -> str:
     that a JVM starts from it, and put it in place. Returns its path.
 
     Raises:
+        ConfigError: ``cache_dir`` is a path Spark cannot pass to the JVM.
         ArchiveError: the JVM could not record the archive, or could not start from it.
     """
     path = archive_path(cache_dir)
     if not _nameable(path):
-        raise ArchiveError(f"{path}: Spark splits the JVM's options at spaces and quotes, so an archive there could "
-                           "not be used; set model.cache_dir to a path without them")
+        raise ConfigError(f"model.cache_dir: {path}: Spark splits the JVM's options at spaces and quotes, so an "
+                          "archive there could not be used; set model.cache_dir to a path without them")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     recording = f"{path}.{os.getpid()}.tmp"
     try:
