@@ -295,7 +295,7 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
     started = dt.datetime.now(dt.timezone.utc)
     run_id = lock.me.run_id
     spark = progress.spark = build_session(cfg.spark, cfg.embed.batch_size, launched_by_spark_submit, verbose,
-                                                configured_archive(cfg))
+                                           configured_archive(cfg))
     progress.executors = lambda: executor_status(spark)
     if not verbose:
         quiet_interrupts(spark)
