@@ -118,7 +118,7 @@ def _record(archive: str) -> None:
 
     from ..config import from_dict
     from ..job import run_pairs
-    from .session import QUIET_LOG4J
+    from .session import QUIET_JVM_LOGS
 
     with tempfile.TemporaryDirectory() as work:
         rng = np.random.default_rng(0)
@@ -127,7 +127,7 @@ def _record(archive: str) -> None:
         table = os.path.join(work, "embeddings.parquet")
         pq.write_table(pa.table({"id": [f"v{i}" for i in range(len(vectors))],
                                  "embedding": pa.array(list(vectors), pa.list_(pa.float32()))}), table)
-        options = f"-XX:ArchiveClassesAtExit={archive} {_QUIET} -Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+        options = f"-XX:ArchiveClassesAtExit={archive} {_QUIET} {QUIET_JVM_LOGS}"
         cfg = from_dict({"output": {"path": os.path.join(work, "out")},
                          "spark": {"class_archive": False, "conf": {"spark.driver.extraJavaOptions": options}}})
         run_pairs(cfg, table)
@@ -137,9 +137,9 @@ def _record(archive: str) -> None:
 def _check(archive: str) -> None:
     from pyspark.sql import SparkSession
 
-    from .session import QUIET_LOG4J
+    from .session import QUIET_JVM_LOGS
 
-    options = f"-Xshare:on {java_options(archive)} -Dlog4j2.configurationFile=file:{QUIET_LOG4J}"
+    options = f"-Xshare:on {java_options(archive)} {QUIET_JVM_LOGS}"
     spark = SparkSession.builder.master("local[1]").config("spark.driver.extraJavaOptions", options).getOrCreate()
     if spark.range(1000).selectExpr("sum(id)").first()[0] != 499500:
         raise ArchiveError("a JVM started from the archive computed a wrong sum")

@@ -52,8 +52,11 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
     names = [name for name, _ in criteria if name not in ("pixels", "id", *_FACTS)]
     hashed = good.filter(F.col("content_hash").isNotNull())
     # Most catalogs hold no copies: one aggregate says so, and the ranking below never runs.
-    shared = hashed.groupBy("content_hash").count().filter(F.col("count") > 1).select("content_hash")
+    # Persisted (the repeated hashes: few), so that where copies exist it runs once.
+    shared = (hashed.groupBy("content_hash").count().filter(F.col("count") > 1).select("content_hash")
+              .persist(StorageLevel.MEMORY_AND_DISK))
     if shared.isEmpty():
+        shared.unpersist()
         return Collapsed(good, None, 0)
     facts = hashed.select("id", "path", "content_hash", *_FACTS).join(shared, "content_hash", "left_semi")
     if names and extras is not None:
@@ -65,6 +68,7 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
     copies = (ranked.filter("copy_rank > 1").drop("copy_rank")
               .persist(StorageLevel.MEMORY_AND_DISK))
     count = copies.count()
+    shared.unpersist()
     if count == 0:
         copies.unpersist()
         return Collapsed(good, None, 0)

@@ -20,6 +20,7 @@ from .jvm import registered_executors, silence_jvm_logs, submit_settings
 log = logging.getLogger("neardup")
 
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2-quiet.properties")
+QUIET_JVM_LOGS = f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}"  # the driver JVM's option: warnings and errors
 
 # Settings the job gives Spark unless spark.conf or spark-submit sets them (job_defaults).
 # spark.serializer.objectStreamReset: Spark's Java serializer keeps a reference to every
@@ -65,7 +66,7 @@ def build_session(cfg: SparkConfig, arrow_batch_size: int, launched_by_spark_sub
         # Local workers must run the interpreter that has our dependencies installed.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         if "spark.driver.extraJavaOptions" not in cfg.conf:
-            java_options = [] if verbose else [f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}"]
+            java_options = [] if verbose else [QUIET_JVM_LOGS]
     archived = class_archive is not None and java_options is not None
     if java_options or archived:
         builder = builder.config("spark.driver.extraJavaOptions",
