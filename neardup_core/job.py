@@ -365,7 +365,7 @@ def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint
     if why_not:
         log.warning("--previous %s: its embeddings cannot be reused, so every image is embedded and paired again: %s",
                     path, "; ".join(why_not))
-    return _Prior(run, incremental_stage.read_previous(spark, path), why_not)
+    return _Prior(run, incremental_stage.read_previous(spark, path, run.bits_per_table), why_not)
 
 
 def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):
@@ -696,7 +696,8 @@ def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_thre
         if len(sample) == 0:
             return None
         try:
-            plan = tuning.plan_for(lsh, cosine_threshold, tuning.unit_pair_cosines(sample), items, dim)
+            plan = tuning.plan_for(lsh, cosine_threshold, tuning.unit_pair_cosines(sample), items, dim,
+                                   threads=pairing_stage.usable_cores())
         except ValueError as err:
             raise ConfigError(str(err)) from err
         sample_size = len(sample)

@@ -132,3 +132,36 @@ def _pack_bits(bits: np.ndarray) -> np.ndarray:
     wide = np.zeros(packed.shape[:-1] + (8,), dtype=np.uint8)
     wide[..., :packed.shape[-1]] = packed
     return wide.view("<u8")[..., 0].astype(np.int64)
+
+
+def key_width(bits_per_table: int) -> int:
+    """Bytes per stored bucket key: 4 when a key has at most 32 bits (every plan the
+    planner makes for up to billions of rows), else 8."""
+    return 4 if bits_per_table <= 32 else 8
+
+
+def pack_keys(keys: np.ndarray, bits_per_table: int) -> np.ndarray:
+    """(n, L) bucket keys as (n, L * key_width) bytes, little-endian, table by table: one
+    binary value a row for ``embeddings/``. A list of L int64 costs Spark a conversion per
+    key on the way to Parquet (100,000 rows of 137 keys: 2.2 s of 4.5 s); a binary value
+    costs one copy a row, and 4-byte keys half the bytes."""
+    width = key_width(bits_per_table)
+    keys = np.asarray(keys)
+    if keys.size and (keys.min() < 0 or keys.max() >> bits_per_table):
+        raise ValueError(f"keys must be in 0..2**{bits_per_table}-1, got {keys.min()}..{keys.max()}")
+    packed = np.ascontiguousarray(keys, dtype=f"<u{width}")
+    return packed.view(np.uint8).reshape(len(keys), keys.shape[1] * width)
+
+
+def unpack_keys(packed: np.ndarray, num_tables: int) -> np.ndarray:
+    """The inverse of :func:`pack_keys`: (n, L * width) bytes as (n, L) int64 keys; the
+    width follows from the row's length.
+
+    Raises:
+        ValueError: a row's length is not 4 or 8 bytes times ``num_tables``.
+    """
+    n, row_bytes = packed.shape
+    width = row_bytes // num_tables if num_tables else 0
+    if width not in (4, 8) or width * num_tables != row_bytes:
+        raise ValueError(f"expected {num_tables} keys of 4 or 8 bytes a row, got rows of {row_bytes} bytes")
+    return np.ascontiguousarray(packed).view(f"<u{width}").astype(np.int64).reshape(n, num_tables)

@@ -189,7 +189,7 @@ def scaled_candidates(candidates: float, items: int, to_items: int) -> float:
 
 def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.ndarray, items: int, dim: int,
              bits: int | None = None, tables: int | None = None, max_tables: int = 256,
-             max_bits: int = 48, split_bits: int = 0) -> LshPlan:
+             max_bits: int = 48, split_bits: int = 0, threads: int = 1) -> LshPlan:
     """The cheapest (bits, tables) whose recall at ``cosine_threshold`` is >= ``target_recall``.
 
     For each k, the fewest tables that reach the recall (:func:`tables_for_recall`); the
@@ -198,7 +198,8 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
     number is estimated from ``pair_cosines`` (a sample of the catalog's pairs, so
     clustered real embeddings are priced as they are). A given ``bits`` or
     ``tables`` is kept and only the other is chosen; with both given, the plan just
-    prices them (its recall may then fall short of the target).
+    prices them (its recall may then fall short of the target). ``threads``: how many
+    choices are priced at once; the plan is the same for any number.
 
     Raises:
         ValueError: no choice within the limits reaches the target.
@@ -219,7 +220,7 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
             raise ValueError(f"lsh.num_tables={tables} cannot reach lsh.target_recall={target_recall} at "
                              f"pairs.cosine_threshold={cosine_threshold} with any bits_per_table; use more tables")
         return priced(max(reaching), tables)
-    best: LshPlan | None = None
+    choices = []
     for k in [bits] if bits is not None else range(1, max_bits + 1):
         n_tables = tables_for_recall(cosine_threshold, k, target_recall)
         if n_tables > max_tables:
@@ -228,15 +229,22 @@ def plan_lsh(cosine_threshold: float, target_recall: float, pair_cosines: np.nda
                                  f"{target_recall} at pairs.cosine_threshold={cosine_threshold}; "
                                  f"the limit is {max_tables}")
             break  # more bits need still more tables
-        plan = priced(k, n_tables)
-        if best is None or plan.cost < best.cost:
-            best = plan
-    if best is None:
+        choices.append((k, n_tables))
+    if not choices:
         raise ValueError(
             f"no LSH plan reaches lsh.target_recall={target_recall} at pairs.cosine_threshold="
             f"{cosine_threshold} with at most {max_tables} tables; lower one of them"
         )
-    return best
+    # Each choice's price is a pass over all the sampled cosines (about 40 ms for 2M), and
+    # NumPy releases the GIL in it: the choices are priced on ``threads`` threads.
+    if threads > 1 and len(choices) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(threads, len(choices))) as pool:
+            plans = list(pool.map(lambda choice: priced(*choice), choices))
+    else:
+        plans = [priced(*choice) for choice in choices]
+    return min(plans, key=lambda plan: plan.cost)  # the first of equal costs, the fewest bits
 
 
 def unit_pair_cosines(sample: np.ndarray) -> np.ndarray:
@@ -247,10 +255,10 @@ def unit_pair_cosines(sample: np.ndarray) -> np.ndarray:
 
 
 def plan_for(lsh: LshConfig, cosine_threshold: float, pair_cosines: np.ndarray, items: int,
-             dim: int) -> LshPlan:
+             dim: int, threads: int = 1) -> LshPlan:
     """The plan for ``items`` embeddings whose pairs' cosines are distributed like
     ``pair_cosines`` (:func:`unit_pair_cosines` of a random sample): ``auto`` keys of
-    ``lsh`` chosen by :func:`plan_lsh`, given ones kept.
+    ``lsh`` chosen by :func:`plan_lsh` (on ``threads`` threads), given ones kept.
 
     Raises:
         ValueError: no plan reaches ``lsh.target_recall`` within the limits.
@@ -258,4 +266,5 @@ def plan_for(lsh: LshConfig, cosine_threshold: float, pair_cosines: np.ndarray, 
     return plan_lsh(cosine_threshold, lsh.target_recall, pair_cosines, items, dim,
                     bits=None if lsh.bits_per_table == "auto" else lsh.bits_per_table,
                     tables=None if lsh.num_tables == "auto" else lsh.num_tables,
-                    max_tables=MAX_TABLES, max_bits=MAX_BITS_PER_TABLE, split_bits=lsh.split_bits)
+                    max_tables=MAX_TABLES, max_bits=MAX_BITS_PER_TABLE, split_bits=lsh.split_bits,
+                    threads=threads)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from neardup_core import cli, incremental
 from neardup_core.config import load_config
+from neardup_core.spark.arrow import key_matrix, list_column
 
 from .conftest import SAMPLE_CATALOG
 from .references import check_groups_output
@@ -125,12 +126,16 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     table(tmp_path / "a.parquet", range(0, 1100))
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "a"),
                      *common, "--set", "output.write_embeddings=true"]) == 0
-    # What `neardup pairs` writes by default (output.write_embeddings auto): no vectors.
+    # What `neardup pairs` writes by default (output.write_embeddings auto): no vectors; with
+    # the keys as a neardup before packed keys wrote them (array<bigint>): read as packed.
     shutil.copytree(tmp_path / "a", tmp_path / "a_keys")
     shutil.rmtree(tmp_path / "a_keys" / "embeddings")
     (tmp_path / "a_keys" / "embeddings").mkdir()
-    pq.write_table(pq.read_table(tmp_path / "a" / "embeddings", coerce_int96_timestamp_unit="us")
-                   .drop_columns(["embedding"]), tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
+    keyed = pq.read_table(tmp_path / "a" / "embeddings", coerce_int96_timestamp_unit="us").drop_columns(["embedding"])
+    as_lists = list_column(key_matrix(keyed.column("keys"), manifest(tmp_path / "a")["lsh"]["num_tables"]))
+    # (without the footer's Spark schema, which Spark would read the file with)
+    keyed = keyed.set_column(keyed.schema.get_field_index("keys"), "keys", as_lists).replace_schema_metadata(None)
+    pq.write_table(keyed, tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
     # d: only new vectors, nothing deleted or changed (no gone rows to look up).
     table(tmp_path / "d.parquet", range(0, 1150))
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "d"),
@@ -179,7 +184,7 @@ def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):
         "id_a string, id_b string, path_a string, path_b string, cosine double, jaccard double, "
         "tables_matched int, exact boolean, near_copy boolean, inliers int, verified string")
     embeddings = spark.createDataFrame([(i, f"/old/{i}") for i in "abc"], "id string, path string")
-    gone = spark.createDataFrame([("c", [1])], "id string, keys array<bigint>")
+    gone = spark.createDataFrame([("c", bytes(4))], "id string, keys binary")
     previous = stage.Previous(embeddings, pairs, None)
 
     def carried(root, settled):
@@ -350,7 +355,7 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
     sharing a key in some table with at least one fresh end, each once, scored; or, where
     a touched bucket (counted in the first pass) holds over ``max_bucket`` rows tonight or
     last night, nothing, with the same largest bucket as fresh_candidates finds."""
-    from neardup_core.lsh import LshTables
+    from neardup_core.lsh import LshTables, pack_keys
     from neardup_core.spark import incremental as stage
 
     rng = np.random.default_rng(5)
@@ -360,11 +365,12 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
     fresh = np.arange(n) % 20 == 0  # 3 fresh rows: 3 chunks of one row with chunk_bytes 1
     ids = [f"r{i:03d}" for i in range(n)]
     keyed = spark.createDataFrame(
-        [(ids[i], f"/p/{ids[i]}", x[i].tolist(), keys[i].tolist(), bool(fresh[i])) for i in range(n)],
-        "id string, path string, embedding array<float>, keys array<bigint>, fresh boolean").repartition(3)
+        [(ids[i], f"/p/{ids[i]}", x[i].tolist(), pack_keys(keys[i:i + 1], 3).tobytes(), bool(fresh[i]))
+         for i in range(n)],
+        "id string, path string, embedding array<float>, keys binary, fresh boolean").repartition(3)
     gone_keys = rng.integers(0, 6, (gone_rows, tables))
-    gone = spark.createDataFrame([(f"gone{g}", gone_keys[g].tolist()) for g in range(gone_rows)],
-                                 "id string, keys array<bigint>")
+    gone = spark.createDataFrame([(f"gone{g}", pack_keys(gone_keys[g:g + 1], 3).tobytes()) for g in range(gone_rows)],
+                                 "id string, keys binary")
     empty = spark.createDataFrame([], "id_a string, id_b string, path_a string, path_b string, cosine double, "
                                       "jaccard double, tables_matched int")
     previous = stage.Previous(spark.createDataFrame([], "id string, path string"), empty, None)

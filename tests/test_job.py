@@ -16,6 +16,7 @@ from PIL import Image
 
 from neardup_core import cli
 from neardup_core.config import load_config
+from neardup_core.lsh import unpack_keys
 from neardup_core.spark import pairing as pairing_stage
 
 from .conftest import REPO, SAMPLE_CATALOG, export_user_model
@@ -102,6 +103,9 @@ def test_pair_scores_agree_with_the_embeddings(first_run):
     cfg = load_config()
     pairs = read_pairs(first_run)
     emb = pd.read_parquet(os.path.join(first_run, "embeddings")).set_index("id")
+    with open(os.path.join(first_run, "_manifest.json")) as f:
+        num_tables = json.load(f)["lsh"]["num_tables"]
+    emb["keys"] = [unpack_keys(np.frombuffer(v, np.uint8).reshape(1, -1), num_tables)[0] for v in emb["keys"]]
     assert list(pairs.columns) == ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched",
                                    "exact", "near_copy", "inliers", "verified"]
     assert not pairs.exact.any()  # no two files here have the same bytes

@@ -108,3 +108,52 @@ def test_tables_refuse_planes_of_another_shape():
     planes = lsh.hyperplanes(1, 2, 5, 8)
     with pytest.raises(ValueError, match=r"planes of shape \(10, 8\) do not make 2 tables of 4 \+ 0 bits"):
         lsh.LshTables(2, 4, 0, 8, planes)
+
+
+def reference_packed(keys, bits):
+    """One row's keys as bytes, one little-endian integer at a time."""
+    width = 4 if bits <= 32 else 8
+    return [b"".join(int(key).to_bytes(width, "little") for key in row) for row in keys]
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 17])
+@pytest.mark.parametrize("num_tables,bits", [(1, 1), (5, 22), (3, 32), (3, 33), (2, 48), (2, 63)])
+def test_packed_keys_are_the_little_endian_bytes_and_unpack_to_the_keys(n, num_tables, bits):
+    rng = np.random.default_rng(n * 100 + bits)
+    keys = rng.integers(0, 2**bits, (n, num_tables), dtype=np.int64)
+    keys[:, 0] = 2**bits - 1 if n else keys[:, 0]  # the top bit set somewhere
+    packed = lsh.pack_keys(keys, bits)
+    assert [row.tobytes() for row in packed] == reference_packed(keys, bits)
+    unpacked = lsh.unpack_keys(packed, num_tables)
+    assert unpacked.dtype == np.int64
+    np.testing.assert_array_equal(unpacked, keys)
+
+
+def test_packing_refuses_keys_wider_than_the_plan_and_rows_of_another_length():
+    with pytest.raises(ValueError, match=r"0\.\.2\*\*4-1, got 0\.\.16"):
+        lsh.pack_keys(np.array([[0, 16]]), 4)
+    with pytest.raises(ValueError, match=r"got -1\.\.0"):
+        lsh.pack_keys(np.array([[0, -1]]), 4)
+    with pytest.raises(ValueError, match="expected 3 keys of 4 or 8 bytes a row, got rows of 8 bytes"):
+        lsh.unpack_keys(np.zeros((2, 8), np.uint8), 3)
+
+
+@pytest.mark.parametrize("bits", [22, 40])
+def test_key_column_round_trips_through_arrow_slices_chunks_and_large_binary(bits):
+    import pyarrow as pa
+
+    from neardup_core.spark.arrow import key_column, key_matrix
+
+    rng = np.random.default_rng(bits)
+    keys = rng.integers(0, 2**bits, (11, 7), dtype=np.int64)
+    column = key_column(keys, bits)
+    assert column.type == pa.binary() and column.to_pylist() == reference_packed(keys, bits)
+    np.testing.assert_array_equal(key_matrix(column, 7), keys)
+    np.testing.assert_array_equal(key_matrix(column.slice(3, 5), 7), keys[3:8])
+    np.testing.assert_array_equal(key_matrix(pa.chunked_array([column.slice(0, 4), column.slice(4)]), 7), keys)
+    np.testing.assert_array_equal(key_matrix(column.cast(pa.large_binary()).slice(2), 7), keys[2:])
+    assert key_matrix(column.slice(0, 0), 7).shape == (0, 7)
+    with pytest.raises(ValueError, match="differ in length"):
+        key_matrix(pa.array([b"\0" * 28, b"\0" * 56]), 7)
+    with pytest.raises(ValueError, match="1 of 2 rows have no keys"):
+        key_matrix(pa.array([b"\0" * 28, None]), 7)

@@ -88,6 +88,9 @@ def test_plan_is_the_cheapest_choice_that_reaches_the_recall():
         if tuning.candidate_probability(0.85, k, n) >= 0.99
     )
     assert (plan.cost, plan.bits_per_table, plan.num_tables) == pytest.approx(best)
+    # Priced on threads: the same plan, to the bit.
+    for threads in (2, 3, 64):
+        assert tuning.plan_lsh(0.85, 0.99, cosines, 100_000, 64, threads=threads) == plan
 
 
 def test_planned_recall_holds_in_simulation():

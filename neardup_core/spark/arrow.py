@@ -30,6 +30,41 @@ def list_column(matrix: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix).reshape(-1)))
 
 
+def key_column(keys: np.ndarray, bits_per_table: int) -> pa.Array:
+    """(n, L) bucket keys as a binary column, one value of packed keys a row
+    (:func:`lsh.pack_keys`), without per-row Python."""
+    from ..lsh import pack_keys
+
+    packed = pack_keys(keys, bits_per_table)
+    n, row_bytes = packed.shape
+    offsets = np.arange(0, (n + 1) * row_bytes, row_bytes, dtype=np.int32)
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(packed)])
+
+
+def key_matrix(column: pa.Array | pa.ChunkedArray, num_tables: int) -> np.ndarray:
+    """A binary column of packed keys (:func:`key_column`) as (n, num_tables) int64.
+
+    Raises:
+        ValueError: a value is null or is not ``num_tables`` keys.
+    """
+    from ..lsh import unpack_keys
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if column.null_count:
+        raise ValueError(f"{column.null_count} of {n} rows have no keys")
+    if n == 0:
+        return np.zeros((0, num_tables), dtype=np.int64)
+    offset_type = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(column.buffers()[1], offset_type)[column.offset:column.offset + n + 1]
+    lengths = np.diff(offsets)
+    if lengths.min() != lengths.max():
+        raise ValueError(f"rows of packed keys differ in length ({lengths.min()} to {lengths.max()} bytes)")
+    data = np.frombuffer(column.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+    return unpack_keys(data.reshape(n, int(lengths[0])), num_tables)
+
+
 def optional_list_column(vectors: list[np.ndarray | None], width: int) -> pa.Array:
     """Vectors of ``width`` float32 values, None for a row without one, as an Arrow
     list<float> column (null where None), in one copy: no per-value Python (pa.array on a

@@ -10,15 +10,17 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, BinaryType, StructField, StructType
 
 from ..incremental import bucket_codes, largest_touched
 from ..lsh import LshTables
 from ..pairing import BucketStats
-from .arrow import matrix
+from .arrow import key_column, key_matrix, matrix
 from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
 from .tally import Tally
 from .verify import accepted_on_embedding
@@ -26,7 +28,7 @@ from .verify import accepted_on_embedding
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
 _ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embedding", pa.list_(pa.float32())),
-                             ("keys", pa.list_(pa.int64())), ("fresh", pa.bool_())])
+                             ("keys", pa.binary()), ("fresh", pa.bool_())])
 
 
 class Previous(NamedTuple):
@@ -35,8 +37,34 @@ class Previous(NamedTuple):
     groups: DataFrame
 
 
-def read_previous(spark: SparkSession, path: str) -> Previous:
-    return Previous(*(spark.read.parquet(f"{path.rstrip('/')}/{name}") for name in ("embeddings", "pairs", "groups")))
+def read_previous(spark: SparkSession, path: str, bits_per_table: int | None) -> Previous:
+    """The previous run's embeddings/, pairs/ and groups/. Its keys as tonight's are
+    written (packed, :func:`lsh.pack_keys` for ``bits_per_table``, its plan's k): a run
+    made before keys were packed stored them as array<bigint>, and is converted as read."""
+    embeddings, pairs, groups = (spark.read.parquet(f"{path.rstrip('/')}/{name}")
+                                 for name in ("embeddings", "pairs", "groups"))
+    if isinstance(embeddings.schema["keys"].dataType, ArrayType):
+        embeddings = _packed_keys(embeddings, bits_per_table or 1)
+    return Previous(embeddings, pairs, groups)
+
+
+def _packed_keys(embeddings: DataFrame, bits_per_table: int) -> DataFrame:
+    """``embeddings`` with its list keys packed into one binary value a row."""
+    schema = StructType([field if field.name != "keys" else StructField("keys", BinaryType())
+                         for field in embeddings.schema.fields])
+
+    def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            keys = batch.column("keys")
+            lengths = pc.list_value_length(keys).to_numpy(zero_copy_only=False)
+            tables = int(lengths[0]) if len(lengths) else 0
+            if len(lengths) and (lengths.min() != lengths.max() or keys.null_count):
+                raise ValueError(f"keys of {lengths.min()} to {lengths.max()} tables in one run's embeddings/")
+            packed = (key_column(matrix(keys, tables), bits_per_table) if tables
+                      else pa.array([b""] * len(keys), pa.binary()))
+            yield batch.set_column(batch.schema.get_field_index("keys"), "keys", packed)
+
+    return embeddings.mapInArrow(pack, schema)
 
 
 def unchanged_by_listing(listing: DataFrame, previous: DataFrame) -> tuple[DataFrame, DataFrame]:
@@ -104,8 +132,8 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     """
     spark = keyed.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
-    fresh_keys = matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
-    gone_keys = matrix(gone.select("keys").toArrow().column("keys"), num_tables)
+    fresh_keys = key_matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
+    gone_keys = key_matrix(gone.select("keys").toArrow().column("keys"), num_tables)
     touched = np.unique(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
     # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
     # (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at a time
@@ -156,11 +184,10 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
     fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
     shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
                                             matrix(fresh.column("embedding"), dim),
-                                            matrix(fresh.column("keys"), num_tables)))
+                                            key_matrix(fresh.column("keys"), num_tables)))
     codes = None if touched is None else spark.sparkContext.broadcast(touched)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.compute as pc
 
         from neardup_core.incremental import fresh_partners, index_fresh, touched_counts
         from neardup_core.pairing import ordered_by_id, score_row_pairs
@@ -170,7 +197,7 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
         counts = None if codes is None else np.zeros(len(codes.value), np.int64)
         scored = 0
         for batch in batches:
-            keys = matrix(batch.column("keys"), num_tables)
+            keys = key_matrix(batch.column("keys"), num_tables)
             if counts is not None:
                 counts += touched_counts(keys, codes.value)
             rows, partner, _ = fresh_partners(keys, index)
@@ -209,7 +236,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
     carried pairs filtered by broadcast joins."""
     spark = keyed.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
-    gone_keys = spark.sparkContext.broadcast(matrix(gone.select("keys").toArrow().column("keys"), num_tables))
+    gone_keys = spark.sparkContext.broadcast(key_matrix(gone.select("keys").toArrow().column("keys"), num_tables))
     tally = Tally(spark)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -218,7 +245,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
 
         batches = list(batches)  # Spark's own list field names and nullability
         table = pa.Table.from_batches(batches) if batches else _ONE_TASK_INPUT.empty_table()
-        keys = matrix(table.column("keys"), num_tables)
+        keys = key_matrix(table.column("keys"), num_tables)
         fresh = table.column("fresh").to_numpy(zero_copy_only=False).astype(bool)
         found = fresh_candidates(keys, fresh, gone_keys.value, max_bucket_size)
         tally.record("touched", (found.touched_buckets, found.largest_touched, found.a is not None))

@@ -24,7 +24,7 @@ from .. import blocks, tuning
 from ..config import LshConfig, PairsConfig
 from ..lsh import LshTables
 from ..pairing import BucketStats
-from .arrow import BLOCK_SCHEMA, blobs_by_kind, block_batch, list_column, matrix
+from .arrow import BLOCK_SCHEMA, blobs_by_kind, block_batch, key_column, matrix
 from .listing import IMAGE_FACTS
 from .session import default_parallelism, executor_cores
 from .tally import Tally
@@ -34,7 +34,7 @@ PAIR_SCHEMA = (
     "id_a string, id_b string, path_a string, path_b string, "
     "cosine double, jaccard double, tables_matched int"
 )
-KEYED_SCHEMA = ("id string, path string, embedding array<float>, keys array<bigint>, "
+KEYED_SCHEMA = ("id string, path string, embedding array<float>, keys binary, "
                 "width int, height int, bytes bigint, modified timestamp, content_hash string")
 KEYED_COLUMNS = ("id", "path", "embedding", "keys", "width", "height", "bytes", "modified", "content_hash")
 _SCORED_SCHEMA = "row_a bigint, row_b bigint, cosine double, jaccard double, tables_matched int"
@@ -278,8 +278,9 @@ def _name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
 
 
 def keyed_embeddings(numbered: DataFrame, tables: LshTables, vectors: bool = True) -> DataFrame:
-    """id, path, embedding, the row's bucket key in each table (before splitting) and
-    the image's facts, for the ``embeddings/`` output (KEYED_SCHEMA); without
+    """id, path, embedding, the row's bucket key in each table (before splitting; packed,
+    :func:`lsh.pack_keys`) and the image's facts, for the ``embeddings/`` output
+    (KEYED_SCHEMA); without
     ``embedding`` when not ``vectors``: the vectors then go to Python to be hashed but
     do not come back."""
     planes_broadcast = numbered.sparkSession.sparkContext.broadcast(tables)
@@ -292,7 +293,7 @@ def keyed_embeddings(numbered: DataFrame, tables: LshTables, vectors: bool = Tru
         for batch in batches:
             keys, _ = signature_keys(matrix(batch.column("embedding"), lsh_tables.dim), lsh_tables, subkeys=False)
             columns = {name: batch.column(name) for name in batch.schema.names}
-            columns["keys"] = list_column(keys)
+            columns["keys"] = key_column(keys, lsh_tables.bits_per_table)
             yield pa.RecordBatch.from_arrays([columns[name] for name in names], names=names)
 
     schema = KEYED_SCHEMA if vectors else KEYED_SCHEMA.replace("embedding array<float>, ", "")
@@ -309,7 +310,7 @@ def write_keyed(keyed: DataFrame, path: str, row_group_bytes: int) -> None:
 
 def unkeyed_embeddings(numbered: DataFrame) -> DataFrame:
     """KEYED_SCHEMA rows with no keys (nothing was hashed)."""
-    return numbered.select("id", "path", "embedding", F.array().cast("array<bigint>").alias("keys"), *IMAGE_FACTS)
+    return numbered.select("id", "path", "embedding", F.lit(b"").alias("keys"), *IMAGE_FACTS)
 
 
 def usable_cores() -> int:
