@@ -115,6 +115,7 @@ class _Embedded(NamedTuple):
     rows: DataFrame  # persisted, spark.listing.EMBEDDED_SCHEMA
     inputs: int
     errors: int
+    fresh: int  # rows embedded (or read) tonight: no error, not reused
     dim: int
     extras: DataFrame | None  # id and the input's own columns that groups.keep names
     fingerprint: dict
@@ -197,10 +198,10 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
         with progress.stage("embed", images=images) as record, _sized_shuffles(spark, cfg, images if reusing else 0):
             rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            record["rows"], errors = _counts(rows)
+            record["rows"], errors, fresh = _counts(rows)
             record["errors"] = errors
         extras = listing.select("id", *extra_columns) if extra_columns else None
-        return _Embedded(rows, images, errors, prepared.dim, extras, fingerprint, prior, listing.select("id"),
+        return _Embedded(rows, images, errors, fresh, prepared.dim, extras, fingerprint, prior, listing.select("id"),
                          unchanged, has_images=True)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
@@ -241,21 +242,22 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             # One pass reads the table into the cache, counts, and counts the distinct ids;
             # only where they fall short does the ids' check (which names them) read the cache.
-            images, errors, ids = _counts(rows, F.count_distinct("id"))
+            images, errors, fresh, ids = _counts(rows, F.count_distinct("id"))
             record["rows"], record["errors"] = images, errors
             problem = listing_stage.manifest_id_problem(rows) if ids != images else None
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
-        return _Embedded(rows, images, errors, dim, extras if extra_columns else None, fingerprint, prior,
+        return _Embedded(rows, images, errors, fresh, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"), paths_are_ids=not read.has_paths)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
 
 def _counts(rows: DataFrame, *more: Column) -> tuple[int, ...]:
-    """Rows, those with an error, and the aggregates ``more``, in one pass (the pass that
-    fills a persisted frame's cache)."""
-    return tuple(rows.agg(F.count(F.lit(1)), F.count("error_stage"), *more).first())
+    """Rows, those with an error, those embedded here (no error, not reused), and the
+    aggregates ``more``, in one pass (the pass that fills a persisted frame's cache)."""
+    fresh = F.count_if(F.col("error_stage").isNull() & ~F.col("reused"))
+    return tuple(rows.agg(F.count(F.lit(1)), F.count("error_stage"), fresh, *more).first())
 
 
 def _lock_output(cfg: Config) -> OutputLock:
@@ -406,8 +408,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     errors = rows.filter("error_stage is not null").select(
         "id", "path", rows["error_stage"].alias("stage"), rows["error_message"].alias("message"))
     fresh = rows.filter("error_stage is null and not reused").select("id", "path", "embedding", *IMAGE_FACTS)
-    # Counted, not derived, so that the accounting check before _SUCCESS can fail.
-    fresh_count = rows.filter("error_stage is null and not reused").count()
+    # Counted (in the pass that filled the cache), not derived, so that the accounting
+    # check before _SUCCESS can fail.
+    fresh_count = embedded.fresh
     good, reused, reused_count = fresh, None, 0
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
