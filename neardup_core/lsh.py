@@ -135,8 +135,8 @@ def _pack_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def key_width(bits_per_table: int) -> int:
-    """Bytes per stored bucket key: 4 when a key has at most 32 bits (every plan the
-    planner makes for up to billions of rows), else 8."""
+    """Bytes per stored bucket key: 4 when a key has at most 32 bits (k was 13 to 25 in
+    every plan measured here, up to 1M rows), else 8."""
     return 4 if bits_per_table <= 32 else 8
 
 

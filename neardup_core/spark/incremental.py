@@ -188,7 +188,6 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
     codes = None if touched is None else spark.sparkContext.broadcast(touched)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-
         from neardup_core.incremental import fresh_partners, index_fresh, touched_counts
         from neardup_core.pairing import ordered_by_id, score_row_pairs
 
