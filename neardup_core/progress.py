@@ -45,12 +45,21 @@ class Progress:
         beat = threading.Thread(target=self._heartbeat, args=(name, start, stop), daemon=True)
         beat.start()
         self._describe_jobs(f"neardup {name}")
+        ended = False
         try:
             yield record
+            ended = True
         finally:
             stop.set()
             beat.join()
-            self._describe_jobs(None)
+            try:
+                self._describe_jobs(None)
+            except Exception:
+                # A stage that fails or is interrupted reports its own exception: Ctrl-C
+                # reaches the JVM too, and a call into a JVM that is gone would replace a
+                # KeyboardInterrupt by Py4J's "Answer from Java side is empty".
+                if ended:
+                    raise
         seconds = time.perf_counter() - start
         record["seconds"] = round(seconds, 3)
         self.stages.append(record)

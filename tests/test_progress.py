@@ -58,6 +58,26 @@ def test_a_failing_stage_stops_its_heartbeat_and_is_not_recorded():
     assert progress.stages == []
 
 
+class GoneJvm(FakeContext):
+    """A JVM that Ctrl-C has ended: naming the jobs fails once the stage has begun."""
+
+    def setJobDescription(self, description):
+        super().setJobDescription(description)
+        if description is None:
+            raise ConnectionError("Answer from Java side is empty")
+
+
+def test_an_interrupted_stage_reports_the_interrupt_not_the_gone_jvm():
+    context = GoneJvm()
+    progress = Progress(spark=SimpleNamespace(sparkContext=context), heartbeat_seconds=10)
+    with pytest.raises(KeyboardInterrupt), progress.stage("verify"):
+        raise KeyboardInterrupt
+    assert context.descriptions == ["neardup verify", None] and progress.stages == []
+    # A stage whose own work ended well still fails on the JVM's error.
+    with pytest.raises(ConnectionError), progress.stage("groups"):
+        pass
+
+
 
 @pytest.mark.parametrize("status, expected", [
     ((0, 2), "waiting for executors: 0 of 2 registered"),
