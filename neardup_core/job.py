@@ -367,7 +367,7 @@ def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint
     if why_not:
         log.warning("--previous %s: its embeddings cannot be reused, so every image is embedded and paired again: %s",
                     path, "; ".join(why_not))
-    return _Prior(run, incremental_stage.read_previous(spark, path, run.bits_per_table), why_not)
+    return _Prior(run, incremental_stage.read_previous(spark, path, run.bits_per_table, run.num_tables), why_not)
 
 
 def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
+from ..lsh import pack_keys, unpack_keys
+
 
 def matrix(column: pa.Array | pa.ChunkedArray, width: int) -> np.ndarray:
     """A list<number> Arrow column of rows of ``width`` values as an (n, width) NumPy view.
@@ -33,8 +35,6 @@ def list_column(matrix: np.ndarray) -> pa.Array:
 def key_column(keys: np.ndarray, bits_per_table: int) -> pa.Array:
     """(n, L) bucket keys as a binary column, one value of packed keys a row
     (:func:`lsh.pack_keys`), without per-row Python."""
-    from ..lsh import pack_keys
-
     packed = pack_keys(keys, bits_per_table)
     n, row_bytes = packed.shape
     offsets = np.arange(0, (n + 1) * row_bytes, row_bytes, dtype=np.int32)
@@ -47,8 +47,6 @@ def key_matrix(column: pa.Array | pa.ChunkedArray, num_tables: int) -> np.ndarra
     Raises:
         ValueError: a value is null or is not ``num_tables`` keys.
     """
-    from ..lsh import unpack_keys
-
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     n = len(column)

@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark import StorageLevel
 from pyspark.broadcast import Broadcast
 from pyspark.sql import DataFrame, SparkSession
@@ -37,31 +36,28 @@ class Previous(NamedTuple):
     groups: DataFrame
 
 
-def read_previous(spark: SparkSession, path: str, bits_per_table: int | None) -> Previous:
-    """The previous run's embeddings/, pairs/ and groups/. Its keys as tonight's are
-    written (packed, :func:`lsh.pack_keys` for ``bits_per_table``, its plan's k): a run
-    made before keys were packed stored them as array<bigint>, and is converted as read."""
+def read_previous(spark: SparkSession, path: str, bits_per_table: int | None, num_tables: int | None) -> Previous:
+    """The previous run's embeddings/, pairs/ and groups/, its keys packed as tonight's are
+    (:func:`lsh.pack_keys` for its plan's ``bits_per_table`` and ``num_tables``; None: it
+    hashed nothing). A run made before keys were packed stored them as array<bigint>; they
+    are packed as read."""
     embeddings, pairs, groups = (spark.read.parquet(f"{path.rstrip('/')}/{name}")
                                  for name in ("embeddings", "pairs", "groups"))
     if isinstance(embeddings.schema["keys"].dataType, ArrayType):
-        embeddings = _packed_keys(embeddings, bits_per_table or 1)
+        embeddings = (_packed_keys(embeddings, bits_per_table, num_tables) if num_tables
+                      else embeddings.withColumn("keys", F.lit(b"")))
     return Previous(embeddings, pairs, groups)
 
 
-def _packed_keys(embeddings: DataFrame, bits_per_table: int) -> DataFrame:
-    """``embeddings`` with its list keys packed into one binary value a row."""
+def _packed_keys(embeddings: DataFrame, bits_per_table: int, num_tables: int) -> DataFrame:
+    """``embeddings`` with its list keys, ``num_tables`` a row, packed into one binary
+    value a row (:func:`spark.arrow.matrix` refuses rows of another length)."""
     schema = StructType([field if field.name != "keys" else StructField("keys", BinaryType())
                          for field in embeddings.schema.fields])
 
     def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            keys = batch.column("keys")
-            lengths = pc.list_value_length(keys).to_numpy(zero_copy_only=False)
-            tables = int(lengths[0]) if len(lengths) else 0
-            if len(lengths) and (lengths.min() != lengths.max() or keys.null_count):
-                raise ValueError(f"keys of {lengths.min()} to {lengths.max()} tables in one run's embeddings/")
-            packed = (key_column(matrix(keys, tables), bits_per_table) if tables
-                      else pa.array([b""] * len(keys), pa.binary()))
+            packed = key_column(matrix(batch.column("keys"), num_tables), bits_per_table)
             yield batch.set_column(batch.schema.get_field_index("keys"), "keys", packed)
 
     return embeddings.mapInArrow(pack, schema)
@@ -188,6 +184,8 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
     codes = None if touched is None else spark.sparkContext.broadcast(touched)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
         from neardup_core.incremental import fresh_partners, index_fresh, touched_counts
         from neardup_core.pairing import ordered_by_id, score_row_pairs
 

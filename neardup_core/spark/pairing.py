@@ -280,9 +280,8 @@ def _name_pairs(scored: DataFrame, numbered: DataFrame) -> DataFrame:
 def keyed_embeddings(numbered: DataFrame, tables: LshTables, vectors: bool = True) -> DataFrame:
     """id, path, embedding, the row's bucket key in each table (before splitting; packed,
     :func:`lsh.pack_keys`) and the image's facts, for the ``embeddings/`` output
-    (KEYED_SCHEMA); without
-    ``embedding`` when not ``vectors``: the vectors then go to Python to be hashed but
-    do not come back."""
+    (KEYED_SCHEMA); without ``embedding`` when not ``vectors``: the vectors then go to
+    Python to be hashed but do not come back."""
     planes_broadcast = numbered.sparkSession.sparkContext.broadcast(tables)
     names = ["id", "path", *(["embedding"] if vectors else []), "keys", *IMAGE_FACTS]
 
