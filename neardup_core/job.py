@@ -121,7 +121,8 @@ class _Embedded(NamedTuple):
     fingerprint: dict
     prior: _Prior | None = None
     listed: DataFrame | None = None  # id of every input (an incremental run: to count deletions)
-    unchanged: DataFrame | None = None  # id, path, bytes, modified of inputs unchanged by the listing
+    by_listing: incremental_stage.ByListing | None = None  # inputs unchanged by the listing, with their vectors
+    by_content: int = 0  # inputs the embed stage found unchanged by content (rows' "reused")
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
     paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
 
@@ -192,17 +193,18 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
                     raise InputError(f"--input {cfg.input.path}: {problem} (column {cfg.input.id_column!r})")
                 listing = listing_stage.spread_manifest(listing, images, cfg.input.rows_per_partition,
                                                         default_parallelism(spark))
-        to_embed, unchanged = listing, None
+        to_embed, by_listing = listing, None
         if reusing:
-            to_embed, unchanged = incremental_stage.unchanged_by_listing(listing, prior.data.embeddings)
+            by_listing = incremental_stage.unchanged_by_listing(listing, prior.data.embeddings)
+            to_embed = by_listing.to_embed
         with progress.stage("embed", images=images) as record, _sized_shuffles(spark, cfg, images if reusing else 0):
             rows = embed_images(to_embed, prepared, cfg.model, cfg.embed, cfg.input)
             rows = rows.persist(StorageLevel.MEMORY_AND_DISK)
-            record["rows"], errors, fresh = _counts(rows)
+            record["rows"], errors, fresh, by_content = _counts(rows, F.count_if("reused"))
             record["errors"] = errors
         extras = listing.select("id", *extra_columns) if extra_columns else None
         return _Embedded(rows, images, errors, fresh, prepared.dim, extras, fingerprint, prior, listing.select("id"),
-                         unchanged, has_images=True)
+                         by_listing, by_content, has_images=True)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -415,14 +417,16 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
             if embedded.has_images:
-                unchanged = rows.filter("reused").select("id", "path", "bytes", "modified")
-                if embedded.unchanged is not None:
-                    unchanged = embedded.unchanged.unionByName(unchanged)
-                reused = incremental_stage.reused_rows(unchanged, prior.data.embeddings)
+                reused = embedded.by_listing.unchanged
+                if embedded.by_content:  # their vectors are read from the previous run now
+                    reused = reused.unionByName(incremental_stage.reused_rows(
+                        rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings))
             else:  # `neardup pairs`: tonight's table has every vector; the previous run, their keys
                 reused = incremental_stage.reused_vectors(rows.filter("reused"), prior.data.embeddings)
             reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
             reused_count = record["rows"] = reused.count()
+            if embedded.by_listing is not None:
+                embedded.by_listing.joined.unpersist()
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)

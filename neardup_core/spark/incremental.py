@@ -63,27 +63,38 @@ def _packed_keys(embeddings: DataFrame, bits_per_table: int, num_tables: int) ->
     return embeddings.mapInArrow(pack, schema)
 
 
-def unchanged_by_listing(listing: DataFrame, previous: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(rows to embed, rows unchanged): a listed file is unchanged when the previous run
-    holds its id with the same size and modification time (both known). The rows to embed
-    carry ``previous_hash`` (null for new ids), so the embed stage can still find a file
-    unchanged by content, without decoding it."""
+class ByListing(NamedTuple):
+    to_embed: DataFrame  # the listing's rows that are new or changed, with previous_hash
+    unchanged: DataFrame  # id, path, bytes, modified, embedding, keys, width, height, content_hash
+    joined: DataFrame  # persisted; both of the above read it
+
+
+def unchanged_by_listing(listing: DataFrame, previous: DataFrame) -> ByListing:
+    """The listing split by the previous run: a listed file is unchanged when that run
+    holds its id with the same size and modification time (both known); it comes with
+    that run's embedding, keys, size in pixels and content hash, from the same join. The
+    rows to embed carry ``previous_hash`` (null for new ids), so the embed stage can still
+    find a file unchanged by content, without decoding it (:func:`reused_rows`)."""
     before = previous.select("id", F.col("bytes").alias("previous_bytes"),
                              F.col("modified").alias("previous_modified"),
-                             F.col("content_hash").alias("previous_hash"))
-    joined = listing.join(before, "id", "left")
+                             F.col("content_hash").alias("previous_hash"), *_REUSED)
+    joined = listing.join(before, "id", "left").persist(StorageLevel.MEMORY_AND_DISK)
     same = F.coalesce((F.col("size") == F.col("previous_bytes")) & (F.col("modified") == F.col("previous_modified"))
                       & F.col("error_message").isNull(), F.lit(False))
-    unchanged = joined.filter(same).select("id", "path", F.col("size").alias("bytes"), "modified")
-    to_embed = joined.filter(~same).drop("previous_bytes", "previous_modified")
-    return to_embed, unchanged
+    unchanged = joined.filter(same).select("id", "path", F.col("size").alias("bytes"), "modified", *_REUSED,
+                                           F.col("previous_hash").alias("content_hash"))
+    to_embed = joined.filter(~same).drop("previous_bytes", "previous_modified", *_REUSED)
+    return ByListing(to_embed, unchanged, joined)
+
+
+_REUSED = ("embedding", "keys", "width", "height")  # what a reused image takes from the previous run
 
 
 def reused_rows(unchanged: DataFrame, previous: DataFrame) -> DataFrame:
-    """Unchanged images (id, path, bytes, modified as listed or read tonight) with the
-    previous run's embedding, keys, size in pixels and content hash."""
-    kept = previous.select("id", "embedding", "keys", "width", "height", "content_hash")
-    return unchanged.join(kept, "id")
+    """Images the embed stage found unchanged by content (id, path, bytes, modified as
+    read tonight) with the previous run's embedding, keys, size in pixels and content
+    hash."""
+    return unchanged.join(previous.select("id", *_REUSED, "content_hash"), "id")
 
 
 def reused_vectors(rows: DataFrame, previous: DataFrame) -> DataFrame:
