@@ -165,7 +165,7 @@ class PairsConfig(_Section):
     max_keypoints: int = 1000
     max_side: int = 512
     ratio: float = 0.75
-    keep_rejected: bool = False
+    keep_rejected: bool = True
     max_verified_per_image: float = 2.0
     # Near copies (neardup_core.near_copies): collapsed onto a representative before pairing.
     copy_cosine: float = 0.97

@@ -68,9 +68,11 @@ class PreviousRun(NamedTuple):
     pairs: int  # rows in its pairs/
     exact_copies: int = 0  # inputs it paired as exact copies of another (spark.exact)
     near_copies: int = 0  # inputs it collapsed as near copies (spark.near): its pairs/ is not every pair
-    unverified_pairs: int | None = None  # pairs it left unverified (None: an older run that did not count them)
+    borderline_pairs: int | None = None  # pairs it matched, left unverified or rejected unmatched (None: not counted)
     plan_items: int | None = None  # rows its plan was priced for (None: an older run that did not record them)
     plan_candidates: float = 0.0  # the candidate pairs its plan expected for them
+    rejected_pairs: int = 0  # borderline pairs it rejected (matched or over the budget): not in its pairs/
+    kept_rejected: bool = False  # it wrote them to rejected_pairs/ (pairs.keep_rejected)
 
 
 def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
@@ -86,12 +88,14 @@ def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
     if not manifest.get("config", {}).get("output", {}).get("write_embeddings", True):
         raise ValueError(f"--previous {path}: has no embeddings/ (output.write_embeddings was false)")
     lsh = manifest.get("lsh") or {}
+    counts = manifest.get("counts", {})
+    borderline = [counts.get(name) for name in ("verified_pairs", "unverified_pairs", "over_budget_pairs")]
     return PreviousRun(path, manifest["fingerprint"], lsh.get("bits_per_table"), lsh.get("num_tables"),
-                       int(manifest.get("counts", {}).get("pairs", 0)),
-                       int(manifest.get("counts", {}).get("exact_copies", 0)),
-                       int(manifest.get("counts", {}).get("near_copies", 0)),
-                       manifest.get("counts", {}).get("unverified_pairs"), lsh.get("items"),
-                       float(lsh.get("expected_candidate_pairs") or 0.0))
+                       int(counts.get("pairs", 0)), int(counts.get("exact_copies", 0)),
+                       int(counts.get("near_copies", 0)), None if None in borderline else sum(borderline),
+                       lsh.get("items"), float(lsh.get("expected_candidate_pairs") or 0.0),
+                       int(counts.get("rejected_pairs", 0)),
+                       bool(manifest.get("config", {}).get("pairs", {}).get("keep_rejected", False)))
 
 
 def plan_conflicts(previous: PreviousRun, bits_per_table: int | str, num_tables: int | str) -> list[str]:

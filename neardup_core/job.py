@@ -369,7 +369,8 @@ def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint
     if why_not:
         log.warning("--previous %s: its embeddings cannot be reused, so every image is embedded and paired again: %s",
                     path, "; ".join(why_not))
-    return _Prior(run, incremental_stage.read_previous(spark, path, run.bits_per_table, run.num_tables), why_not)
+    return _Prior(run, incremental_stage.read_previous(spark, path, run.bits_per_table, run.num_tables,
+                                                       rejected=run.rejected_pairs > 0 and run.kept_rejected), why_not)
 
 
 def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):
@@ -461,7 +462,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        elif reused_plan is not None and not reused_plan.near_copies:
+        elif reused_plan is not None and not reused_plan.near_copies and not _lacks_rejected(prior.run):
             # Only the pairs that involve a new or changed image are found; the rest carry over.
             # Tonight's rows: the fresh ones hashed and kept (few), and the reused ones as the
             # reuse stage keeps them; their union is not copied into a cache of its own (at 1M
@@ -502,7 +503,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 incremental_record["pairing"] = "full"
             if near.copies is None:
                 # Nothing to verify, and no copies whose pairs replace these: the pairs are final as written.
-                final = (found is None and copies is None and not cfg.pairs.keep_rejected
+                final = (found is None and copies is None
                          and not (cfg.pairs.verifies and embedded.has_images))
                 result = pairing_stage.pair(numbered, items, planned.tables, planned.plan.expected_candidates,
                                             cfg.lsh, cfg.pairs, cfg.spark.shuffle_partitions, pairs_path, final)
@@ -540,7 +541,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         nodes = near_stage.copies_first_criterion(nodes, [f for f in (near.copies, copies) if f is not None])
         criteria = [(near_stage.COPY_LAST, False), *criteria]
     result, verified = _verify(spark, cfg, out, progress, near_vectors if embedded.has_images else None, result,
-                               found.verified_before if found is not None and cfg.pairs.verifies else None,
+                               found.matched_before if found is not None and cfg.pairs.verifies else None,
                                nodes, criteria, settled=final or (found is not None and found.settled))
 
     with progress.stage("groups") as record:
@@ -584,7 +585,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             before = prior.data.embeddings.select("id")
             incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
                                       spark.read.parquet(out.staged("groups")), good.select("id"),
-                                      found if copies is None and not prior.run.exact_copies else None
+                                      found if found is not None and found.settled else None
                                       ).orderBy("change", "id_a", "id_b", "id").write.parquet(out.staged("changes"))
             still_listed = before.join(embedded.listed, "id", "left_semi").count()
             deleted = before.count() - still_listed  # a Parquet count: from the files' footers
@@ -635,15 +636,26 @@ def _collapse_near_copies(cfg: Config, good: DataFrame, extras: DataFrame | None
     return near
 
 
+def _lacks_rejected(previous: incremental.PreviousRun) -> bool:
+    """Whether the previous run rejected pairs without keeping them (``pairs.keep_rejected``
+    false): tonight's verification could need them again, so an incremental run pairs in
+    full (still reusing the embeddings)."""
+    if previous.rejected_pairs and not previous.kept_rejected:
+        log.info("--previous %s rejected %d pairs and did not keep them (pairs.keep_rejected: false): pairing "
+                 "in full", previous.path, previous.rejected_pairs)
+        return True
+    return False
+
+
 def _settles_at(cfg: Config, embedded: _Embedded, copies: DataFrame | None) -> float | None:
     """For an incremental run: the cosine at or above which a pair found tonight needs no
     verification (-1: none does), so that pairs/ can be written final by the pairing stage
     (:func:`spark.incremental.pair_incrementally`); None where the verify stage must still
-    rewrite it: exact copies tonight or last night (their pairs are replaced), pairs left
-    unverified last night (their verdict may be needed now), or ``pairs.keep_rejected``
-    (that stage writes ``rejected_pairs/``)."""
+    rewrite it: exact copies tonight or last night (their pairs are replaced), or any
+    borderline pair last night (tonight's verification decides again which pairs it
+    matches, as a full run would; last night's counts save the matching only)."""
     prior = embedded.prior
-    if copies is not None or prior.run.exact_copies or prior.run.unverified_pairs != 0 or cfg.pairs.keep_rejected:
+    if copies is not None or prior.run.exact_copies or prior.run.borderline_pairs != 0:
         return None
     return cfg.pairs.accept_cosine if cfg.pairs.verifies and embedded.has_images else -1.0
 
@@ -653,13 +665,16 @@ def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress
             criteria: list[tuple[str, bool]] | None = None, settled: bool = False
             ) -> tuple[pairing_stage.PairingResult, verify_stage.VerifyResult]:
     """Borderline pairs verified on local features (:func:`spark.verify.verify_pairs`;
-    ``images`` None: none, as for ``neardup pairs``; ``known``: pairs an incremental run
-    carried over, with last night's verdict; ``nodes`` and ``criteria``: the groups stage's
-    images and keep priority, so only the pairs whose verdict the groups need are matched);
-    the staged pairs/ is rewritten with ``inliers`` and ``verified`` before the groups stage
-    reads it. ``settled``: the staged pairs/ is final already (nothing to match); kept as it is."""
+    ``images`` None: none, as for ``neardup pairs``; ``known``: inlier counts last night
+    found for the pairs an incremental run carried over; ``nodes`` and ``criteria``: the
+    groups stage's images and keep priority, so only the pairs whose verdict the groups
+    need are matched); the staged pairs/ is rewritten with ``inliers`` and ``verified``
+    before the groups stage reads it. ``settled``: the staged pairs/ is final already
+    (nothing to match); kept as it is, and ``rejected_pairs/`` (``pairs.keep_rejected``) empty."""
     if settled:
         with progress.stage("verify") as record:
+            if cfg.pairs.keep_rejected:
+                spark.read.parquet(out.staged("pairs")).limit(0).write.parquet(out.staged("rejected_pairs"))
             verified = verify_stage.VerifyResult(result.pairs, 0, 0, 0, 0, 0)
             record.update(verified.record())
             record["rows"] = result.pairs

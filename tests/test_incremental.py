@@ -83,8 +83,11 @@ def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark,
     assert_same_results(night2, full)
 
     counts = manifest(night2)["counts"]
-    # Only the pair found tonight (fruits_large) was verified; the carried ones kept their verdict.
-    assert counts["verified_pairs"] == 1 and manifest(full)["counts"]["verified_pairs"] == counts["pairs"]
+    # Every pair verified, as in the full run; only the pair found tonight (fruits_large) was
+    # matched: the carried one took last night's inlier count.
+    assert counts["verified_pairs"] == manifest(full)["counts"]["verified_pairs"] == counts["pairs"] == 2
+    verify = next(stage for stage in manifest(night2)["stages"] if stage["name"] == "verify")
+    assert verify["matches_reused"] == 1 and verify["images"] == 2
     assert (pd.read_parquet(night2 / "pairs").verified == "geometry").all()
     assert counts["embedded"] == 2  # fruits_large (new) and home (changed); board was touched only
     assert (counts["reused"], counts["changed"], counts["deleted"]) == (len(PHOTOS) - 1 + 1, 1, 1)
@@ -404,7 +407,7 @@ def test_pairs_are_written_final_only_when_the_verify_stage_would_change_nothing
     from neardup_core.job import _settles_at
 
     def settles(overrides=(), images=True, copies=None, **run):
-        previous = dict(exact_copies=0, unverified_pairs=0) | run
+        previous = dict(exact_copies=0, borderline_pairs=0) | run
         embedded = SimpleNamespace(prior=SimpleNamespace(run=SimpleNamespace(**previous)), has_images=images)
         return _settles_at(load_config(overrides=list(overrides)), embedded, copies)
 
@@ -412,8 +415,10 @@ def test_pairs_are_written_final_only_when_the_verify_stage_would_change_nothing
     assert settles() == cfg.pairs.accept_cosine  # found pairs below it need the verify stage
     assert settles(images=False) == -1.0 and settles([f"pairs.accept_cosine={cfg.pairs.cosine_threshold}"]) == -1.0
     assert settles(copies=object()) is None and settles(exact_copies=3) is None
-    assert settles(unverified_pairs=2) is None and settles(unverified_pairs=None) is None  # an older run
-    assert settles(["pairs.keep_rejected=true"]) is None  # the verify stage writes rejected_pairs/
+    # Any borderline pair last night (matched, unverified or over the budget): tonight's
+    # verification decides again which pairs it matches.
+    assert settles(borderline_pairs=2) is None and settles(borderline_pairs=None) is None  # None: an older run
+    assert settles(["pairs.keep_rejected=false"]) == settles(["pairs.keep_rejected=true"]) == cfg.pairs.accept_cosine
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 1000, 40_000])

@@ -114,6 +114,35 @@ def test_only_pairs_the_groups_need_are_matched_and_the_groups_are_those_of_matc
     assert sorted(zip(rejected.id_a, rejected.id_b)) == [("apple", "orange"), ("fruits", "orange")]
 
 
+def test_counts_known_from_last_night_save_matching_and_change_no_verdict(spark, photos, tmp_path):
+    """An incremental run's ``known`` inlier counts (pairs last night matched) only stand in
+    for matching: which pairs are matched, and every label, are a full run's. A known pair
+    the plan does not need stays unverified, with no inliers."""
+    photos = {**photos, "baboon_crop": photos["baboon_edited"]}
+    rows = [("baboon", "baboon_edited", 0.90), ("baboon", "baboon_crop", 0.90),
+            ("baboon_crop", "baboon_edited", 0.72),  # not needed tonight, although matched last night
+            ("apple", "orange", 0.80), ("fruits", "orange", 0.74)]  # needed: apple-orange's count known
+    pairs = _pairs(spark, photos, rows)
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.85, min_inliers=12)
+    full = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / "s-full"),
+                                     str(tmp_path / "p-full"), str(tmp_path / "r-full"), nodes=images,
+                                     criteria=[("id", False)])
+    rejected = pd.read_parquet(tmp_path / "r-full").set_index(["id_a", "id_b"])
+    known = spark.createDataFrame([("baboon_crop", "baboon_edited", 40),
+                                   ("apple", "orange", int(rejected.loc[("apple", "orange"), "inliers"]))],
+                                  "id_a string, id_b string, inliers int")
+    memo = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / "s-memo"),
+                                     str(tmp_path / "p-memo"), str(tmp_path / "r-memo"), known, nodes=images,
+                                     criteria=[("id", False)])
+    for name in ("p", "r"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"{name}-memo").sort_values(["id_a", "id_b"]),
+                                      pd.read_parquet(tmp_path / f"{name}-full").sort_values(["id_a", "id_b"]))
+    assert memo.matches_reused == 1 and memo.images == 2 < full.images == 3  # fruits and orange read
+    assert memo._replace(images=0, matches_reused=0, featurize_seconds=0.0, match_seconds=0.0) == full._replace(
+        images=0, featurize_seconds=0.0, match_seconds=0.0)
+
+
 def test_pairs_past_the_budget_are_rejected_without_matching(spark, photos, tmp_path):
     pairs = _pairs(spark, photos, [("baboon", "baboon_edited", 0.75), ("apple", "orange", 0.80)])
     images = spark.createDataFrame(list(photos.items()), "id string, path string")

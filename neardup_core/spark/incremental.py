@@ -34,19 +34,21 @@ class Previous(NamedTuple):
     embeddings: DataFrame  # the previous run's embeddings/ (KEYED_SCHEMA)
     pairs: DataFrame
     groups: DataFrame
+    rejected: DataFrame | None = None  # its rejected_pairs/, where it rejected any
 
 
-def read_previous(spark: SparkSession, path: str, bits_per_table: int | None, num_tables: int | None) -> Previous:
-    """The previous run's embeddings/, pairs/ and groups/, its keys packed as tonight's are
-    (:func:`lsh.pack_keys` for its plan's ``bits_per_table`` and ``num_tables``; None: it
-    hashed nothing). A run made before keys were packed stored them as array<bigint>; they
-    are packed as read."""
-    embeddings, pairs, groups = (spark.read.parquet(f"{path.rstrip('/')}/{name}")
-                                 for name in ("embeddings", "pairs", "groups"))
+def read_previous(spark: SparkSession, path: str, bits_per_table: int | None, num_tables: int | None,
+                  rejected: bool = False) -> Previous:
+    """The previous run's embeddings/, pairs/ and groups/ (and ``rejected``: its
+    rejected_pairs/), its keys packed as tonight's are (:func:`lsh.pack_keys` for its
+    plan's ``bits_per_table`` and ``num_tables``; None: it hashed nothing). A run made
+    before keys were packed stored them as array<bigint>; they are packed as read."""
+    names = ("embeddings", "pairs", "groups", *(("rejected_pairs",) if rejected else ()))
+    embeddings, pairs, groups, *rejected_pairs = (spark.read.parquet(f"{path.rstrip('/')}/{name}") for name in names)
     if isinstance(embeddings.schema["keys"].dataType, ArrayType):
         embeddings = (_packed_keys(embeddings, bits_per_table, num_tables) if num_tables
                       else embeddings.withColumn("keys", F.lit(b"")))
-    return Previous(embeddings, pairs, groups)
+    return Previous(embeddings, pairs, groups, *rejected_pairs)
 
 
 def _packed_keys(embeddings: DataFrame, bits_per_table: int, num_tables: int) -> DataFrame:
@@ -111,7 +113,7 @@ class IncrementalPairs(NamedTuple):
     largest_touched: int
     found: DataFrame | None = None  # PAIR_SCHEMA: tonight's pairs that involve a fresh row (persisted)
     lost: DataFrame | None = None  # id_a, id_b, cosine: last night's pairs that involve a gone row (persisted)
-    verified_before: DataFrame | None = None  # id_a, id_b, inliers, verified of the carried pairs
+    matched_before: DataFrame | None = None  # id_a, id_b, inliers of the carried pairs last night matched
     settled: bool = False  # pairs/ was written final, with verdicts: nothing for the verify stage to match
 
 
@@ -177,7 +179,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
     return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True, "fresh_chunks": chunks}),
                             len(touched), largest, found, _lost(previous.pairs, gone),
-                            _verified_before(previous.pairs, gone), settled)
+                            _matched_before(previous, gone), settled)
 
 
 def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, cosine_threshold: float,
@@ -281,7 +283,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
     return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], BucketStats(),
                                           {"incremental": True, "rows": 1}),
                             touched, largest, found, _lost(previous.pairs, gone),
-                            _verified_before(previous.pairs, gone), settled)
+                            _matched_before(previous, gone), settled)
 
 
 def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
@@ -308,13 +310,18 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
 
 
 def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: bool, settled: bool) -> DataFrame:
-    """Last night's pairs between rows still here and unchanged, named with tonight's paths
-    (joined only where a reused row's path moved); ``settled``: with their verdict columns."""
+    """Last night's pairs between rows still here and unchanged, and the pairs it rejected
+    between them (tonight's verification decides them again, as a full run would), named
+    with tonight's paths (joined only where a reused row's path moved); ``settled`` (last
+    night had no borderline pair): last night's pairs with their verdict columns."""
     gone_ids = F.broadcast(gone.select("id"))
     columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
     if settled:
         columns += ["exact", "near_copy", "inliers", "verified"]
-    carried = (previous.pairs.select(*columns).join(gone_ids.toDF("id_a"), "id_a", "left_anti")
+    before = previous.pairs.select(*columns)
+    if previous.rejected is not None and not settled:
+        before = before.unionByName(previous.rejected.select(*columns))
+    carried = (before.join(gone_ids.toDF("id_a"), "id_a", "left_anti")
                .join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
     if not _paths_moved(keyed, previous.embeddings):
         return carried.select(*columns)
@@ -332,13 +339,17 @@ def _paths_moved(keyed: DataFrame, previous_embeddings: DataFrame) -> bool:
                 .where(F.col("path") != F.col("path_before")).isEmpty())
 
 
-def _verified_before(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame | None:
-    """How last night verified the pairs carried over (both images unchanged, so a full
-    run would verify them the same way), or None for a run made without verification."""
-    if "verified" not in previous_pairs.columns:
+def _matched_before(previous: Previous, gone: DataFrame) -> DataFrame | None:
+    """The inlier counts last night found for the pairs carried over (both images
+    unchanged, so matching them again would give the same counts), or None for a run made
+    without verification."""
+    if "inliers" not in previous.pairs.columns:
         return None
+    matched = previous.pairs.select("id_a", "id_b", "inliers")
+    if previous.rejected is not None:
+        matched = matched.unionByName(previous.rejected.select("id_a", "id_b", "inliers"))
     gone_ids = F.broadcast(gone.select("id"))
-    return (previous_pairs.select("id_a", "id_b", "inliers", "verified")
+    return (matched.where(F.col("inliers").isNotNull())
             .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
 
 
@@ -359,16 +370,14 @@ def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, group
     action changed where either side is a drop (an image without a pair is kept; one not
     in the catalog has no action).
 
-    With ``found`` (pairs found incrementally, and no exact copies on either night), the
-    pairs are compared only where they can differ: a pair added involves a fresh row, a
-    pair removed a deleted or changed one.
+    With ``found`` (pairs found incrementally and written final: no exact copies and no
+    borderline pair on either night, so no pair carried over can come or go), the pairs
+    are compared only where they can differ: a pair added involves a fresh row, a pair
+    removed a deleted or changed one.
     """
     key = ["id_a", "id_b"]
     if found is not None and found.found is not None:
-        # Of the pairs found tonight, those verification kept (all, when it had none to match).
-        tonight = found.found.select(*key, "cosine") if found.settled else pairs.select(*key, "cosine").join(
-            found.found.select(*key), key, "left_semi")
-        before = found.lost
+        tonight, before = found.found.select(*key, "cosine"), found.lost
     else:
         tonight, before = pairs.select(*key, "cosine"), previous.pairs.select(*key, "cosine")
     added = tonight.join(before.select(*key), key, "left_anti").select(

@@ -58,7 +58,7 @@ _LABELS = {1: "embedding", 2: "geometry", 3: "geometry", 0: "unverified", 4: "ov
 
 class VerifyResult(NamedTuple):
     pairs: int  # written to pairs/
-    borderline: int  # pairs between pairs.cosine_threshold and pairs.accept_cosine (not known before)
+    borderline: int  # pairs between pairs.cosine_threshold and pairs.accept_cosine
     accepted: int  # of those, matched and accepted
     rejected: int  # of those, rejected (matched, or over the budget): not in pairs/
     images: int  # images featurized
@@ -70,6 +70,7 @@ class VerifyResult(NamedTuple):
     planned: bool = False  # whether only the pairs the groups need were matched (else every borderline pair)
     featurize_seconds: float = 0.0  # wall-clock seconds reading images again and finding their features
     match_seconds: float = 0.0  # wall-clock seconds matching pairs (both on all the job's cores)
+    matches_reused: int = 0  # of matched, inlier counts taken from the previous run (an incremental run)
 
     def record(self) -> dict:
         return self._asdict()
@@ -107,31 +108,30 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
         scratch: a folder for the features and the decisions (each computed once).
         path: where the accepted pairs go, sorted by id_a, id_b, with VERIFIED_COLUMNS.
         rejected_path: where the rejected pairs go (same columns), or None.
-        known: id_a, id_b, inliers, verified of pairs verified before (an incremental
-            run's carried pairs, whose images did not change): not verified again.
+        known: id_a, id_b, inliers of pairs matched before (an incremental run's carried
+            pairs, whose images did not change): where this stage matches such a pair, it
+            takes that count instead of reading the images again (matching is seeded: the
+            same two images give the same count). Which pairs are matched, and their
+            labels, are decided as without it, so the result is a full run's.
         nodes, criteria: the groups stage's images (id and the ``groups.keep`` columns) and
             criteria, for the plan (module docstring); None: every borderline pair is matched.
         max_pairs_in_one_task: the most pairs the plan is made for (``groups.*``).
     """
     spark = pairs.sparkSession
-    if known is not None:  # a pair left unverified before has no verdict to carry
-        known = known.filter(F.col("verified").isin("embedding", "geometry"))
     borderline = pairs.filter(F.col("cosine") < F.lit(cfg.accept_cosine)).select("id_a", "id_b", "cosine")
-    if known is not None:
-        borderline = borderline.join(known.select("id_a", "id_b"), ["id_a", "id_b"], "left_anti")
     count = borderline.count() if cfg.verifies and images is not None else 0
     if count == 0:
-        _with_known(label_unverified(pairs), known).orderBy("id_a", "id_b").write.parquet(path)
+        label_unverified(pairs).orderBy("id_a", "id_b").write.parquet(path)
         if rejected_path is not None:
             label_unverified(pairs).limit(0).write.parquet(rejected_path)
         return VerifyResult(pairs.count(), 0, 0, 0, 0, 0)
     previous_batch = spark.conf.get(_ARROW_BATCH)
     spark.conf.set(_ARROW_BATCH, str(FEATURE_BATCH_ROWS))
-    matcher = _Matcher(images, cfg, input_cfg, min_tasks, scratch)
+    matcher = _Matcher(images, cfg, input_cfg, min_tasks, scratch, known)
     try:
         graph_size = pairs.count() if nodes is not None else 0
         if nodes is not None and criteria is not None and graph_size <= max_pairs_in_one_task:
-            verdicts, rounds = _settle(pairs, known, nodes, criteria, cfg, matcher)
+            verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
             planned = True
         else:
             verdicts, rounds = _verify_every_borderline_pair(pairs, borderline, cfg, matcher), 1
@@ -140,8 +140,8 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
         spark.conf.set(_ARROW_BATCH, previous_batch)
     verdicts.write.parquet(f"{scratch}/verdicts")
     verdicts = spark.read.parquet(f"{scratch}/verdicts")
-    labelled = _with_known(pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn(
-        "verified", F.coalesce("verified", F.lit("embedding"))), known)
+    labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn(
+        "verified", F.coalesce("verified", F.lit("embedding")))
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
     labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
         "id_a", "id_b").write.parquet(path)
@@ -160,24 +160,40 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     written = spark.read.parquet(path).count()
     return VerifyResult(written, count, accepted, count - unverified - accepted, images_done, errors,
                         matched=geometry, unverified=unverified, over_budget=over, rounds=rounds, planned=planned,
-                        featurize_seconds=round(matcher.seconds[0], 2), match_seconds=round(matcher.seconds[1], 2))
+                        featurize_seconds=round(matcher.seconds[0], 2), match_seconds=round(matcher.seconds[1], 2),
+                        matches_reused=matcher.reused)
 
 
 class _Matcher:
     """Matches sets of pairs in Spark, featurizing each image the first time a pair needs
-    it (features kept in ``scratch`` across rounds)."""
+    it (features kept in ``scratch`` across rounds); a pair ``known`` (id_a, id_b, inliers:
+    matched by the previous run) takes its count from there."""
 
-    def __init__(self, images: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, min_tasks: int, scratch: str):
+    def __init__(self, images: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, min_tasks: int, scratch: str,
+                 known: DataFrame | None = None):
         self.images, self.cfg, self.input_cfg = images, cfg, input_cfg
         self.min_tasks, self.scratch = min_tasks, scratch
         self.spark = images.sparkSession
+        self.known = known.select("id_a", "id_b", "inliers") if known is not None else None
         self.tally = Tally(self.spark)
         self.feature_paths: list[str] = []
         self.rounds = 0
+        self.reused = 0  # pairs whose count came from known
         self.seconds = [0.0, 0.0]  # featurizing, matching
 
     def match(self, wanted: DataFrame, count: int) -> DataFrame:
         """id_a, id_b (``count`` rows) -> id_a, id_b, inliers, computed once (in scratch)."""
+        if self.known is None:
+            return self._match(wanted, count)
+        hits = wanted.join(self.known, ["id_a", "id_b"]).persist()
+        reused = hits.count()
+        self.reused += reused
+        rest = wanted.join(hits.select("id_a", "id_b"), ["id_a", "id_b"], "left_anti")
+        if reused == count:
+            return hits
+        return self._match(rest, count - reused).unionByName(hits)
+
+    def _match(self, wanted: DataFrame, count: int) -> DataFrame:
         self.rounds += 1
         tasks = max(self.min_tasks,
                     math.ceil(count * 2 * self.cfg.max_keypoints * KEYPOINT_BYTES / self.cfg.partition_bytes))
@@ -210,27 +226,22 @@ class _Matcher:
         return sum(v[0] for v in records), sum(v[1] for v in records)
 
 
-def _settle(pairs: DataFrame, known: DataFrame | None, nodes: DataFrame, criteria: list[tuple[str, bool]],
-            cfg: PairsConfig, matcher: _Matcher) -> tuple[DataFrame, int]:
+def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]], cfg: PairsConfig,
+            matcher: _Matcher) -> tuple[DataFrame, int]:
     """The borderline pairs' verdicts (id_a, id_b, inliers, verified, accepted) from
     :func:`verify.settle` over the whole pair graph, ranked as the groups stage ranks it."""
     from neardup_core import verify
     from neardup_core.groups import priority_order
 
     spark = pairs.sparkSession
-    graph = pairs.select("id_a", "id_b", "cosine")
-    if known is not None:
-        graph = graph.join(known.select("id_a", "id_b", F.lit(True).alias("known")), ["id_a", "id_b"], "left")
-    else:
-        graph = graph.withColumn("known", F.lit(False))
-    edges = graph.toArrow()
+    edges = pairs.select("id_a", "id_b", "cosine").toArrow()
     ids = pa.chunked_array([*edges.column("id_a").chunks, *edges.column("id_b").chunks])
     members = nodes.join(spark.createDataFrame(pa.table({"id": pc.unique(ids)})), "id", "left_semi").toArrow()
     ranked = members.column("id").combine_chunks().take(priority_order(members, criteria))
     a = pc.index_in(edges.column("id_a"), value_set=ranked).to_numpy()
     b = pc.index_in(edges.column("id_b"), value_set=ranked).to_numpy()
     cosine = edges.column("cosine").to_numpy()
-    strong = (cosine >= cfg.accept_cosine) | edges.column("known").fill_null(False).to_numpy(zero_copy_only=False)
+    strong = cosine >= cfg.accept_cosine
     n = len(ranked)
     budget = math.floor(cfg.max_verified_per_image * n)
 
@@ -276,16 +287,6 @@ def _verify_every_borderline_pair(pairs: DataFrame, borderline: DataFrame, cfg: 
         return over
     return decided.select("id_a", "id_b", "inliers", F.lit("geometry").alias("verified"),
                           (F.col("inliers") >= cfg.min_inliers).alias("accepted")).unionByName(over)
-
-
-def _with_known(labelled: DataFrame, known: DataFrame | None) -> DataFrame:
-    """``labelled`` with the inliers and verdict of the pairs verified before, where given."""
-    if known is None:
-        return labelled
-    before = known.select("id_a", "id_b", F.col("inliers").alias("_inliers"), F.col("verified").alias("_verified"))
-    return (labelled.join(before, ["id_a", "id_b"], "left")
-            .withColumn("inliers", F.coalesce("_inliers", "inliers"))
-            .withColumn("verified", F.coalesce("_verified", "verified")).drop("_inliers", "_verified"))
 
 
 def _featurize(wanted: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, tally: Tally, round_: int = 1
