@@ -120,7 +120,7 @@ def test_two_real_runs_into_one_output(tmp_path):
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["run_id"] == holder["run_id"] and manifest["counts"]["inputs"] == 3
     assert sorted(os.listdir(out)) == sorted(["_SUCCESS", "._SUCCESS.crc", "_manifest.json", "._manifest.json.crc",
-                                              "pairs", "groups", "embeddings", "errors", "report"])
+                                              "pairs", "rejected_pairs", "groups", "embeddings", "errors", "report"])
 
 
 @pytest.mark.spark
