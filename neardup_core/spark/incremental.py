@@ -314,15 +314,13 @@ def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: b
     between them (tonight's verification decides them again, as a full run would), named
     with tonight's paths (joined only where a reused row's path moved); ``settled`` (last
     night had no borderline pair): last night's pairs with their verdict columns."""
-    gone_ids = F.broadcast(gone.select("id"))
     columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
     if settled:
         columns += ["exact", "near_copy", "inliers", "verified"]
     before = previous.pairs.select(*columns)
     if previous.rejected is not None and not settled:
         before = before.unionByName(previous.rejected.select(*columns))
-    carried = (before.join(gone_ids.toDF("id_a"), "id_a", "left_anti")
-               .join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
+    carried = _between_unchanged(before, gone)
     if not _paths_moved(keyed, previous.embeddings):
         return carried.select(*columns)
     hint = F.broadcast if broadcast else (lambda frame: frame)
@@ -348,9 +346,14 @@ def _matched_before(previous: Previous, gone: DataFrame) -> DataFrame | None:
     matched = previous.pairs.select("id_a", "id_b", "inliers")
     if previous.rejected is not None:
         matched = matched.unionByName(previous.rejected.select("id_a", "id_b", "inliers"))
+    return _between_unchanged(matched.where(F.col("inliers").isNotNull()), gone)
+
+
+def _between_unchanged(pairs: DataFrame, gone: DataFrame) -> DataFrame:
+    """The ``pairs`` (id_a, id_b, ...) that involve no row of ``gone`` (few: broadcast)."""
     gone_ids = F.broadcast(gone.select("id"))
-    return (matched.where(F.col("inliers").isNotNull())
-            .join(gone_ids.toDF("id_a"), "id_a", "left_anti").join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
+    return (pairs.join(gone_ids.toDF("id_a"), "id_a", "left_anti")
+            .join(gone_ids.toDF("id_b"), "id_b", "left_anti"))
 
 
 def _lost(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame:

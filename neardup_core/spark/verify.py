@@ -139,6 +139,7 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     finally:
         spark.conf.set(_ARROW_BATCH, previous_batch)
     verdicts.write.parquet(f"{scratch}/verdicts")
+    matcher.release()
     verdicts = spark.read.parquet(f"{scratch}/verdicts")
     labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn(
         "verified", F.coalesce("verified", F.lit("embedding")))
@@ -174,11 +175,13 @@ class _Matcher:
         self.images, self.cfg, self.input_cfg = images, cfg, input_cfg
         self.min_tasks, self.scratch = min_tasks, scratch
         self.spark = images.sparkSession
-        self.known = known.select("id_a", "id_b", "inliers") if known is not None else None
+        # Few rows (last night's matched pairs), read from its pairs/ once, not each round.
+        self.known = known.select("id_a", "id_b", "inliers").persist() if known is not None else None
         self.tally = Tally(self.spark)
         self.feature_paths: list[str] = []
         self.rounds = 0
         self.reused = 0  # pairs whose count came from known
+        self.cached: list[DataFrame] = [self.known] if known is not None else []  # released by release()
         self.seconds = [0.0, 0.0]  # featurizing, matching
 
     def match(self, wanted: DataFrame, count: int) -> DataFrame:
@@ -186,6 +189,7 @@ class _Matcher:
         if self.known is None:
             return self._match(wanted, count)
         hits = wanted.join(self.known, ["id_a", "id_b"]).persist()
+        self.cached.append(hits)
         reused = hits.count()
         self.reused += reused
         rest = wanted.join(hits.select("id_a", "id_b"), ["id_a", "id_b"], "left_anti")
@@ -216,6 +220,10 @@ class _Matcher:
         _decide(joined, self.cfg).write.parquet(decided)
         self.seconds[1] += time.perf_counter() - start
         return self.spark.read.parquet(decided)
+
+    def release(self) -> None:
+        for frame in self.cached:
+            frame.unpersist()
 
     def _features(self) -> DataFrame:
         return self.spark.read.parquet(*self.feature_paths)
