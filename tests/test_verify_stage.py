@@ -85,14 +85,19 @@ def test_borderline_pairs_are_verified_once_per_image(spark, photos, tmp_path):
     assert spark.read.parquet(str(tmp_path / "scratch" / "features")).count() == 5
 
 
-def test_only_pairs_the_groups_need_are_matched_and_the_groups_are_those_of_matching_all(spark, photos, tmp_path):
+def _graph_with_a_pair_no_group_needs(spark, photos):
+    """(pairs, images, cfg): a group of three baboon copies, two pairs accepted on the
+    embedding and one borderline pair inside it, and two borderline pairs across groups."""
     photos = {**photos, "baboon_crop": photos["baboon_edited"]}  # a third copy (same file, another id)
     rows = [("baboon", "baboon_edited", 0.90), ("baboon", "baboon_crop", 0.90),  # accepted on the embedding
             ("baboon_crop", "baboon_edited", 0.72),  # inside that group, dropped either way: not matched
             ("apple", "orange", 0.80), ("fruits", "orange", 0.74)]  # across groups: matched, rejected
-    pairs = _pairs(spark, photos, rows)
     images = spark.createDataFrame(list(photos.items()), "id string, path string")
-    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.85, min_inliers=12)
+    return _pairs(spark, photos, rows), images, PairsConfig(cosine_threshold=0.7, accept_cosine=0.85, min_inliers=12)
+
+
+def test_only_pairs_the_groups_need_are_matched_and_the_groups_are_those_of_matching_all(spark, photos, tmp_path):
+    pairs, images, cfg = _graph_with_a_pair_no_group_needs(spark, photos)
     criteria = [("id", False)]
     results, groups = [], []
     for name, nodes in (("planned", images), ("every", None)):
@@ -118,13 +123,9 @@ def test_counts_known_from_last_night_save_matching_and_change_no_verdict(spark,
     """An incremental run's ``known`` inlier counts (pairs last night matched) only stand in
     for matching: which pairs are matched, and every label, are a full run's. A known pair
     the plan does not need stays unverified, with no inliers."""
-    photos = {**photos, "baboon_crop": photos["baboon_edited"]}
-    rows = [("baboon", "baboon_edited", 0.90), ("baboon", "baboon_crop", 0.90),
-            ("baboon_crop", "baboon_edited", 0.72),  # not needed tonight, although matched last night
-            ("apple", "orange", 0.80), ("fruits", "orange", 0.74)]  # needed: apple-orange's count known
-    pairs = _pairs(spark, photos, rows)
-    images = spark.createDataFrame(list(photos.items()), "id string, path string")
-    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.85, min_inliers=12)
+    # baboon_crop-baboon_edited is not needed, although matched last night; apple-orange is,
+    # and its count is known.
+    pairs, images, cfg = _graph_with_a_pair_no_group_needs(spark, photos)
     full = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / "s-full"),
                                      str(tmp_path / "p-full"), str(tmp_path / "r-full"), nodes=images,
                                      criteria=[("id", False)])

@@ -43,12 +43,13 @@ def read_previous(spark: SparkSession, path: str, bits_per_table: int | None, nu
     rejected_pairs/), its keys packed as tonight's are (:func:`lsh.pack_keys` for its
     plan's ``bits_per_table`` and ``num_tables``; None: it hashed nothing). A run made
     before keys were packed stored them as array<bigint>; they are packed as read."""
-    names = ("embeddings", "pairs", "groups", *(("rejected_pairs",) if rejected else ()))
-    embeddings, pairs, groups, *rejected_pairs = (spark.read.parquet(f"{path.rstrip('/')}/{name}") for name in names)
+    embeddings, pairs, groups = (spark.read.parquet(f"{path.rstrip('/')}/{name}")
+                                 for name in ("embeddings", "pairs", "groups"))
     if isinstance(embeddings.schema["keys"].dataType, ArrayType):
         embeddings = (_packed_keys(embeddings, bits_per_table, num_tables) if num_tables
                       else embeddings.withColumn("keys", F.lit(b"")))
-    return Previous(embeddings, pairs, groups, *rejected_pairs)
+    return Previous(embeddings, pairs, groups,
+                    spark.read.parquet(f"{path.rstrip('/')}/rejected_pairs") if rejected else None)
 
 
 def _packed_keys(embeddings: DataFrame, bits_per_table: int, num_tables: int) -> DataFrame:

@@ -5,7 +5,7 @@
       -> which of them the groups need a verdict for (verify.settle, in rounds, on the driver)
       -> the images in those, each once -> read again, featurize     [written to scratch]
       -> both feature sets joined to each such pair -> inliers, accepted
-      -> pairs/ = accepted pairs with inliers and verified; rejected_pairs/ behind a flag
+      -> pairs/ = accepted pairs with inliers and verified; rejected_pairs/ (pairs.keep_rejected)
 
 Only the borderline pairs whose verdict can change a group or a keep/drop decision are
 matched (:func:`verify.pairs_to_verify`): a pair between two images that the accepted pairs
