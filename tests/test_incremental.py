@@ -390,8 +390,8 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
     got = pd.read_parquet(tmp_path / "pairs")
     expected = {(ids[i], ids[j]) for i in range(n) for j in range(i + 1, n)
                 if (fresh[i] or fresh[j]) and (keys[i] == keys[j]).any()}
+    # In any order: not settled (no accept_cosine), so the verify stage sorts them as it rewrites them.
     assert set(zip(got.id_a, got.id_b)) == expected and len(got) == len(expected)
-    assert list(zip(got.id_a, got.id_b)) == sorted(expected)
     for row in got.itertuples():
         i, j = ids.index(row.id_a), ids.index(row.id_b)
         assert row.tables_matched == (keys[i] == keys[j]).sum()

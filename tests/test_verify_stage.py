@@ -159,6 +159,21 @@ def test_pairs_past_the_budget_are_rejected_without_matching(spark, photos, tmp_
         assert pd.isna(rejected.inliers["baboon_edited"]) and rejected.inliers["orange"] < 12
 
 
+def test_the_plan_does_not_depend_on_the_order_pairs_are_staged_in(spark, photos, tmp_path):
+    """Staged pairs come in any order (only a final pairs/ is sorted): a budget of one
+    pair between two of equal cosine takes the first by id_a, id_b either way."""
+    rows = [("apple", "orange", 0.80), ("baboon", "baboon_edited", 0.80)]
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.9, min_inliers=12, max_verified_per_image=0.25)
+    for tag, order in (("sorted", rows), ("reversed", rows[::-1])):
+        staged = _pairs(spark, photos, order).coalesce(1)
+        verify_stage.verify_pairs(staged, images, cfg, InputConfig(), 2, str(tmp_path / f"s-{tag}"),
+                                  str(tmp_path / f"p-{tag}"), str(tmp_path / f"r-{tag}"), nodes=images,
+                                  criteria=[("id", False)])
+        rejected = pd.read_parquet(tmp_path / f"r-{tag}")
+        assert list(zip(rejected.id_a, rejected.verified)) == [("apple", "geometry"), ("baboon", "over_budget")], tag
+
+
 def test_verification_off_or_without_images_accepts_every_pair(spark, photos, tmp_path):
     pairs = _pairs(spark, photos, [("apple", "orange", 0.80), ("baboon", "baboon_edited", 0.75)])
     images = spark.createDataFrame(list(photos.items()), "id string, path string")

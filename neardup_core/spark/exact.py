@@ -78,8 +78,8 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
 def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_matched: int, path: str) -> int:
     """``pairs/``: the representatives' pairs (``exact`` false; pairs with a copy at either
     end, which an incremental run finds, are left out) and one pair per copy with its
-    representative (``exact`` true, cosine and jaccard 1, every table matched), sorted by
-    id_a, id_b. Returns the pairs written."""
+    representative (``exact`` true, cosine and jaccard 1, every table matched), in any
+    order (the verify stage rewrites them, sorted). Returns the pairs written."""
     low = F.col("id") < F.col("representative")
     exact = copies.select(
         F.when(low, F.col("id")).otherwise(F.col("representative")).alias("id_a"),
@@ -93,8 +93,7 @@ def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_mat
             .join(ids.withColumnRenamed("id", "id_b"), "id_b", "left_anti")
             .select(*near_pairs.columns).withColumn("exact", F.lit(False)))
     flags = [F.lit(False).alias(name) for name in near.columns if name not in exact.columns]  # near_copy
-    near.unionByName(exact.select(*exact.columns, *flags).select(*near.columns)).orderBy(
-        "id_a", "id_b").write.parquet(path)
+    near.unionByName(exact.select(*exact.columns, *flags).select(*near.columns)).write.parquet(path)
     return near_pairs.sparkSession.read.parquet(path).count()
 
 

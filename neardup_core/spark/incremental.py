@@ -290,7 +290,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
 def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
                  accept_cosine: float | None, broadcast: bool) -> tuple[int, bool]:
     """Tonight's pairs: last night's between rows still here and unchanged, and ``found``,
-    written to ``path`` sorted by id_a, id_b. Returns (pairs written, settled).
+    written to ``path`` (sorted by id_a, id_b if settled). Returns (pairs written, settled).
 
     Settled (``accept_cosine`` given, and every found pair at or above it): the pairs are
     final, so the verify stage, which would find nothing to match, need not rewrite them:
@@ -302,11 +302,15 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
     if settled:
         found = accepted_on_embedding(found)
     pairs = carried.unionByName(found)
+    if not settled:  # the verify stage rewrites them, sorted
+        pairs.write.parquet(path)
     # One sorted file where the pairing is one task (read, joined and sorted in that task:
     # no shuffle); a global sort (which samples its input, reading it twice) where the
     # pairs are many.
-    (pairs.coalesce(1).sortWithinPartitions("id_a", "id_b") if broadcast else pairs.orderBy("id_a", "id_b")
-     ).write.parquet(path)
+    elif broadcast:
+        pairs.coalesce(1).sortWithinPartitions("id_a", "id_b").write.parquet(path)
+    else:
+        pairs.orderBy("id_a", "id_b").write.parquet(path)
     return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
 
 

@@ -117,7 +117,7 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
 
 def write_pairs(low_pairs: DataFrame, near: NearCollapsed, vectors: DataFrame, tables: LshTables,
                 threshold: float, path: str) -> tuple[int, int]:
-    """``pairs/`` (NEAR_PAIR_SCHEMA, sorted by id_a, id_b) from the representatives' pairs
+    """``pairs/`` (NEAR_PAIR_SCHEMA, in any order) from the representatives' pairs
     scored down to :func:`near_copies.lowest_cosine_at_risk` (``low_pairs``): those at
     ``threshold``; one pair per copy with its representative (``near_copy`` true); and the
     member pairs at ``threshold`` of every at-risk pair. ``vectors``: id, path, embedding of
@@ -197,7 +197,7 @@ def write_pairs(low_pairs: DataFrame, near: NearCollapsed, vectors: DataFrame, t
     union = parts[0]
     for part in parts[1:]:
         union = union.unionByName(part)
-    union.orderBy("id_a", "id_b").write.parquet(path)
+    union.write.parquet(path)  # in any order: the verify stage rewrites them, sorted
     risky.unpersist()
     planes.unpersist()
     return spark.read.parquet(path).count(), at_risk_count

@@ -68,9 +68,10 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
          pairs_cfg: PairsConfig, shuffle_partitions: int, path: str, final: bool = False) -> PairingResult:
     """Every pair of ``numbered``'s rows (from :func:`number_rows`; ``items`` of them)
     that shares a bucket in one of ``tables`` and has cosine >= ``pairs.cosine_threshold``,
-    written to ``path`` as PAIR_SCHEMA Parquet sorted by id_a, id_b; ``final``: with the
-    verify stage's columns too (:func:`spark.verify.accepted_on_embedding`), for a run
-    that verifies nothing, so that no stage rewrites them.
+    written to ``path`` as PAIR_SCHEMA Parquet; ``final``: sorted by id_a, id_b and with
+    the verify stage's columns too (:func:`spark.verify.accepted_on_embedding`), for a run
+    that verifies nothing, so that no stage rewrites them (else the verify stage sorts
+    them as it rewrites them).
 
     One task, or task counts, from :func:`tuning.pairing_tasks` (``pairs.one_task_mb``;
     ``pairs.partition_mb`` of packed data per task); ``shuffle_partitions`` > 0 forces that
@@ -103,7 +104,8 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
                              tally)
         named = _name_pairs(near, numbered).persist(StorageLevel.MEMORY_AND_DISK)
         pairs = named.count()  # runs the stage; the sort and the write read the cache
-        labelled(named.orderBy("id_a", "id_b")).write.parquet(path)
+        # Sorted only if final: the verify stage sorts the pairs it rewrites.
+        labelled(named.orderBy("id_a", "id_b") if final else named).write.parquet(path)
         named.unpersist()
         task_record = {"buckets": bucket_parts, "rows": row_parts, "shuffled": True}
     planes.unpersist()
