@@ -142,6 +142,12 @@ def test_counts_known_from_last_night_save_matching_and_change_no_verdict(spark,
     assert memo.matches_reused == 1 and memo.images == 2 < full.images == 3  # fruits and orange read
     assert memo._replace(images=0, matches_reused=0, featurize_seconds=0.0, match_seconds=0.0) == full._replace(
         images=0, featurize_seconds=0.0, match_seconds=0.0)
+    # Without a plan every borderline pair is matched, in Spark: both known counts are used there.
+    every = verify_stage.verify_pairs(pairs, images, cfg, InputConfig(), 2, str(tmp_path / "s-every"),
+                                      str(tmp_path / "p-every"), str(tmp_path / "r-every"), known)
+    assert every.matches_reused == 2 and every.matched == 3 and every.images == 2  # fruits and orange read
+    assert pd.read_parquet(tmp_path / "p-every").set_index(["id_a", "id_b"]).loc[
+        ("baboon_crop", "baboon_edited"), "inliers"] == 40
 
 
 def test_pairs_past_the_budget_are_rejected_without_matching(spark, photos, tmp_path):

@@ -131,18 +131,18 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     try:
         graph_size = pairs.count() if nodes is not None else 0
         if nodes is not None and criteria is not None and graph_size <= max_pairs_in_one_task:
+            # Few (at most the budget, and the pairs over it), made on the driver: joined by broadcast.
             verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
-            planned = True
+            verdicts, planned = F.broadcast(spark.createDataFrame(verdicts)), True
         else:
-            verdicts, rounds = _verify_every_borderline_pair(pairs, borderline, cfg, matcher), 1
-            planned = False
+            _verify_every_borderline_pair(pairs, borderline, cfg, matcher).write.parquet(f"{scratch}/verdicts")
+            verdicts, rounds, planned = spark.read.parquet(f"{scratch}/verdicts"), 1, False
     finally:
         spark.conf.set(_ARROW_BATCH, previous_batch)
-    verdicts.write.parquet(f"{scratch}/verdicts")
     matcher.release()
-    verdicts = spark.read.parquet(f"{scratch}/verdicts")
-    labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn(
-        "verified", F.coalesce("verified", F.lit("embedding")))
+    # A pair without a verdict is accepted: on the embedding, or (borderline) unverified.
+    labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
+        "verified", F.when(F.col("cosine") < F.lit(cfg.accept_cosine), "unverified").otherwise("embedding")))
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
     labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
         "id_a", "id_b").write.parquet(path)
@@ -152,8 +152,8 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     by_label = {row["verified"]: (row["pairs"], row["accepted"]) for row in verdicts.groupBy("verified").agg(
         F.count("*").alias("pairs"), F.count(F.when(F.col("accepted"), 1)).alias("accepted")).collect()}
     geometry, accepted = by_label.get("geometry", (0, 0))
-    unverified = by_label.get("unverified", (0, 0))[0]
     over = by_label.get("over_budget", (0, 0))[0]
+    unverified = count - geometry - over
     if over:
         log.warning("%d borderline pairs rejected without matching: verifying them would pass "
                     "pairs.max_verified_per_image=%g (%d pairs matched)", over, cfg.max_verified_per_image, geometry)
@@ -175,19 +175,26 @@ class _Matcher:
         self.images, self.cfg, self.input_cfg = images, cfg, input_cfg
         self.min_tasks, self.scratch = min_tasks, scratch
         self.spark = images.sparkSession
-        # Few rows (last night's matched pairs), read from its pairs/ once, not each round.
-        self.known = known.select("id_a", "id_b", "inliers").persist() if known is not None else None
+        self.known = known.select("id_a", "id_b", "inliers") if known is not None else None
         self.tally = Tally(self.spark)
         self.feature_paths: list[str] = []
         self.rounds = 0
         self.reused = 0  # pairs whose count came from known
-        self.cached: list[DataFrame] = [self.known] if known is not None else []  # released by release()
+        self.cached: list[DataFrame] = []  # released by release()
         self.seconds = [0.0, 0.0]  # featurizing, matching
+
+    def take_known(self) -> pa.Table | None:
+        """The known counts (id_a, id_b, inliers), for a caller that looks them up itself;
+        :meth:`match` then matches every pair it is given."""
+        known, self.known = self.known, None
+        return None if known is None else known.toArrow()
 
     def match(self, wanted: DataFrame, count: int) -> DataFrame:
         """id_a, id_b (``count`` rows) -> id_a, id_b, inliers, computed once (in scratch)."""
         if self.known is None:
             return self._match(wanted, count)
+        if not self.known.is_cached:  # few rows (last night's matched pairs), read from its pairs/ once
+            self.cached.append(self.known.persist())
         hits = wanted.join(self.known, ["id_a", "id_b"]).persist()
         self.cached.append(hits)
         reused = hits.count()
@@ -235,9 +242,11 @@ class _Matcher:
 
 
 def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]], cfg: PairsConfig,
-            matcher: _Matcher) -> tuple[DataFrame, int]:
-    """The borderline pairs' verdicts (id_a, id_b, inliers, verified, accepted) from
-    :func:`verify.settle` over the whole pair graph, ranked as the groups stage ranks it."""
+            matcher: _Matcher) -> tuple[pa.Table, int]:
+    """The verdicts (id_a, id_b, inliers, verified, accepted) of the borderline pairs
+    :func:`verify.settle` matched or found over the budget, over the whole pair graph
+    ranked as the groups stage ranks it; the others are unverified. Counts ``known`` to
+    the matcher are looked up here, on the driver, which holds the graph already."""
     from neardup_core import verify
     from neardup_core.groups import priority_order
 
@@ -254,18 +263,26 @@ def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]]
     n = len(ranked)
     budget = math.floor(cfg.max_verified_per_image * n)
 
+    known = matcher.take_known()
+    inliers = np.full(len(edges), -1, np.int64)
+
     def count_inliers(indices: np.ndarray) -> np.ndarray:
         wanted = pa.table({"i": pa.array(indices, pa.int64()), "id_a": edges.column("id_a").take(indices),
                            "id_b": edges.column("id_b").take(indices)})
-        frame = spark.createDataFrame(wanted)
-        found = matcher.match(frame.select("id_a", "id_b"), len(indices)).join(frame, ["id_a", "id_b"]).toArrow()
-        inliers = np.full(len(edges), -1, np.int64)
-        inliers[found.column("i").to_numpy()] = found.column("inliers").to_numpy()
+        if known is not None:
+            hits = wanted.join(known, ["id_a", "id_b"], join_type="inner")
+            inliers[hits.column("i").to_numpy()] = hits.column("inliers").to_numpy()
+            matcher.reused += hits.num_rows
+            wanted = wanted.filter(pa.array(inliers[indices] < 0))
+        if wanted.num_rows:
+            frame = spark.createDataFrame(wanted)
+            found = matcher.match(frame.select("id_a", "id_b"), wanted.num_rows).join(frame, ["id_a", "id_b"]).toArrow()
+            inliers[found.column("i").to_numpy()] = found.column("inliers").to_numpy()
         return inliers[indices]
 
     settled = verify.settle(n, a, b, cosine, np.where(strong, verify.EMBEDDING, verify.UNKNOWN), count_inliers,
                             cfg.min_inliers, budget)
-    rows = np.flatnonzero(~strong)
+    rows = np.flatnonzero(~strong & (settled.state != verify.UNKNOWN))
     state = settled.state[rows]
     verdicts = pa.table({
         "id_a": edges.column("id_a").take(rows), "id_b": edges.column("id_b").take(rows),
@@ -273,7 +290,7 @@ def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]]
         "verified": pa.array([_LABELS[int(x)] for x in state], pa.string()),
         "accepted": pa.array(np.isin(state, (verify.GEOMETRY, verify.UNKNOWN))),
     })
-    return spark.createDataFrame(verdicts), settled.rounds
+    return verdicts, settled.rounds
 
 
 def _verify_every_borderline_pair(pairs: DataFrame, borderline: DataFrame, cfg: PairsConfig, matcher: _Matcher
