@@ -192,6 +192,22 @@ def test_verification_off_or_without_images_accepts_every_pair(spark, photos, tm
         assert result.borderline == 0 and result.images == 0 and result.pairs == 2
 
 
+@pytest.mark.parametrize("max_pairs_in_one_task", [1, 10**6])  # a global sort; one task
+def test_pairs_are_written_sorted_whichever_way_they_are_sorted(spark, photos, tmp_path, max_pairs_in_one_task):
+    rows = [("fruits", "orange", 0.95), ("apple", "orange", 0.80), ("apple", "fruits", 0.92),
+            ("baboon", "baboon_edited", 0.75)]
+    pairs = _pairs(spark, photos, rows).repartition(3)
+    images = spark.createDataFrame(list(photos.items()), "id string, path string")
+    cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.9, min_inliers=12)
+    for tag, given in (("off", None), ("verified", images)):
+        verify_stage.verify_pairs(pairs, given, cfg, InputConfig(), 2, str(tmp_path / f"s-{tag}"),
+                                  str(tmp_path / f"p-{tag}"), str(tmp_path / f"r-{tag}"), nodes=given,
+                                  criteria=[("id", False)], max_pairs_in_one_task=max_pairs_in_one_task)
+        written = pd.read_parquet(tmp_path / f"p-{tag}")
+        assert list(zip(written.id_a, written.id_b)) == sorted(zip(written.id_a, written.id_b)), tag
+        assert len(written) == (4 if given is None else 3), tag  # apple-orange rejected
+
+
 def test_an_unreadable_image_has_no_features_and_its_pair_is_rejected(spark, photos, tmp_path):
     pairs = _pairs(spark, {**photos, "gone": str(tmp_path / "gone.jpg")}, [("baboon", "gone", 0.8)])
     images = spark.createDataFrame([("baboon", photos["baboon"]), ("gone", str(tmp_path / "gone.jpg"))],

@@ -22,7 +22,7 @@ from ..pairing import BucketStats
 from .arrow import key_column, key_matrix, matrix
 from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
 from .tally import Tally
-from .verify import accepted_on_embedding
+from .verify import accepted_on_embedding, sorted_pairs
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
@@ -302,15 +302,9 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
     if settled:
         found = accepted_on_embedding(found)
     pairs = carried.unionByName(found)
-    if not settled:  # the verify stage rewrites them, sorted
-        pairs.write.parquet(path)
-    # One sorted file where the pairing is one task (read, joined and sorted in that task:
-    # no shuffle); a global sort (which samples its input, reading it twice) where the
-    # pairs are many.
-    elif broadcast:
-        pairs.coalesce(1).sortWithinPartitions("id_a", "id_b").write.parquet(path)
-    else:
-        pairs.orderBy("id_a", "id_b").write.parquet(path)
+    # Sorted in one task where the pairing is one task; unsorted where the verify stage
+    # rewrites them, sorted.
+    (sorted_pairs(pairs, one_task=broadcast) if settled else pairs).write.parquet(path)
     return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
 
 

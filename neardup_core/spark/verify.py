@@ -82,6 +82,16 @@ def label_unverified(pairs: DataFrame) -> DataFrame:
     return pairs.withColumn("inliers", F.lit(None).cast("int")).withColumn("verified", F.lit("embedding"))
 
 
+def sorted_pairs(pairs: DataFrame, one_task: bool) -> DataFrame:
+    """``pairs`` sorted by id_a, id_b, as pairs/ is written: in one task where they are
+    few enough for one (``groups.max_pairs_in_one_task``; no shuffle, and no pass to sample
+    them, which a global sort makes: 2.5 s against 3.2-5.7 s for 836,599 pairs here), else
+    by a global sort."""
+    if one_task:
+        return pairs.coalesce(1).sortWithinPartitions("id_a", "id_b")
+    return pairs.orderBy("id_a", "id_b")
+
+
 def accepted_on_embedding(pairs: DataFrame) -> DataFrame:
     """Pairs found by the pairing stage (PAIR_SCHEMA) with the columns the verify stage
     gives a pair it has no need to match: not an exact or near copy, accepted on the
@@ -115,22 +125,24 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
             labels, are decided as without it, so the result is a full run's.
         nodes, criteria: the groups stage's images (id and the ``groups.keep`` columns) and
             criteria, for the plan (module docstring); None: every borderline pair is matched.
-        max_pairs_in_one_task: the most pairs the plan is made for (``groups.*``).
+        max_pairs_in_one_task: the most pairs the plan is made for, and sorted in one task
+            (``groups.*``).
     """
     spark = pairs.sparkSession
     borderline = pairs.filter(F.col("cosine") < F.lit(cfg.accept_cosine)).select("id_a", "id_b", "cosine")
     count = borderline.count() if cfg.verifies and images is not None else 0
+    graph_size = pairs.count()
+    one_task = graph_size <= max_pairs_in_one_task
     if count == 0:
-        label_unverified(pairs).orderBy("id_a", "id_b").write.parquet(path)
+        sorted_pairs(label_unverified(pairs), one_task).write.parquet(path)
         if rejected_path is not None:
             label_unverified(pairs).limit(0).write.parquet(rejected_path)
-        return VerifyResult(pairs.count(), 0, 0, 0, 0, 0)
+        return VerifyResult(graph_size, 0, 0, 0, 0, 0)
     previous_batch = spark.conf.get(_ARROW_BATCH)
     spark.conf.set(_ARROW_BATCH, str(FEATURE_BATCH_ROWS))
     matcher = _Matcher(images, cfg, input_cfg, min_tasks, scratch, known)
     try:
-        graph_size = pairs.count() if nodes is not None else 0
-        if nodes is not None and criteria is not None and graph_size <= max_pairs_in_one_task:
+        if nodes is not None and criteria is not None and one_task:
             # Few (at most the budget, and the pairs over it), made on the driver: joined by broadcast.
             verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
             verdicts, planned = F.broadcast(spark.createDataFrame(verdicts)), True
@@ -144,11 +156,11 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
         "verified", F.when(F.col("cosine") < F.lit(cfg.accept_cosine), "unverified").otherwise("embedding")))
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
-    labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
-        "id_a", "id_b").write.parquet(path)
+    sorted_pairs(labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), one_task
+                 ).write.parquet(path)
     if rejected_path is not None:
-        labelled.filter(~F.coalesce(F.col("accepted"), F.lit(True))).select(*columns).orderBy(
-            "id_a", "id_b").write.parquet(rejected_path)
+        sorted_pairs(labelled.filter(~F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), one_task
+                     ).write.parquet(rejected_path)
     by_label = {row["verified"]: (row["pairs"], row["accepted"]) for row in verdicts.groupBy("verified").agg(
         F.count("*").alias("pairs"), F.count(F.when(F.col("accepted"), 1)).alias("accepted")).collect()}
     geometry, accepted = by_label.get("geometry", (0, 0))
