@@ -60,6 +60,7 @@ from .spark.session import (
     quiet_interrupts,
     set_arrow_batch_size,
     shuffle_partitions,
+    sorted_by,
     wait_for_idle,
 )
 
@@ -583,10 +584,12 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                                       cfg.pairs.partition_bytes)
         if prior is not None:
             before = prior.data.embeddings.select("id")
-            incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
-                                      spark.read.parquet(out.staged("groups")), good.select("id"),
-                                      found if found is not None and found.settled else None
-                                      ).orderBy("change", "id_a", "id_b", "id").write.parquet(out.staged("changes"))
+            changes = incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
+                                                spark.read.parquet(out.staged("groups")), good.select("id"),
+                                                found if found is not None and found.settled else None)
+            # At most both nights' pairs and images: one task where each night's pairs fit one.
+            one_task = max(result.pairs, prior.run.pairs) <= cfg.groups.max_pairs_in_one_task
+            sorted_by(changes, ("change", "id_a", "id_b", "id"), one_task).write.parquet(out.staged("changes"))
             still_listed = before.join(embedded.listed, "id", "left_semi").count()
             deleted = before.count() - still_listed  # a Parquet count: from the files' footers
             changed = still_listed - reused_count

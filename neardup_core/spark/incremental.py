@@ -21,8 +21,9 @@ from ..lsh import LshTables
 from ..pairing import BucketStats
 from .arrow import key_column, key_matrix, matrix
 from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
+from .session import sorted_by
 from .tally import Tally
-from .verify import accepted_on_embedding, sorted_pairs
+from .verify import PAIR_KEY, accepted_on_embedding
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
@@ -304,7 +305,7 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
     pairs = carried.unionByName(found)
     # Sorted in one task where the pairing is one task; unsorted where the verify stage
     # rewrites them, sorted.
-    (sorted_pairs(pairs, one_task=broadcast) if settled else pairs).write.parquet(path)
+    (sorted_by(pairs, PAIR_KEY, one_task=broadcast) if settled else pairs).write.parquet(path)
     return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
 
 
@@ -379,13 +380,15 @@ def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, group
     """
     key = ["id_a", "id_b"]
     if found is not None and found.found is not None:
-        tonight, before = found.found.select(*key, "cosine"), found.lost
+        tonight, before = found.found, found.lost
     else:
-        tonight, before = pairs.select(*key, "cosine"), previous.pairs.select(*key, "cosine")
-    added = tonight.join(before.select(*key), key, "left_anti").select(
-        F.lit("pair_added").alias("change"), *key, "cosine")
-    removed = before.join(tonight.select(*key), key, "left_anti").select(
-        F.lit("pair_removed").alias("change"), *key, "cosine")
+        tonight, before = pairs, previous.pairs
+    # One join for both directions (two anti-joins shuffled both nights' pairs twice).
+    both = tonight.select(*key, F.col("cosine").alias("now")).join(
+        before.select(*key, F.col("cosine").alias("before")), key, "full")
+    pairs_changed = both.where(F.col("now").isNull() | F.col("before").isNull()).select(
+        F.when(F.col("before").isNull(), "pair_added").otherwise("pair_removed").alias("change"), *key,
+        F.coalesce("now", "before").alias("cosine"))
 
     def actions(ids: DataFrame, grouped: DataFrame, suffix: str) -> DataFrame:
         return ids.join(grouped.select("id", "action", "kept_id"), "id", "left").select(
@@ -396,5 +399,5 @@ def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, group
                        & ((F.col("action_before") == "drop") | (F.col("action") == "drop"))).select(
         F.lit("action_changed").alias("change"), "id", F.col("action_before").alias("previous_action"), "action",
         F.col("kept").alias("kept_id"))
-    return added.unionByName(removed, allowMissingColumns=True).unionByName(moved, allowMissingColumns=True).select(
+    return pairs_changed.unionByName(moved, allowMissingColumns=True).select(
         *[F.col(name).cast(kind) for name, kind in (f.split() for f in CHANGES_SCHEMA.split(", "))])

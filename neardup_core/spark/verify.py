@@ -39,6 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import InputConfig, PairsConfig
+from .session import sorted_by
 from .tally import Tally
 
 log = logging.getLogger("neardup.verify")
@@ -46,6 +47,7 @@ log = logging.getLogger("neardup.verify")
 # added to pairs/: inliers int (null: not matched); verified "embedding" | "geometry" |
 # "unverified" (its verdict could change no group or decision) | in rejected_pairs/ also "over_budget"
 VERIFIED_COLUMNS = ("inliers", "verified")
+PAIR_KEY = ("id_a", "id_b")  # pairs/ and rejected_pairs/ are sorted by it
 # Rows per Arrow batch while pairs carry two feature sets each (up to 2 x 136 kB with the
 # default 1,000 SIFT keypoints): 64 rows keep a batch under 20 MB.
 FEATURE_BATCH_ROWS = 64
@@ -80,16 +82,6 @@ def label_unverified(pairs: DataFrame) -> DataFrame:
     """``pairs`` with ``inliers`` null and ``verified`` "embedding": what ``neardup pairs``
     (no images) and a run with verification off write."""
     return pairs.withColumn("inliers", F.lit(None).cast("int")).withColumn("verified", F.lit("embedding"))
-
-
-def sorted_pairs(pairs: DataFrame, one_task: bool) -> DataFrame:
-    """``pairs`` sorted by id_a, id_b, as pairs/ is written: in one task where they are
-    few enough for one (``groups.max_pairs_in_one_task``; no shuffle, and no pass to sample
-    them, which a global sort makes: 2.5 s against 3.2-5.7 s for 836,599 pairs here), else
-    by a global sort."""
-    if one_task:
-        return pairs.coalesce(1).sortWithinPartitions("id_a", "id_b")
-    return pairs.orderBy("id_a", "id_b")
 
 
 def accepted_on_embedding(pairs: DataFrame) -> DataFrame:
@@ -134,7 +126,7 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     graph_size = pairs.count()
     one_task = graph_size <= max_pairs_in_one_task
     if count == 0:
-        sorted_pairs(label_unverified(pairs), one_task).write.parquet(path)
+        sorted_by(label_unverified(pairs), PAIR_KEY, one_task).write.parquet(path)
         if rejected_path is not None:
             label_unverified(pairs).limit(0).write.parquet(rejected_path)
         return VerifyResult(graph_size, 0, 0, 0, 0, 0)
@@ -156,11 +148,11 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
         "verified", F.when(F.col("cosine") < F.lit(cfg.accept_cosine), "unverified").otherwise("embedding")))
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
-    sorted_pairs(labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), one_task
-                 ).write.parquet(path)
+    sorted_by(labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), PAIR_KEY, one_task
+              ).write.parquet(path)
     if rejected_path is not None:
-        sorted_pairs(labelled.filter(~F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), one_task
-                     ).write.parquet(rejected_path)
+        sorted_by(labelled.filter(~F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), PAIR_KEY,
+                  one_task).write.parquet(rejected_path)
     by_label = {row["verified"]: (row["pairs"], row["accepted"]) for row in verdicts.groupBy("verified").agg(
         F.count("*").alias("pairs"), F.count(F.when(F.col("accepted"), 1)).alias("accepted")).collect()}
     geometry, accepted = by_label.get("geometry", (0, 0))
