@@ -149,6 +149,20 @@ def set_arrow_batch_size(spark: SparkSession, rows: int) -> None:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
 
 
+@contextlib.contextmanager
+def arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
+    """Rows per Arrow batch for the stages run inside the block, then the previous value
+    again: for stages whose rows are large (two feature sets a pair), not for collecting
+    many small rows, which then arrive in many small chunks."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, previous)
+
+
 def executor_cores(spark: SparkSession) -> int:
     """Cores of one executor: ``spark.executor.cores``, or in local mode all the
     session's cores; 1 when neither says."""

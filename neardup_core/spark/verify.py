@@ -21,7 +21,7 @@ pairs are matched; a pair that needed a verdict beyond that is rejected without 
 Features are computed once per image, not once per pair, and only for images in a matched
 pair. Memory is bounded by ``pairs.max_keypoints`` (about 136 bytes a SIFT keypoint) times
 the rows of an Arrow batch, which this stage sets to :data:`FEATURE_BATCH_ROWS` while it
-runs. This module only moves data.
+featurizes and matches. This module only moves data.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ..config import InputConfig, PairsConfig
-from .session import sorted_by
+from .session import arrow_batch_rows, sorted_by
 from .tally import Tally
 
 log = logging.getLogger("neardup.verify")
@@ -54,7 +54,6 @@ FEATURE_BATCH_ROWS = 64
 KEYPOINT_BYTES = 136  # a SIFT keypoint: 2 float32 of position, 128 bytes of descriptor
 _FEATURE_SCHEMA = "id string, points binary, descriptors binary, error string"
 _DECIDED_SCHEMA = "id_a string, id_b string, inliers int"
-_ARROW_BATCH = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _LABELS = {1: "embedding", 2: "geometry", 3: "geometry", 0: "unverified", 4: "over_budget"}  # by verify's codes
 
 
@@ -130,19 +129,14 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
         if rejected_path is not None:
             label_unverified(pairs).limit(0).write.parquet(rejected_path)
         return VerifyResult(graph_size, 0, 0, 0, 0, 0)
-    previous_batch = spark.conf.get(_ARROW_BATCH)
-    spark.conf.set(_ARROW_BATCH, str(FEATURE_BATCH_ROWS))
     matcher = _Matcher(images, cfg, input_cfg, min_tasks, scratch, known)
-    try:
-        if nodes is not None and criteria is not None and one_task:
-            # Few (at most the budget, and the pairs over it), made on the driver: joined by broadcast.
-            verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
-            verdicts, planned = F.broadcast(spark.createDataFrame(verdicts)), True
-        else:
-            _verify_every_borderline_pair(pairs, borderline, cfg, matcher).write.parquet(f"{scratch}/verdicts")
-            verdicts, rounds, planned = spark.read.parquet(f"{scratch}/verdicts"), 1, False
-    finally:
-        spark.conf.set(_ARROW_BATCH, previous_batch)
+    if nodes is not None and criteria is not None and one_task:
+        # Few (at most the budget, and the pairs over it), made on the driver: joined by broadcast.
+        verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
+        verdicts, planned = F.broadcast(spark.createDataFrame(verdicts)), True
+    else:
+        _verify_every_borderline_pair(pairs, borderline, cfg, matcher).write.parquet(f"{scratch}/verdicts")
+        verdicts, rounds, planned = spark.read.parquet(f"{scratch}/verdicts"), 1, False
     matcher.release()
     # A pair without a verdict is accepted: on the embedding, or (borderline) unverified.
     labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
@@ -218,7 +212,8 @@ class _Matcher:
         new = ends.join(self.images.select("id", "path"), "id", "left").repartition(tasks, "id")
         self.feature_paths.append(f"{self.scratch}/features/round={self.rounds}")
         start = time.perf_counter()
-        _featurize(new, self.cfg, self.input_cfg, self.tally, self.rounds).write.parquet(self.feature_paths[-1])
+        with arrow_batch_rows(self.spark, FEATURE_BATCH_ROWS):
+            _featurize(new, self.cfg, self.input_cfg, self.tally, self.rounds).write.parquet(self.feature_paths[-1])
         self.seconds[0] += time.perf_counter() - start
         features = self._features()
         side_a = features.select(F.col("id").alias("id_a"), F.col("points").alias("points_a"),
@@ -228,7 +223,8 @@ class _Matcher:
         joined = wanted.join(side_a, "id_a", "left").join(side_b, "id_b", "left").repartition(tasks)
         decided = f"{self.scratch}/decided/round={self.rounds}"
         start = time.perf_counter()
-        _decide(joined, self.cfg).write.parquet(decided)
+        with arrow_batch_rows(self.spark, FEATURE_BATCH_ROWS):
+            _decide(joined, self.cfg).write.parquet(decided)
         self.seconds[1] += time.perf_counter() - start
         return self.spark.read.parquet(decided)
 
