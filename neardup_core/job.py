@@ -587,9 +587,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             changes = incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
                                                 spark.read.parquet(out.staged("groups")), good.select("id"),
                                                 found if found is not None and found.settled else None)
-            # At most both nights' pairs and images: one task where each night's pairs fit one.
+            # At most both nights' pairs and images: sorted in one task where each night's pairs
+            # fit one, gathered there by a shuffle so that the joins before it keep every core.
             one_task = max(result.pairs, prior.run.pairs) <= cfg.groups.max_pairs_in_one_task
-            sorted_by(changes, ("change", "id_a", "id_b", "id"), one_task).write.parquet(out.staged("changes"))
+            sorted_by(changes.repartition(1) if one_task else changes, ("change", "id_a", "id_b", "id"), one_task
+                      ).write.parquet(out.staged("changes"))
             still_listed = before.join(embedded.listed, "id", "left_semi").count()
             deleted = before.count() - still_listed  # a Parquet count: from the files' footers
             changed = still_listed - reused_count
