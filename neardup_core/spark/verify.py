@@ -251,7 +251,7 @@ def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]]
     from neardup_core.groups import priority_order
 
     spark = pairs.sparkSession
-    # In id order, as a full run stages them: verify.settle breaks cosine ties by position.
+    # In id order, whatever order they were staged in: verify.settle breaks cosine ties by position.
     edges = pairs.select("id_a", "id_b", "cosine").toArrow().sort_by([("id_a", "ascending"), ("id_b", "ascending")])
     ids = pa.chunked_array([*edges.column("id_a").chunks, *edges.column("id_b").chunks])
     members = nodes.join(spark.createDataFrame(pa.table({"id": pc.unique(ids)})), "id", "left_semi").toArrow()
