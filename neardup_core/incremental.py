@@ -74,6 +74,17 @@ class PreviousRun(NamedTuple):
     rejected_pairs: int = 0  # borderline pairs it rejected (matched or over the budget): not in its pairs/
     kept_rejected: bool = False  # it wrote them to rejected_pairs/ (pairs.keep_rejected)
 
+    @property
+    def rejected_to_read(self) -> bool:
+        """Its rejected_pairs/ holds pairs: an incremental run carries them, to decide again."""
+        return self.rejected_pairs > 0 and self.kept_rejected
+
+    @property
+    def rejected_lost(self) -> bool:
+        """It rejected pairs without keeping them (``pairs.keep_rejected`` false): tonight's
+        verification could need them again, so an incremental run cannot carry its pairs."""
+        return self.rejected_pairs > 0 and not self.kept_rejected
+
 
 def previous_run(path: str, manifest: dict[str, Any]) -> PreviousRun:
     """The parts of a finished run's ``_manifest.json`` an incremental run needs.

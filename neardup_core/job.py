@@ -371,7 +371,7 @@ def _previous(spark: SparkSession, out: OutputDir, path: str | None, fingerprint
         log.warning("--previous %s: its embeddings cannot be reused, so every image is embedded and paired again: %s",
                     path, "; ".join(why_not))
     return _Prior(run, incremental_stage.read_previous(spark, path, run.bits_per_table, run.num_tables,
-                                                       rejected=run.rejected_pairs > 0 and run.kept_rejected), why_not)
+                                                       rejected=run.rejected_to_read), why_not)
 
 
 def _sized_shuffles(spark: SparkSession, cfg: Config, rows: int):
@@ -457,13 +457,18 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     keyed, fresh_keyed, gone, incremental_record = None, None, None, None
     if prior is not None:
         incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
+    carry_pairs = planned is not None and reused_plan is not None and not reused_plan.near_copies
+    if carry_pairs and reused_plan.rejected_lost:
+        log.info("--previous %s rejected %d pairs and did not keep them (pairs.keep_rejected: false): pairing "
+                 "in full", reused_plan.path, reused_plan.rejected_pairs)
+        carry_pairs = False
     with progress.stage("pairs") as record:
         shuffle_before = shuffle_bytes_written(spark)
         result, found, final = None, None, False
         if planned is None:  # nothing embedded: no pairs, and nothing to hash
             pairing_stage.write_no_pairs(spark, pairs_path)
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
-        elif reused_plan is not None and not reused_plan.near_copies and not _lacks_rejected(prior.run):
+        elif carry_pairs:
             # Only the pairs that involve a new or changed image are found; the rest carry over.
             # Tonight's rows: the fresh ones hashed and kept (few), and the reused ones as the
             # reuse stage keeps them; their union is not copied into a cache of its own (at 1M
@@ -639,17 +644,6 @@ def _collapse_near_copies(cfg: Config, good: DataFrame, extras: DataFrame | None
                                    cfg.lsh.seed, items, dim)
         record["rows"] = near.count
     return near
-
-
-def _lacks_rejected(previous: incremental.PreviousRun) -> bool:
-    """Whether the previous run rejected pairs without keeping them (``pairs.keep_rejected``
-    false): tonight's verification could need them again, so an incremental run pairs in
-    full (still reusing the embeddings)."""
-    if previous.rejected_pairs and not previous.kept_rejected:
-        log.info("--previous %s rejected %d pairs and did not keep them (pairs.keep_rejected: false): pairing "
-                 "in full", previous.path, previous.rejected_pairs)
-        return True
-    return False
 
 
 def _settles_at(cfg: Config, embedded: _Embedded, copies: DataFrame | None) -> float | None:

@@ -266,6 +266,14 @@ def test_plan_conflicts_and_previous_run_errors():
         incremental.previous_run("r", {"fingerprint": {}, "config": {"output": {"write_embeddings": False}}})
 
 
+@pytest.mark.parametrize("rejected,kept,to_read,lost", [(0, False, False, False), (0, True, False, False),
+                                                        (4, True, True, False), (4, False, False, True)])
+def test_rejected_pairs_are_carried_when_kept_and_force_a_full_pairing_when_not(rejected, kept, to_read, lost):
+    run = incremental.previous_run("r", {"fingerprint": {}, "counts": {"pairs": 3, "rejected_pairs": rejected},
+                                         "config": {"pairs": {"keep_rejected": kept}}})
+    assert (run.rejected_to_read, run.rejected_lost) == (to_read, lost)
+
+
 @pytest.mark.parametrize("n,tables,fresh", [(1, 1, 1), (7, 3, 2), (500, 12, 40), (300, 5, 0)])
 def test_touched_rows_are_the_rows_sharing_a_touched_bucket(n, tables, fresh):
     rng = np.random.default_rng(n)
