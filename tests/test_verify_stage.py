@@ -192,14 +192,14 @@ def test_verification_off_or_without_images_accepts_every_pair(spark, photos, tm
         assert result.borderline == 0 and result.images == 0 and result.pairs == 2
 
 
-@pytest.mark.parametrize("max_pairs_in_one_task", [1, 10**6])  # a global sort; one task
-def test_pairs_are_written_sorted_whichever_way_they_are_sorted(spark, photos, tmp_path, max_pairs_in_one_task):
+def test_pairs_are_written_sorted_whichever_way_they_are_sorted(spark, photos, tmp_path):
     rows = [("fruits", "orange", 0.95), ("apple", "orange", 0.80), ("apple", "fruits", 0.92),
             ("baboon", "baboon_edited", 0.75)]
     pairs = _pairs(spark, photos, rows).repartition(3)
     images = spark.createDataFrame(list(photos.items()), "id string, path string")
     cfg = PairsConfig(cosine_threshold=0.7, accept_cosine=0.9, min_inliers=12)
-    for tag, given in (("off", None), ("verified", images)):
+    # Verification off with a global sort; verified and sorted in one task.
+    for tag, given, max_pairs_in_one_task in (("off", None, 1), ("verified", images, 10**6)):
         verify_stage.verify_pairs(pairs, given, cfg, InputConfig(), 2, str(tmp_path / f"s-{tag}"),
                                   str(tmp_path / f"p-{tag}"), str(tmp_path / f"r-{tag}"), nodes=given,
                                   criteria=[("id", False)], max_pairs_in_one_task=max_pairs_in_one_task)
