@@ -103,7 +103,7 @@ def pair(numbered: DataFrame, items: int, tables: LshTables, expected_candidates
         near = _score_halves(halves, vectors, tables.dim, row_parts, tables.num_tables, pairs_cfg.cosine_threshold,
                              tally)
         named = _name_pairs(near, numbered).persist(StorageLevel.MEMORY_AND_DISK)
-        pairs = named.count()  # runs the stage; the sort and the write read the cache
+        pairs = named.count()  # runs the stage once; the write (and the sort, if final) read the cache
         # Sorted only if final: the verify stage sorts the pairs it rewrites.
         labelled(named.orderBy("id_a", "id_b") if final else named).write.parquet(path)
         named.unpersist()

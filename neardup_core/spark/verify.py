@@ -54,7 +54,8 @@ FEATURE_BATCH_ROWS = 64
 KEYPOINT_BYTES = 136  # a SIFT keypoint: 2 float32 of position, 128 bytes of descriptor
 _FEATURE_SCHEMA = "id string, points binary, descriptors binary, error string"
 _DECIDED_SCHEMA = "id_a string, id_b string, inliers int"
-_LABELS = {1: "embedding", 2: "geometry", 3: "geometry", 0: "unverified", 4: "over_budget"}  # by verify's codes
+# A verdict's label by verify's codes: matched (accepted or rejected), or over the budget.
+_LABELS = {2: "geometry", 3: "geometry", 4: "over_budget"}
 
 
 class VerifyResult(NamedTuple):
@@ -288,7 +289,7 @@ def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]]
         "id_a": edges.column("id_a").take(rows), "id_b": edges.column("id_b").take(rows),
         "inliers": pa.array(settled.inliers[rows], pa.int32(), mask=settled.inliers[rows] < 0),
         "verified": pa.array([_LABELS[int(x)] for x in state], pa.string()),
-        "accepted": pa.array(np.isin(state, (verify.GEOMETRY, verify.UNKNOWN))),
+        "accepted": pa.array(state == verify.GEOMETRY),
     })
     return verdicts, settled.rounds
 
