@@ -134,13 +134,15 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     if nodes is not None and criteria is not None and one_task:
         # Few (at most the budget, and the pairs over it), made on the driver: joined by broadcast.
         verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
-        verdicts, planned = F.broadcast(spark.createDataFrame(verdicts)), True
+        verdicts, planned = spark.createDataFrame(verdicts), True
     else:
         _verify_every_borderline_pair(pairs, borderline, cfg, matcher).write.parquet(f"{scratch}/verdicts")
         verdicts, rounds, planned = spark.read.parquet(f"{scratch}/verdicts"), 1, False
     matcher.release()
     # A pair without a verdict is accepted: on the embedding, or (borderline) unverified.
-    labelled = pairs.join(verdicts, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
+    # The hint only on the join: on the frame itself, Spark warns at the tally below.
+    hinted = F.broadcast(verdicts) if planned else verdicts
+    labelled = pairs.join(hinted, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
         "verified", F.when(F.col("cosine") < F.lit(cfg.accept_cosine), "unverified").otherwise("embedding")))
     columns = [*pairs.columns, *VERIFIED_COLUMNS]
     sorted_by(labelled.filter(F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), PAIR_KEY, one_task
