@@ -90,15 +90,23 @@ def _local(path: str) -> str:
     return path[len("file:"):] if path.startswith("file:") else path
 
 
-def plan_slices(files: list[str], row_groups: list[list[int]], rows_per_slice: int) -> list[Slice]:
+def plan_slices(files: list[str], row_groups: list[list[int]], rows_per_slice: int,
+                max_slices_per_group: int | None = None) -> list[Slice]:
     """Every row of the table in slices of at most ``rows_per_slice`` rows, each within
-    one row group, cut in equal parts; empty row groups give no slice."""
+    one row group, cut in equal parts; empty row groups give no slice. With
+    ``max_slices_per_group``, a row group is cut in at most that many slices (larger than
+    ``rows_per_slice`` where it must be): a row group cut in S slices is decoded
+    (S + 1) / 2 times in all (module docstring)."""
     if rows_per_slice < 1:
         raise ValueError(f"rows_per_slice must be >= 1, got {rows_per_slice}")
+    if max_slices_per_group is not None and max_slices_per_group < 1:
+        raise ValueError(f"max_slices_per_group must be >= 1, got {max_slices_per_group}")
     out = []
     for name, groups in zip(files, row_groups):
         for index, rows in enumerate(groups):
             parts = -(-rows // rows_per_slice)
+            if max_slices_per_group is not None:
+                parts = min(parts, max_slices_per_group)
             cuts = [rows * k // parts for k in range(parts + 1)] if parts else []
             out.extend(Slice(name, index, a, b) for a, b in zip(cuts, cuts[1:]))
     return out

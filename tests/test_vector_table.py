@@ -57,12 +57,19 @@ def test_vector_hashes_equal_the_per_row_hash():
 
 
 @pytest.mark.parametrize("per_slice", [1, 2, 3, 5, 1000])
-def test_slices_give_every_row_once_in_order(tmp_path, per_slice):
+@pytest.mark.parametrize("cap", [None, 1, 2, 3])
+def test_slices_give_every_row_once_in_order(tmp_path, per_slice, cap):
     names = write(tmp_path, [[1, 2, 7], [0], [11, 3]])
     table = open_table(str(tmp_path))
     assert table.files == names and table.row_groups == [[1, 2, 7], [0], [11, 3]]
-    slices = plan_slices(table.files, table.row_groups, per_slice)
-    assert all(0 < s.stop - s.start <= per_slice for s in slices)
+    slices = plan_slices(table.files, table.row_groups, per_slice, max_slices_per_group=cap)
+    for name, groups in zip(table.files, table.row_groups):
+        for index, rows in enumerate(groups):
+            sizes = [s.stop - s.start for s in slices if (s.file, s.row_group) == (name, index)]
+            wanted = -(-rows // per_slice)  # the fewest slices of at most per_slice rows
+            assert len(sizes) == (wanted if cap is None else min(wanted, cap))
+            assert all(size > 0 for size in sizes) and (not sizes or max(sizes) - min(sizes) <= 1)
+    assert all(0 < s.stop - s.start <= per_slice for s in slices) == (cap is None or cap >= -(-11 // per_slice))
     tasks = pack_slices(slices, per_slice)
     assert sorted(i for t in tasks for i in t) == list(range(len(slices)))
     read = [b for i in (i for t in tasks for i in t) for b in read_slice(table.fs, slices[i], ["item", "vec"], 2)]
@@ -91,14 +98,23 @@ def test_sliced_read_gives_the_rows_of_a_whole_table_read(spark, tmp_path, monke
         return [(r.id, None if r.embedding is None else [float(v) for v in r.embedding], r.content_hash,
                  r.error_stage, r.error_message) for r in frame.itertuples()]
 
-    arrow = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=4, batch_rows=3)
-    # One task per slice of at most 4 rows (the row groups of 1 and 2 rows read together).
-    assert arrow.rows.rdd.getNumPartitions() == 12
+    arrow = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=7, batch_rows=3)
+    # One task per slice of at most 7 rows, each row group in at most 2 slices (the
+    # session's cores): 1 + 2 rows, then 6, 7 (13), 4, 5 (9), 5 and 5: none over 7, so not spread.
+    assert arrow.rows.rdd.getNumPartitions() == 7
     assert rows(arrow) == expected
-    # A slice also holds at most slice_bytes of float32 vectors: 4 rows here, as above.
-    by_bytes = listing.read_embeddings(spark, str(tmp_path), "item", "vec", batch_rows=3, slice_bytes=4 * 4 * DIM + 3)
-    assert by_bytes.rows.rdd.getNumPartitions() == 12
+    # A slice also holds at most slice_bytes of float32 vectors: 7 rows here, as above.
+    by_bytes = listing.read_embeddings(spark, str(tmp_path), "item", "vec", batch_rows=3, slice_bytes=7 * 4 * DIM + 3)
+    assert by_bytes.rows.rdd.getNumPartitions() == 7
     assert rows(by_bytes) == expected
+    # At most 4 rows a slice: the row groups of 13 and 9 rows are still cut in 2 slices
+    # each, and the rows then spread by id (a shuffle, which adaptive execution sizes).
+    spread = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=4, batch_rows=3)
+    def spreads(read) -> bool:
+        return "RepartitionByExpression [id" in read.rows._jdf.queryExecution().logical().toString()
+
+    assert spreads(spread) and not spreads(arrow) and not spreads(by_bytes)
+    assert rows(spread) == expected
     monkeypatch.setattr(listing, "_arrow_table", lambda *args: (None, "as the test says"))
     assert rows(listing.read_embeddings(spark, str(tmp_path), "item", "vec")) == expected
 

@@ -207,9 +207,10 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     where it has one, else the id; ``width``, ``height``, ``bytes`` and ``modified`` are
     the table's where it has them (a run's own ``embeddings/`` does), else null.
 
-    The rows are read by PyArrow in Python tasks (:mod:`spark.vector_table`), in slices
-    of at most ``slice_rows`` rows and ``slice_bytes`` of float32 vectors, and at least one
-    per core, ``batch_rows`` at a time;
+    The rows are read by PyArrow in Python tasks (:mod:`spark.vector_table`) into
+    partitions of at most ``slice_rows`` rows and ``slice_bytes`` of float32 vectors, and
+    at least one per core, ``batch_rows`` at a time (a row group in at most one slice per
+    core, its rows spread by id where that makes a slice larger);
     where PyArrow cannot open the path (a scheme it has no file system for, such as
     ``s3a://``) or a column has a type it would not convert as Spark does, by Spark's
     reader, which holds a row group's column chunk whole in the JVM (the log says which).
@@ -299,8 +300,9 @@ def _read_by_arrow(spark: SparkSession, path: str, arrow: TableFiles, id_column:
     dim = first_vector_length(arrow, embedding_column)
     _check_first_vector(path, dim)
     total = sum(map(sum, arrow.row_groups))
-    per_slice = max(1, min(slice_rows, slice_bytes // (4 * dim), -(-total // spark.sparkContext.defaultParallelism)))
-    rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows)
+    cores = spark.sparkContext.defaultParallelism
+    per_slice = max(1, min(slice_rows, slice_bytes // (4 * dim), -(-total // cores)))
+    rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows, cores)
     log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total, len(arrow.files),
              tasks)
     return UserEmbeddings(rows, dim, extras, total * dim * 4, "path" in arrow.schema.names)
