@@ -62,8 +62,8 @@ class InputConfig(_Section):
     max_file_bytes: int = 64 * 1024 * 1024
     max_pixels: int = 64_000_000
     rows_per_partition: int = 2000
-    slice_rows: int = 500_000  # `neardup pairs`: most rows of the --embeddings table one task reads (and
-    # at most pairs.partition_mb of vectors)
+    slice_rows: int = 500_000  # `neardup pairs`: most rows of the --embeddings table in one partition (and
+    # at most pairs.partition_mb of vectors; spark.vector_table.read_rows)
 
     def _check(self) -> None:
         _require(bool(self.id_column), "input.id_column", self.id_column, "must not be empty")
