@@ -19,7 +19,7 @@ import os
 import sys
 
 from .config import ConfigError, load_config
-from .console import configure_logging
+from .console import configure_logging, exit_on_interrupt
 from .embed import ModelError
 from .lock import LockError
 from .output import OutputError
@@ -106,11 +106,18 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         # The run's own staging folder and its output lock are already removed (finally blocks).
         print("neardup: interrupted; the output folder holds what it held before", file=sys.stderr)
         return 130
+    # The run is committed and its lock released: a Ctrl-C from here (Spark's shutdown
+    # included) ends the process at once, saying so; one since the commit was noted.
+    after = f"neardup: interrupted after the run was committed; {result.output} is complete"
+    exit_on_interrupt(after)
     counts = result.counts
     reuse = f" ({counts.embedded} embedded, {counts.reused} reused)" if args.previous else ""
     print(f"neardup: {counts.inputs} images{reuse}, {counts.errors} errors, "
           f"{counts.pairs} near-duplicate pairs (cosine >= {cfg.pairs.cosine_threshold}), "
           f"{counts.groups} groups, {counts.dropped} images to drop -> {result.output}")
+    if result.interrupted is not None and result.interrupted.is_set():
+        print(after, file=sys.stderr)
+        return 130
     return 0
 
 

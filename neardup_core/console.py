@@ -3,12 +3,15 @@ default; everything the libraries say with ``--verbose``."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 # absl's C++ logging (TensorFlow 2.18+) writes INFO lines to file descriptor 2 before
@@ -58,3 +61,49 @@ def without_native_info(enabled: bool = True) -> Iterator[None]:
             show, _ = native_info_lines(captured.read().decode("utf-8", "replace"))
             if show:
                 print("\n".join(show), file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def callers_interrupts() -> Iterator[None]:
+    """The Ctrl-C handler in place on entry, put back however the block ends (a run
+    replaces it). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caller = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, caller)
+
+
+def note_interrupts() -> threading.Event:
+    """From a run's commit on: a Ctrl-C is noted in the returned event instead of raised, so
+    that the run still releases its output lock and returns, and the caller can say that
+    the output is complete (:func:`exit_on_interrupt`). Main thread only; elsewhere the
+    event is never set."""
+    noted = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: noted.set())
+    return noted
+
+
+def exit_on_interrupt(message: str, code: int = 130) -> None:
+    """From now on a Ctrl-C writes ``message`` to stderr and ends the process at once with
+    ``code``: for the time after a run, when nothing is left to clean up and the job's
+    handler (:func:`spark.session.quiet_interrupts`) would raise into the summary line or
+    the interpreter's shutdown. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    # While the interpreter finishes, after the atexit callbacks, Python gives SIGINT back
+    # to the system's default: death by signal (exit -2 to a scheduler). Ignored there
+    # instead; the process is ending, and the JVM ends when its pipe to this one closes.
+    atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
+
+    def leave(signum, frame):
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        os.write(2, f"{message}\n".encode())
+        os._exit(code)
+
+    signal.signal(signal.SIGINT, leave)

@@ -19,6 +19,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +31,7 @@ from pyspark.sql import functions as F
 
 from . import __version__, incremental, near_copies, tuning
 from .config import Config, ConfigError, EmbedConfig, LshConfig
-from .console import without_native_info
+from .console import callers_interrupts, note_interrupts, without_native_info
 from .embed import prepare_model
 from .lock import HadoopLockFile, LocalLockFile, OutputLock
 from .lsh import LshTables
@@ -101,6 +102,7 @@ class RunResult:
     output: str
     counts: RunCounts
     manifest: dict
+    interrupted: threading.Event | None = None  # set by a Ctrl-C after the commit (console.note_interrupts)
 
 
 class _Prior(NamedTuple):
@@ -288,10 +290,11 @@ def _lock_output(cfg: Config) -> OutputLock:
 
 def _run_session(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
                  produce: Callable[[SparkSession, OutputDir], _Embedded], lock: OutputLock) -> RunResult:
-    try:
-        return _run_locked(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
-    finally:
-        lock.release()
+    with callers_interrupts():  # the run replaces the Ctrl-C handler (quiet_interrupts, note_interrupts)
+        try:
+            return _run_locked(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+        finally:
+            lock.release()
 
 
 def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, progress: Progress,
@@ -327,6 +330,7 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         _check_accounting(counts)
         manifest["report"] = report_stage.write_report(spark, cfg, out.staging, manifest)
         out.commit(manifest)
+        interrupted = note_interrupts()  # committed: a Ctrl-C no longer undoes anything
     except BaseException as err:
         if isinstance(err, KeyboardInterrupt):
             wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
@@ -337,7 +341,7 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         raise
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
-    return RunResult(path, counts, manifest)
+    return RunResult(path, counts, manifest, interrupted)
 
 
 def _check_accounting(counts: RunCounts) -> None:

@@ -32,3 +32,61 @@ def test_native_stderr_is_filtered_and_python_stderr_kept():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert proc.returncode == 0
     assert proc.stderr.splitlines() == ["W0000 00:00:1.5    7 port.cc:153] kept warning", "python says", "after"]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ),
+                          timeout=60)
+
+
+def test_a_ctrl_c_after_the_commit_is_noted_then_ends_the_process_saying_so():
+    code = (
+        "import os, signal, time\n"
+        "from neardup_core.console import exit_on_interrupt, note_interrupts\n"
+        "noted = note_interrupts()\n"
+        "print('before', noted.is_set(), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(0.2)\n"
+        "print('noted', noted.is_set(), flush=True)\n"
+        "exit_on_interrupt('neardup: interrupted after the run was committed; OUT is complete')\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(10)\n"
+        "print('not reached')\n"
+    )
+    done = _python(code)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout.splitlines() == ["before False", "noted True"]
+    assert done.stderr == "neardup: interrupted after the run was committed; OUT is complete\n"
+
+
+def test_a_ctrl_c_while_the_interpreter_finishes_is_not_a_death_by_signal():
+    # An atexit callback registered first runs last: after exit_on_interrupt's own.
+    code = (
+        "import atexit, os, signal\n"
+        "from neardup_core.console import exit_on_interrupt\n"
+        "atexit.register(lambda: (print('ignored', signal.getsignal(signal.SIGINT) == signal.SIG_IGN, flush=True),\n"
+        "                         os.kill(os.getpid(), signal.SIGINT)))\n"
+        "exit_on_interrupt('said')\n"
+    )
+    done = _python(code)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "ignored True\n", "")
+
+
+def test_the_callers_ctrl_c_handler_is_put_back_however_the_run_ends():
+    code = (
+        "import signal\n"
+        "from neardup_core.console import callers_interrupts, note_interrupts\n"
+        "mine = lambda signum, frame: None\n"
+        "signal.signal(signal.SIGINT, mine)\n"
+        "with callers_interrupts():\n"
+        "    note_interrupts()\n"
+        "print(signal.getsignal(signal.SIGINT) is mine)\n"
+        "try:\n"
+        "    with callers_interrupts():\n"
+        "        signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "        raise KeyboardInterrupt\n"
+        "except KeyboardInterrupt:\n"
+        "    print(signal.getsignal(signal.SIGINT) is mine)\n"
+    )
+    done = _python(code)
+    assert (done.returncode, done.stdout) == (0, "True\nTrue\n"), done.stderr
