@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
         # The run's own staging folder and its output lock are already removed (finally blocks).
         print("neardup: interrupted; the output folder holds what it held before", file=sys.stderr)
         return 130
-    # The run is committed and its lock released: a Ctrl-C from here (Spark's shutdown
-    # included) ends the process at once, saying so; one since the commit was noted.
+    # The run is committed and its lock released: a Ctrl-C from here (the interpreter's
+    # shutdown included) ends the process at once, saying so; one since the commit was noted.
     after = f"neardup: interrupted after the run was committed; {result.output} is complete"
     exit_on_interrupt(after)
     counts = result.counts

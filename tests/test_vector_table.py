@@ -69,6 +69,7 @@ def test_slices_give_every_row_once_in_order(tmp_path, per_slice, cap):
             wanted = -(-rows // per_slice)  # the fewest slices of at most per_slice rows
             assert len(sizes) == (wanted if cap is None else min(wanted, cap))
             assert all(size > 0 for size in sizes) and (not sizes or max(sizes) - min(sizes) <= 1)
+    # Every slice within per_slice unless the cap binds on the largest row group (11 rows).
     assert all(0 < s.stop - s.start <= per_slice for s in slices) == (cap is None or cap >= -(-11 // per_slice))
     tasks = pack_slices(slices, per_slice)
     assert sorted(i for t in tasks for i in t) == list(range(len(slices)))

@@ -57,9 +57,11 @@ def read_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_
     read together), and a row group in at most ``cores`` slices: cut in more, the tasks
     would decode it (S + 1) / 2 times (:mod:`neardup_core.vector_table`; 8.5 times for
     a 1M-row group in 16 slices, 20 s of 2 cores' time against 2.6 s for one read). Where
-    that leaves a slice over ``rows_per_slice`` rows, the rows are spread by id into
-    partitions of about that many as they are read, sorted by id in each (the order a
-    later stage numbers them in does not depend on which task's rows arrived first).
+    that leaves a slice over ``rows_per_slice`` rows, the rows are spread by id as they are
+    read (a shuffle, which adaptive execution coalesces to its advisory partition size, 64 MB
+    unless set: a fixed count would make Spark shuffle them again for the join on id of an
+    incremental run), and sorted by id in each partition (the order a later stage numbers
+    them in does not depend on which task's rows arrived first).
     Returns the rows and the reading task count."""
     slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
     tasks = pack_slices(slices, rows_per_slice)
