@@ -35,7 +35,7 @@ from .console import callers_interrupts, note_interrupts, without_native_info
 from .embed import prepare_model
 from .lock import HadoopLockFile, LocalLockFile, OutputLock
 from .lsh import LshTables
-from .output import OutputDir, OutputError, check_local_output, check_output
+from .output import OutputDir, OutputError, check_local_output, check_local_previous, check_output
 from .pairing import BucketStats
 from .progress import Progress
 from .sources import InputError, is_local, local_path, require_local_path, resolve_format
@@ -156,6 +156,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             Spark job runs.
     """
     cfg.output.required_path()
+    check_local_previous(previous)
     fmt = resolve_format(cfg.input)
     extra_columns = tuple(cfg.groups.manifest_columns())
     if fmt == "directory" and extra_columns:
@@ -222,6 +223,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
     """
     cfg.output.required_path()
     require_local_path(embeddings, "--embeddings")
+    check_local_previous(previous)
     lock = _lock_output(cfg)
     progress = Progress()
 

@@ -70,6 +70,27 @@ def check_local_output(cfg: OutputConfig) -> None:
         check_output(entries, path, cfg.overwrite)
 
 
+def previous_problem(path: str, exists) -> str | None:
+    """Why ``path`` (``--previous``) holds no finished run, or None when it does;
+    ``exists(path)`` says whether a path exists (``os.path.exists``, or Hadoop's)."""
+    if exists(f"{path.rstrip('/')}/{SUCCESS}"):
+        return None
+    return "holds no finished run (no _SUCCESS)" if exists(path) else "does not exist"
+
+
+def check_local_previous(path: str | None) -> None:
+    """:meth:`OutputDir.read_finished_manifest`'s check before Spark starts, where
+    ``--previous`` is a local path (others are checked once the session is up).
+
+    Raises:
+        OutputError: no finished run there.
+    """
+    if path is not None and is_local(path):
+        problem = previous_problem(local_path(path), os.path.exists)
+        if problem:
+            raise OutputError(f"--previous {path}: {problem}")
+
+
 class OutputDir:
     """One run's output folder, staged under ``OUTPUT/_staging-RUN_ID``."""
 
@@ -85,9 +106,9 @@ class OutputDir:
         Raises:
             OutputError: no finished run there (no ``_SUCCESS``) or an unreadable manifest.
         """
-        if not self._fs.exists(self._Path(f"{path.rstrip('/')}/{SUCCESS}")):
-            what = "holds no finished run (no _SUCCESS)" if self._fs.exists(self._Path(path)) else "does not exist"
-            raise OutputError(f"--previous {path}: {what}")
+        problem = previous_problem(path, lambda name: self._fs.exists(self._Path(name)))
+        if problem:
+            raise OutputError(f"--previous {path}: {problem}")
         text = read_text(spark, f"{path.rstrip('/')}/{MANIFEST}")
         try:
             return json.loads(text)

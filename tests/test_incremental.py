@@ -232,7 +232,12 @@ def expected_changes(before, after):
     ("unfinished", "--previous {tmp}/night: holds no finished run (no _SUCCESS)"),
     ("old", "made by a neardup without incremental runs"),
 ])
-def test_an_unusable_previous_run_exits_2(spark, tmp_path, capsys, setup, message):
+def test_an_unusable_previous_run_exits_2(spark, tmp_path, capsys, monkeypatch, setup, message):
+    from neardup_core import job
+
+    locked = []  # the output is locked (made) only once the invocation is checked
+    real_lock = job._lock_output
+    monkeypatch.setattr(job, "_lock_output", lambda cfg: locked.append(cfg.output.path) or real_lock(cfg))
     pd.DataFrame({"id": ["a"], "embedding": [[1.0, 0.0]]}).to_parquet(tmp_path / "e.parquet")
     night = tmp_path / "night"
     if setup != "missing":
@@ -244,6 +249,9 @@ def test_an_unusable_previous_run_exits_2(spark, tmp_path, capsys, setup, messag
                      "--previous", str(night)])
     assert code == 2
     assert message.format(tmp=tmp_path) in capsys.readouterr().err
+    # A local --previous without a finished run is refused before the output is locked,
+    # and so before Spark; one made by an older neardup is known only from its manifest.
+    assert bool(locked) == (setup == "old")
 
 
 def test_fingerprint_differences_name_each_setting():
