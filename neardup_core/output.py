@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
@@ -70,7 +71,7 @@ def check_local_output(cfg: OutputConfig) -> None:
         check_output(entries, path, cfg.overwrite)
 
 
-def previous_problem(path: str, exists) -> str | None:
+def previous_problem(path: str, exists: Callable[[str], bool]) -> str | None:
     """Why ``path`` (``--previous``) holds no finished run, or None when it does;
     ``exists(path)`` says whether a path exists (``os.path.exists``, or Hadoop's)."""
     if exists(f"{path.rstrip('/')}/{SUCCESS}"):

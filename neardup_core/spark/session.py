@@ -144,19 +144,26 @@ def launch_setting(cfg: SparkConfig, key: str, launched_by_spark_submit: bool) -
     return submit_settings().get(key) if launched_by_spark_submit else None
 
 
+_ARROW_BATCH_ROWS = "spark.sql.execution.arrow.maxRecordsPerBatch"
+
+
 def set_arrow_batch_size(spark: SparkSession, rows: int) -> None:
     """Rows per Arrow batch for the stages that run from here on."""
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(rows))
+    spark.conf.set(_ARROW_BATCH_ROWS, str(rows))
 
 
-@contextlib.contextmanager
-def arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
+def arrow_batch_rows(spark: SparkSession, rows: int) -> contextlib.AbstractContextManager[None]:
     """Rows per Arrow batch for the stages run inside the block, then the previous value
     again: for stages whose rows are large (two feature sets a pair), not for collecting
     many small rows, which then arrive in many small chunks."""
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    return _setting(spark, _ARROW_BATCH_ROWS, rows)
+
+
+@contextlib.contextmanager
+def _setting(spark: SparkSession, key: str, value: object) -> Iterator[None]:
+    """The session's SQL setting ``key`` at ``value`` inside the block, then as it was."""
     previous = spark.conf.get(key)
-    spark.conf.set(key, str(rows))
+    spark.conf.set(key, str(value))
     try:
         yield
     finally:
@@ -204,17 +211,11 @@ def default_parallelism(spark: SparkSession) -> int:
     return spark.sparkContext.defaultParallelism
 
 
-@contextlib.contextmanager
-def shuffle_partitions(spark: SparkSession, partitions: int) -> Iterator[None]:
+def shuffle_partitions(spark: SparkSession, partitions: int) -> contextlib.AbstractContextManager[None]:
     """``spark.sql.shuffle.partitions`` for the stages run inside the block, then the
     previous value again. Spark's default of 200 suits large data; for a stage of a few
     hundred MB on a few cores, 200 tasks a shuffle cost more in task overhead than work."""
-    previous = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", str(partitions))
-    try:
-        yield
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", previous)
+    return _setting(spark, "spark.sql.shuffle.partitions", partitions)
 
 
 def sorted_by(frame: DataFrame, columns: tuple[str, ...], one_task: bool) -> DataFrame:
