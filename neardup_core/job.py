@@ -125,7 +125,7 @@ class _Embedded(NamedTuple):
     prior: _Prior | None = None
     listed: DataFrame | None = None  # id of every input (an incremental run: to count deletions)
     by_listing: incremental_stage.ByListing | None = None  # inputs unchanged by the listing, with their vectors
-    by_content: int = 0  # inputs the embed stage found unchanged by content (rows' "reused")
+    by_content: int = 0  # inputs found unchanged by content (rows' "reused"): by the embed stage, or by vector
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
     paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
 
@@ -237,11 +237,14 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
             if prior is not None and not prior.why_not:
-                # A vector is reused when the previous run holds its id with the same vector bytes.
-                before = prior.data.embeddings.select("id", F.col("content_hash").alias("previous_hash"))
-                rows = rows.join(before, "id", "left").withColumn(
-                    "reused", F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
-                ).drop("previous_hash")
+                # A vector is reused when the previous run holds its id with the same vector
+                # bytes; its keys come from the same join (a second join on id, for the keys,
+                # sorted 1M rows of vectors again: 19 s at 1M).
+                before = prior.data.embeddings.select("id", F.col("content_hash").alias("previous_hash"),
+                                                      F.col("keys").alias("previous_keys"))
+                reused = F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
+                rows = rows.join(before, "id", "left").withColumn("reused", reused).withColumn(
+                    "previous_keys", F.when(F.col("reused"), F.col("previous_keys"))).drop("previous_hash")
             # Caching in memory builds a task's rows in the heap before it can spill them, and
             # a cache larger than the heap's storage share spills through it: vectors beyond
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
@@ -249,13 +252,13 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             # One pass reads the table into the cache, counts, and counts the distinct ids;
             # only where they fall short does the ids' check (which names them) read the cache.
-            images, errors, fresh, ids = _counts(rows, F.count_distinct("id"))
+            images, errors, fresh, ids, reused = _counts(rows, F.count_distinct("id"), F.count_if("reused"))
             record["rows"], record["errors"] = images, errors
             problem = listing_stage.manifest_id_problem(rows) if ids != images else None
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
         return _Embedded(rows, images, errors, fresh, dim, extras if extra_columns else None, fingerprint, prior,
-                         rows.select("id"), paths_are_ids=not read.has_paths)
+                         rows.select("id"), by_content=reused, paths_are_ids=not read.has_paths)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -429,12 +432,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 if embedded.by_content:  # their vectors are read from the previous run now
                     reused = reused.unionByName(incremental_stage.reused_rows(
                         rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings))
-            else:  # `neardup pairs`: tonight's table has every vector; the previous run, their keys
-                reused = incremental_stage.reused_vectors(rows.filter("reused"), prior.data.embeddings)
-            reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
-            reused_count = record["rows"] = reused.count()
-            if embedded.by_listing is not None:
+                reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
+                reused_count = reused.count()
                 embedded.by_listing.joined.unpersist()
+            else:  # `neardup pairs`: tonight's cached rows, with last night's keys; counted as cached
+                reused = incremental_stage.reused_vectors(rows.filter("reused"))
+                reused_count = embedded.by_content
+            record["rows"] = reused_count
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)

@@ -101,12 +101,13 @@ def reused_rows(unchanged: DataFrame, previous: DataFrame) -> DataFrame:
     return unchanged.join(previous.select("id", *_REUSED, "content_hash"), "id")
 
 
-def reused_vectors(rows: DataFrame, previous: DataFrame) -> DataFrame:
+def reused_vectors(rows: DataFrame) -> DataFrame:
     """``neardup pairs``: rows whose vector the previous run holds unchanged (same id and
-    content hash), with their keys from the previous run's ``embeddings/``, which need
-    not hold the vectors themselves."""
-    return rows.select("id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash").join(
-        previous.select("id", "keys"), "id")
+    content hash), with their keys from the previous run's ``embeddings/`` (which need not
+    hold the vectors themselves) as ``previous_keys``: the reuse is decided and the keys
+    are taken in one join."""
+    return rows.select("id", "path", "embedding", F.col("previous_keys").alias("keys"), "width", "height", "bytes",
+                       "modified", "content_hash")
 
 
 class IncrementalPairs(NamedTuple):
