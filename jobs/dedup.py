@@ -9,4 +9,4 @@ import sys
 from neardup_core.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]], launched_by_spark_submit=True))
+    sys.exit(main(["run", *sys.argv[1:]], launched_by_spark_submit=True, whole_process=True))

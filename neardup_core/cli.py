@@ -71,7 +71,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = None) -> int:
+def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = None, whole_process: bool = False
+         ) -> int:
+    """Run one command; returns its exit code. ``whole_process``: the caller is the
+    process's entry point, which ends when this returns; then a Ctrl-C after a run's commit
+    ends the process at once, saying the output is complete (:func:`exit_on_interrupt`),
+    a handler an in-process caller (a test, a notebook) must not be left with."""
     args = parser().parse_args(argv)
     configure_logging(args.verbose)
     if launched_by_spark_submit is None:
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
     # The run is committed and its lock released: a Ctrl-C from here (the interpreter's
     # shutdown included) ends the process at once, saying so; one since the commit was noted.
     after = f"neardup: interrupted after the run was committed; {result.output} is complete"
-    exit_on_interrupt(after)
+    if whole_process:
+        exit_on_interrupt(after)
     counts = result.counts
     reuse = f" ({counts.embedded} embedded, {counts.reused} reused)" if args.previous else ""
     print(f"neardup: {counts.inputs} images{reuse}, {counts.errors} errors, "
@@ -210,7 +216,7 @@ def _report(args: argparse.Namespace, launched_by_spark_submit: bool) -> int:
 
 def main_entry() -> None:
     """Console-script wrapper: exit with main()'s code."""
-    sys.exit(main())
+    sys.exit(main(whole_process=True))
 
 
 if __name__ == "__main__":

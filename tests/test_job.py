@@ -5,6 +5,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,10 @@ def run_cli(args, capsys):
 def first_run(spark, catalog, tmp_path_factory):
     root, _ = catalog
     out = tmp_path_factory.mktemp("run") / "out"
+    handler = signal.getsignal(signal.SIGINT)
     assert cli.main(["run", "--input", str(root), "--output", str(out), *COMMON]) == 0
+    # An in-process caller keeps its own Ctrl-C handler (the CLI's entry point sets another).
+    assert signal.getsignal(signal.SIGINT) is handler
     check_groups_output(out)
     return out
 
