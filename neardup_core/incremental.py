@@ -14,6 +14,7 @@ over ``lsh.max_bucket_size`` (then the pairing runs in full; the groups always d
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -151,35 +152,35 @@ def table_bounds(codes: np.ndarray, num_tables: int) -> np.ndarray:
 
 def touched_rows(keys: np.ndarray, touched: np.ndarray) -> list[np.ndarray]:
     """For each table t, the rows of ``keys`` (n, L) whose key in t is among the sorted
-    ``touched`` codes (table << 48 | key). One binary search per table in that table's
-    share of the codes: 0.3 s for 10,000 rows x 220 tables against 2.2M codes on this
-    machine, where ``np.isin`` over all the codes at once took 2.5 s."""
-    bounds = table_bounds(touched, keys.shape[1])
-    found = []
-    for table in range(keys.shape[1]):
-        in_table = touched[bounds[table]:bounds[table + 1]] & ((1 << KEY_BITS) - 1)
-        if len(in_table) == 0:
-            found.append(np.zeros(0, np.int64))
-            continue
-        column = keys[:, table]
-        maybe = np.flatnonzero(may_hold(in_table, column))
-        at = np.minimum(np.searchsorted(in_table, column[maybe]), len(in_table) - 1)
-        found.append(maybe[in_table[at] == column[maybe]])
-    return found
+    ``touched`` codes (table << 48 | key)."""
+    return [rows for _, rows, _ in _in_touched(keys, touched)]
 
 
 def touched_counts(keys: np.ndarray, touched: np.ndarray) -> np.ndarray:
     """How many rows of ``keys`` (n, L) each of the sorted ``touched`` codes holds:
     (len(touched),) int64. Summed over the parts of a table, the sizes of the buckets a
     change touches."""
-    counts = np.zeros(len(touched), np.int64)
+    at = [np.zeros(0, np.int64), *(positions for _, _, positions in _in_touched(keys, touched))]
+    return np.bincount(np.concatenate(at), minlength=len(touched))
+
+
+def _in_touched(keys: np.ndarray, touched: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For each table t: (t, the rows of ``keys`` whose key in t is among the sorted
+    ``touched`` codes, the position of that code in ``touched``). One binary search per
+    table in that table's share of the codes: 0.3 s for 10,000 rows x 220 tables against
+    2.2M codes on this machine, where ``np.isin`` over all the codes at once took 2.5 s."""
     bounds = table_bounds(touched, keys.shape[1])
-    for table, rows in enumerate(touched_rows(keys, touched)):
-        if len(rows):  # counted within the table's share of the codes, not over all of them
-            start, stop = bounds[table], bounds[table + 1]
-            at = np.searchsorted(touched[start:stop], (np.int64(table) << KEY_BITS) | keys[rows, table])
-            counts[start:stop] += np.bincount(at, minlength=stop - start)
-    return counts
+    for table in range(keys.shape[1]):
+        start, stop = int(bounds[table]), int(bounds[table + 1])
+        in_table = touched[start:stop] & ((1 << KEY_BITS) - 1)
+        if len(in_table) == 0:
+            yield table, np.zeros(0, np.int64), np.zeros(0, np.int64)
+            continue
+        column = keys[:, table]
+        maybe = np.flatnonzero(may_hold(in_table, column))
+        at = np.minimum(np.searchsorted(in_table, column[maybe]), len(in_table) - 1)
+        hit = in_table[at] == column[maybe]
+        yield table, maybe[hit], start + at[hit]
 
 
 def largest_touched(now: np.ndarray, touched: np.ndarray, fresh_keys: np.ndarray, gone_keys: np.ndarray) -> int:
@@ -203,16 +204,42 @@ def index_fresh(fresh_keys: np.ndarray) -> FreshIndex:
     return FreshIndex(np.ascontiguousarray(order.T), np.ascontiguousarray(np.take_along_axis(fresh_keys, order, 0).T))
 
 
-def fresh_partners(keys: np.ndarray, index: FreshIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (row of ``keys``, fresh row) that shares a bucket in at least one table, once:
-    (rows, fresh, tables) aligned, ``tables`` the number of tables they share a key in
-    (tables_matched). A row that is itself fresh is paired with itself too; the caller
-    drops that. Memory O(rows x L + the pairs' entries over all tables)."""
+class Partners(NamedTuple):
+    """What :func:`fresh_partners` finds, aligned arrays but the last."""
+
+    rows: np.ndarray  # int64 rows of ``keys``
+    fresh: np.ndarray  # int64 fresh rows, the partner of each
+    tables: np.ndarray  # int32 tables in which the two share a bucket (tables_matched)
+    touched: np.ndarray | None  # with ``touched``: the rows each touched code holds (touched_counts)
+
+
+def fresh_partners(keys: np.ndarray, index: FreshIndex, touched: np.ndarray | None = None) -> Partners:
+    """Every (row of ``keys``, fresh row) that shares a bucket in at least one table, once,
+    with the number of tables they share a key in. A row that is itself fresh is paired
+    with itself too; the caller drops that. Memory O(rows x L + the pairs' entries over all
+    tables).
+
+    ``touched``: sorted codes (table << 48 | key) that include every fresh row's; then the
+    rows found in them in the same search are also counted (:func:`touched_counts`), and
+    only those rows are looked up among the fresh keys (one filter pass a table, not two).
+    """
     n = len(keys)
+    positions: list[np.ndarray] = [np.zeros(0, np.int64)]
+
+    def candidates() -> Iterator[tuple[int, np.ndarray]]:
+        if touched is None:
+            for t in range(keys.shape[1]):
+                yield t, np.flatnonzero(may_hold(index.keys[t], keys[:, t]))
+            return
+        for t, rows, at in _in_touched(keys, touched):
+            positions.append(at)
+            yield t, rows
+
     found = [np.zeros(0, np.int64)]
-    for table in range(keys.shape[1]):
+    for table, maybe in candidates():
         column, needles = index.keys[table], keys[:, table]
-        maybe = np.flatnonzero(may_hold(column, needles))
+        if len(column) == 0 or len(maybe) == 0:
+            continue
         lo = np.searchsorted(column, needles[maybe], "left")
         found_at = column[np.minimum(lo, len(column) - 1)] == needles[maybe]
         hit, lo = maybe[found_at], lo[found_at]
@@ -223,7 +250,8 @@ def fresh_partners(keys: np.ndarray, index: FreshIndex) -> tuple[np.ndarray, np.
         fresh = index.order[table][np.repeat(lo, c) + offsets]
         found.append(fresh.astype(np.int64) * n + np.repeat(hit, c))
     codes, tables = np.unique(np.concatenate(found), return_counts=True)
-    return codes % n, codes // n, tables.astype(np.int32)
+    counts = None if touched is None else np.bincount(np.concatenate(positions), minlength=len(touched))
+    return Partners(codes % n, codes // n, tables.astype(np.int32), counts)
 
 
 class FreshCandidates(NamedTuple):

@@ -332,13 +332,19 @@ def test_fresh_partners_and_touched_counts_against_a_loop(n, tables, fresh):
     rng = np.random.default_rng(n * 7 + fresh)
     keys = rng.integers(0, 30, (n, tables))
     fresh_keys = rng.integers(0, 30, (fresh, tables))
-    rows, partner, shared = incremental.fresh_partners(keys, incremental.index_fresh(fresh_keys))
+    gone_keys = rng.integers(0, 40, (3, tables))  # codes beyond the fresh rows' (keys up to 39: some in no row)
+    index = incremental.index_fresh(fresh_keys)
     expected = {(i, j, int((keys[i] == fresh_keys[j]).sum())) for i in range(n) for j in range(fresh)
                 if (keys[i] == fresh_keys[j]).any()}
-    assert set(zip(rows.tolist(), partner.tolist(), shared.tolist())) == expected
-    assert len(rows) == len(expected)  # each pair once
-    touched = np.unique(incremental.bucket_codes(fresh_keys)) if fresh else np.zeros(0, np.int64)
+    touched = np.unique(np.concatenate([incremental.bucket_codes(fresh_keys), incremental.bucket_codes(gone_keys)]))
+    alone = incremental.fresh_partners(keys, index)
+    assert alone.touched is None
+    for found in (alone, incremental.fresh_partners(keys, index, touched)):
+        assert set(zip(found.rows.tolist(), found.fresh.tolist(), found.tables.tolist())) == expected
+        assert len(found.rows) == len(expected)  # each pair once
+    counted = incremental.fresh_partners(keys, index, touched).touched
     counts = incremental.touched_counts(keys, touched)
+    assert counted.tolist() == counts.tolist()
     for code, count in zip(touched.tolist(), counts.tolist()):
         table, key = code >> 48, code & ((1 << 48) - 1)
         assert count == int((keys[:, table] == key).sum())
@@ -357,8 +363,8 @@ def test_fresh_partners_over_parts_give_the_fresh_candidates(parts):
     fresh_at = np.flatnonzero(fresh)
     got = set()
     for part in np.array_split(np.arange(600), parts):
-        rows, partner, _ = incremental.fresh_partners(keys[part], index)
-        a, b = part[rows], fresh_at[partner]
+        found = incremental.fresh_partners(keys[part], index)
+        a, b = part[found.rows], fresh_at[found.fresh]
         keep = ~fresh[a] | (a < b)
         got |= {(min(x, y), max(x, y)) for x, y in zip(a[keep].tolist(), b[keep].tolist())}
     want = incremental.fresh_candidates(keys, fresh, np.zeros((0, 6), np.int64), 10**6)

@@ -205,7 +205,7 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
 
-        from neardup_core.incremental import fresh_partners, touched_counts
+        from neardup_core.incremental import fresh_partners
         from neardup_core.pairing import ordered_by_id, score_row_pairs
 
         ids_f, paths_f, x_f, keys_f, index = shipped.value
@@ -213,9 +213,10 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
         scored = 0
         for batch in batches:
             keys = key_matrix(batch.column("keys"), num_tables)
+            found = fresh_partners(keys, index, None if codes is None else codes.value)
             if counts is not None:
-                counts += touched_counts(keys, codes.value)
-            rows, partner, _ = fresh_partners(keys, index)
+                counts += found.touched
+            rows, partner = found.rows, found.fresh
             ids = batch.column("id")
             # A pair of two fresh rows is met from both ends (and a fresh row meets itself):
             # kept where this end's id is the smaller.
