@@ -224,19 +224,13 @@ def fresh_partners(keys: np.ndarray, index: FreshIndex, touched: np.ndarray | No
     only those rows are looked up among the fresh keys (one filter pass a table, not two).
     """
     n = len(keys)
-    positions: list[np.ndarray] = [np.zeros(0, np.int64)]
-
-    def candidates() -> Iterator[tuple[int, np.ndarray]]:
-        if touched is None:
-            for t in range(keys.shape[1]):
-                yield t, np.flatnonzero(may_hold(index.keys[t], keys[:, t]))
-            return
-        for t, rows, at in _in_touched(keys, touched):
+    # Per table: the rows that may share a fresh row's key there (and where they are in touched).
+    candidates = (_in_touched(keys, touched) if touched is not None else
+                  ((t, np.flatnonzero(may_hold(index.keys[t], keys[:, t])), None) for t in range(keys.shape[1])))
+    found, positions = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for table, maybe, at in candidates:
+        if at is not None:
             positions.append(at)
-            yield t, rows
-
-    found = [np.zeros(0, np.int64)]
-    for table, maybe in candidates():
         column, needles = index.keys[table], keys[:, table]
         if len(column) == 0 or len(maybe) == 0:
             continue

@@ -102,10 +102,10 @@ def reused_rows(unchanged: DataFrame, previous: DataFrame) -> DataFrame:
 
 
 def reused_vectors(rows: DataFrame) -> DataFrame:
-    """``neardup pairs``: rows whose vector the previous run holds unchanged (same id and
-    content hash), with their keys from the previous run's ``embeddings/`` (which need not
-    hold the vectors themselves) as ``previous_keys``: the reuse is decided and the keys
-    are taken in one join."""
+    """``neardup pairs``: the rows whose vector the previous run holds unchanged (same id
+    and content hash), with the keys that run's ``embeddings/`` holds for them (it need not
+    hold the vectors), which the rows carry as ``previous_keys``: the join that decides the
+    reuse takes them too (``job.run_pairs``)."""
     return rows.select("id", "path", "embedding", F.col("previous_keys").alias("keys"), "width", "height", "bytes",
                        "modified", "content_hash")
 
@@ -190,8 +190,9 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
     """Tonight's pairs between ``fresh_rows`` (collected and broadcast) and every row of
     ``keyed`` (PAIR_SCHEMA, not yet run), each found in the task that holds the row; and
     the broadcasts, to release once they have run. With ``touched`` (sorted bucket codes),
-    each task also records how many of its rows each touched bucket holds
-    (:func:`incremental.touched_counts`), as "touched": (positions in ``touched``, rows)."""
+    each task also records how many of its rows each touched bucket holds (found in the
+    same search as the partners, :func:`incremental.fresh_partners`), as "touched":
+    (positions in ``touched``, rows)."""
     spark = keyed.sparkSession
     fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
     fresh_keys = key_matrix(fresh.column("keys"), num_tables)
