@@ -438,6 +438,10 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             else:  # `neardup pairs`: tonight's cached rows, with last night's keys; counted as cached
                 reused = incremental_stage.reused_vectors(rows.filter("reused"))
                 reused_count = embedded.by_content
+                # The fresh rows are few among the table's cached rows: kept apart, in tasks of
+                # about pairs.partition_mb, so that each stage after reads them, not the table.
+                tasks = -(-fresh_count * (4 * embedded.dim + 256) // cfg.pairs.partition_bytes)
+                fresh = fresh.repartition(max(1, tasks), "id").persist(StorageLevel.MEMORY_AND_DISK)
             record["rows"] = reused_count
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
@@ -615,7 +619,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
     carried = (found.found, found.lost) if found is not None else ()
-    for frame in (reused, fresh_keyed, gone, copies, near.copies, near.radii, *carried):
+    for frame in (fresh, reused, fresh_keyed, gone, copies, near.copies, near.radii, *carried):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,
