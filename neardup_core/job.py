@@ -440,7 +440,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 reused_count = embedded.by_content
                 # The fresh rows are few among the table's cached rows: kept apart, in tasks of
                 # about pairs.partition_mb, so that each stage after reads them, not the table.
-                tasks = -(-fresh_count * (4 * embedded.dim + 256) // cfg.pairs.partition_bytes)
+                tasks = -(-fresh_count * tuning.vector_bytes(embedded.dim) // cfg.pairs.partition_bytes)
                 fresh = fresh.repartition(max(1, tasks), "id").persist(StorageLevel.MEMORY_AND_DISK)
             record["rows"] = reused_count
         good = fresh.unionByName(reused.select(*fresh.columns))
