@@ -167,8 +167,9 @@ def touched_counts(keys: np.ndarray, touched: np.ndarray) -> np.ndarray:
 def _in_touched(keys: np.ndarray, touched: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """For each table t: (t, the rows of ``keys`` whose key in t is among the sorted
     ``touched`` codes, the position of that code in ``touched``). One binary search per
-    table in that table's share of the codes: 0.3 s for 10,000 rows x 220 tables against
-    2.2M codes on this machine, where ``np.isin`` over all the codes at once took 2.5 s."""
+    table in that table's share of the codes: 0.08 s for 10,000 rows x 220 tables against
+    2.2M codes on this machine (``touched_counts``), where ``np.isin`` over all the codes at
+    once took 2.7 s."""
     bounds = table_bounds(touched, keys.shape[1])
     for table in range(keys.shape[1]):
         start, stop = int(bounds[table]), int(bounds[table + 1])
