@@ -545,7 +545,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if planned is not None:
             record["tasks"] = result.tasks
         record["rows"] = result.pairs
-        record["buckets"] = result.buckets._asdict()
+        record["buckets"] = None if result.buckets is None else result.buckets._asdict()
         record["candidate_pairs"] = result.candidate_pairs
         shuffled = shuffle_bytes_written(spark) - shuffle_before
         if shuffle_before >= 0 and shuffled >= 0:
@@ -629,7 +629,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                        reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count,
                        near_copies=near.count, verified_pairs=verified.matched, rejected_pairs=verified.rejected,
                        unverified_pairs=verified.unverified, over_budget_pairs=verified.over_budget)
-    lsh_record = None if planned is None else {**planned.record(), "buckets": result.buckets._asdict()}
+    lsh_record = None if planned is None else {
+        **planned.record(), "buckets": None if result.buckets is None else result.buckets._asdict()}
     return counts, lsh_record, incremental_record
 
 
@@ -743,8 +744,8 @@ def _plan(embedded: DataFrame, items: int, dim: int, lsh: LshConfig, cosine_thre
     return _Planned(plan, tables, sample_size, items)
 
 
-def _log_oversized(buckets: BucketStats, lsh: LshConfig) -> None:
-    if buckets.oversized:
+def _log_oversized(buckets: BucketStats | None, lsh: LshConfig) -> None:
+    if buckets is not None and buckets.oversized:
         log.info("%d buckets over lsh.max_bucket_size=%d (largest %d rows): %d split by up to %d more bits; "
                  "%d still over it are paired within a window", buckets.oversized, lsh.max_bucket_size,
                  buckets.largest_rows, buckets.split, buckets.max_split_depth, buckets.windowed)

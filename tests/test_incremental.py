@@ -164,7 +164,9 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
         expected = expected_changes(tmp_path / "a", tmp_path / f"full_{night}")
         assert changes_set(pd.read_parquet(tmp_path / night / "changes")) == expected, night
         assert manifest(tmp_path / night)["incremental"]["pairing"] == "incremental"
-    assert manifest(tmp_path / "c")["lsh"]["buckets"] is not None
+    # Incremental pairing pairs no bucket whole: no bucket statistics, the touched buckets instead.
+    assert manifest(tmp_path / "c")["lsh"]["buckets"] is None
+    assert manifest(tmp_path / "c")["incremental"]["touched_buckets"] > 0
     check_groups_output(tmp_path / "b")
     counts = manifest(tmp_path / "b")["counts"]
     assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (101, 1069, 1, 30)

@@ -18,7 +18,6 @@ from pyspark.sql.types import ArrayType, BinaryType, StructField, StructType
 
 from ..incremental import bucket_codes, index_fresh, largest_touched
 from ..lsh import LshTables
-from ..pairing import BucketStats
 from .arrow import key_column, key_matrix, matrix
 from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
 from .session import sorted_by
@@ -180,7 +179,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
         broadcast.unpersist()
     count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
     scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
-    return IncrementalPairs(PairingResult(count, scored, BucketStats(), {"incremental": True, "fresh_chunks": chunks}),
+    return IncrementalPairs(PairingResult(count, scored, None, {"incremental": True, "fresh_chunks": chunks}),
                             len(touched), largest, found, _lost(previous.pairs, gone),
                             _matched_before(previous, gone), settled)
 
@@ -287,7 +286,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
         return IncrementalPairs(None, touched, largest)
 
     count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=True)
-    return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], BucketStats(),
+    return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], None,
                                           {"incremental": True, "rows": 1}),
                             touched, largest, found, _lost(previous.pairs, gone),
                             _matched_before(previous, gone), settled)

@@ -46,7 +46,9 @@ _ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embed
 class PairingResult(NamedTuple):
     pairs: int  # written, at cosine >= pairs.cosine_threshold
     candidate_pairs: int  # distinct candidates scored
-    buckets: BucketStats  # what the bucket step found, all tasks added up
+    # What the bucket step found, all tasks added up; None where no bucket was paired whole
+    # (an incremental run pairs the fresh rows with their bucket mates only).
+    buckets: BucketStats | None
     tasks: dict  # the stage's task counts, for the manifest
 
 
