@@ -332,19 +332,22 @@ def score_with_keys(vec_a: np.ndarray, vec_b: np.ndarray, keys_a: np.ndarray, ke
 
 def score_row_pairs(x: np.ndarray, keys: np.ndarray, a: np.ndarray, b: np.ndarray, cosine_threshold: float,
                     chunk_pairs: int = 4096, x_b: np.ndarray | None = None, keys_b: np.ndarray | None = None,
-                    threads: int = 1) -> ScoredPairs:
+                    threads: int = 1, tables_matched: np.ndarray | None = None) -> ScoredPairs:
     """:func:`score_with_keys` for pairs given as row positions ``a``, ``b`` into ``x``
     (n, dim) and ``keys`` (n, L) (``b`` into ``x_b`` and ``keys_b`` where given), a chunk
     of ``chunk_pairs`` pairs at a time: memory O(pairs + chunk_pairs x L), where gathering
     every pair's two rows at once would take O(pairs x dim). The cosines come
     from :func:`pair_cosines` (each row's length computed once; on ``threads`` threads).
-    ``a`` and ``b`` of the result are row positions, like the input's."""
+    ``tables_matched``: each pair's shared tables where the caller has counted them
+    (:func:`incremental.fresh_partners`); then the keys are not compared, and ``keys_b``
+    is not needed. ``a`` and ``b`` of the result are row positions, like the input's."""
     x_b, keys_b = (x, keys) if x_b is None else (x_b, keys_b)
     cosines = pair_cosines(x, a, b, vectors_b=x_b, threads=threads)
     parts = []
     for start in range(0, len(a), chunk_pairs):
         ca, cb = a[start:start + chunk_pairs], b[start:start + chunk_pairs]
-        matched = (keys[ca] == keys_b[cb]).sum(axis=1)
+        matched = ((keys[ca] == keys_b[cb]).sum(axis=1) if tables_matched is None
+                   else tables_matched[start:start + chunk_pairs])
         parts.append(near_pairs(ca, cb, cosines[start:start + chunk_pairs], matched, np.shape(keys)[1],
                                 cosine_threshold))
     if not parts:

@@ -258,3 +258,8 @@ def test_row_pairs_score_like_gathered_rows(chunk, pairs):
     assert got.tables_matched.dtype == np.int32 and got.cosine.dtype == np.float64
     if pairs:
         assert (4, 5) in set(zip(got.a.tolist(), got.b.tolist()))
+    # The shared tables counted by the caller instead of compared here: the same pairs.
+    counted = pairing.score_row_pairs(x, keys, a, b, 0.1, chunk_pairs=chunk,
+                                      tables_matched=(keys[a] == keys[b]).sum(axis=1))
+    for column in got._fields:
+        np.testing.assert_array_equal(getattr(counted, column), getattr(got, column))

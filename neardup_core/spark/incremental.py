@@ -196,10 +196,10 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
     fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
     fresh_keys = key_matrix(fresh.column("keys"), num_tables)
     # The index is built here, once, not in each task (0.3 s for 10,000 rows of 220 tables:
-    # 20 s of the 1M night 2's 68 tasks); a Python worker loads a broadcast once.
+    # 20 s of the 1M night 2's 68 tasks); a Python worker loads a broadcast once. The keys
+    # travel in it only: a pair's shared tables are counted in its search.
     shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
-                                            matrix(fresh.column("embedding"), dim), fresh_keys,
-                                            index_fresh(fresh_keys)))
+                                            matrix(fresh.column("embedding"), dim), index_fresh(fresh_keys)))
     codes = None if touched is None else spark.sparkContext.broadcast(touched)
 
     def find(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -208,7 +208,7 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
         from neardup_core.incremental import fresh_partners
         from neardup_core.pairing import ordered_by_id, score_row_pairs
 
-        ids_f, paths_f, x_f, keys_f, index = shipped.value
+        ids_f, paths_f, x_f, index = shipped.value
         counts = None if codes is None else np.zeros(len(codes.value), np.int64)
         scored = 0
         for batch in batches:
@@ -216,7 +216,7 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
             found = fresh_partners(keys, index, None if codes is None else codes.value)
             if counts is not None:
                 counts += found.touched
-            rows, partner = found.rows, found.fresh
+            rows, partner, tables = found.rows, found.fresh, found.tables
             ids = batch.column("id")
             # A pair of two fresh rows is met from both ends (and a fresh row meets itself):
             # kept where this end's id is the smaller.
@@ -224,10 +224,10 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
             if mine.any():
                 lower = pc.less(ids.take(pa.array(rows)), ids_f.take(pa.array(partner))).to_numpy(zero_copy_only=False)
                 keep = ~mine | lower
-                rows, partner = rows[keep], partner[keep]
+                rows, partner, tables = rows[keep], partner[keep], tables[keep]
             scored += len(rows)
             near = score_row_pairs(matrix(batch.column("embedding"), dim), keys, rows, partner, cosine_threshold,
-                                   x_b=x_f, keys_b=keys_f)
+                                   x_b=x_f, tables_matched=tables)
             if len(near.a) == 0:
                 continue
             a, b = pa.array(near.a), pa.array(near.b)
