@@ -128,6 +128,9 @@ class _Embedded(NamedTuple):
     by_content: int = 0  # inputs found unchanged by content (rows' "reused"): by the embed stage, or by vector
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
     paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
+    # Counted where the reuse was decided (`neardup pairs`), else None: found by the stages.
+    still_listed: int | None = None  # the previous run's inputs listed again
+    paths_moved: bool | None = None  # a reused input's path differs from the previous run's
 
 
 class _Planned(NamedTuple):
@@ -236,15 +239,22 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             rows, dim, extras = read.rows, read.dim, read.extras
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
-            if prior is not None and not prior.why_not:
+            reusing = prior is not None and not prior.why_not
+            if reusing:
                 # A vector is reused when the previous run holds its id with the same vector
                 # bytes; its keys come from the same join (a second join on id, for the keys,
-                # sorted 1M rows of vectors again: 19 s at 1M).
+                # sorted 1M rows of vectors again: 19 s at 1M), and so does what the later
+                # stages would otherwise join every row again for: whether the id was there
+                # (the changed and deleted counts) and whether a reused row's path moved.
                 before = prior.data.embeddings.select("id", F.col("content_hash").alias("previous_hash"),
-                                                      F.col("keys").alias("previous_keys"))
+                                                      F.col("keys").alias("previous_keys"),
+                                                      F.col("path").alias("previous_path"))
                 reused = F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
-                rows = rows.join(before, "id", "left").withColumn("reused", reused).withColumn(
-                    "previous_keys", F.when(F.col("reused"), F.col("previous_keys"))).drop("previous_hash")
+                rows = (rows.join(before, "id", "left").withColumn("reused", reused)
+                        .withColumn("previous_keys", F.when(F.col("reused"), F.col("previous_keys")))
+                        .withColumn("was_there", F.col("previous_hash").isNotNull())
+                        .withColumn("path_moved", F.col("reused") & (F.col("path") != F.col("previous_path")))
+                        .drop("previous_hash", "previous_path"))
             # Caching in memory builds a task's rows in the heap before it can spill them, and
             # a cache larger than the heap's storage share spills through it: vectors beyond
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
@@ -252,13 +262,16 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             # One pass reads the table into the cache, counts, and counts the distinct ids;
             # only where they fall short does the ids' check (which names them) read the cache.
-            images, errors, fresh, ids, reused = _counts(rows, F.count_distinct("id"), F.count_if("reused"))
+            by_join = (F.count_if("was_there"), F.count_if("path_moved")) if reusing else ()
+            images, errors, fresh, ids, reused, *joined = _counts(rows, F.count_distinct("id"), F.count_if("reused"),
+                                                                  *by_join)
             record["rows"], record["errors"] = images, errors
             problem = listing_stage.manifest_id_problem(rows) if ids != images else None
             if problem:
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
         return _Embedded(rows, images, errors, fresh, dim, extras if extra_columns else None, fingerprint, prior,
-                         rows.select("id"), by_content=reused, paths_are_ids=not read.has_paths)
+                         rows.select("id"), by_content=reused, paths_are_ids=not read.has_paths,
+                         still_listed=joined[0] if joined else None, paths_moved=bool(joined[1]) if joined else None)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -511,7 +524,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):
                 found = pair_fresh(keyed, gone, prior.data, planned.tables, cfg.lsh.max_bucket_size,
-                                   cfg.pairs.cosine_threshold, pairs_path, _settles_at(cfg, embedded, copies))
+                                   cfg.pairs.cosine_threshold, pairs_path, _settles_at(cfg, embedded, copies),
+                                   paths_moved=embedded.paths_moved)
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full", settled=found.settled)
             result = found.result
@@ -611,7 +625,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             one_task = max(result.pairs, prior.run.pairs) <= cfg.groups.max_pairs_in_one_task
             sorted_by(changes.repartition(1) if one_task else changes, ("change", "id_a", "id_b", "id"), one_task
                       ).write.parquet(out.staged("changes"))
-            still_listed = before.join(embedded.listed, "id", "left_semi").count()
+            still_listed = (embedded.still_listed if embedded.still_listed is not None
+                            else before.join(embedded.listed, "id", "left_semi").count())
             deleted = before.count() - still_listed  # a Parquet count: from the files' footers
             changed = still_listed - reused_count
         record["rows"] = embedded.inputs

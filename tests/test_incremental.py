@@ -179,6 +179,38 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
 
 
 @pytest.mark.spark
+@pytest.mark.spark
+def test_incremental_pairs_name_tonights_paths_when_a_catalog_moved(spark, tmp_path):
+    # `neardup pairs` knows from the join that decides the reuse whether paths moved and
+    # how many of last night's ids are still here; the outputs must be a full run's.
+    x = synthetic(7, n=400, planted=60)
+    ids = [f"v{i:04d}" for i in range(len(x))]
+
+    def table(path, rows, root):
+        pd.DataFrame({"id": [ids[i] for i in rows], "path": [f"{root}/{ids[i]}.jpg" for i in rows],
+                      "embedding": [list(map(float, x[i])) for i in rows]}).to_parquet(path)
+
+    common = ["--set", "pairs.cosine_threshold=0.85", "--set", "pairs.copy_cosine=1"]
+    table(tmp_path / "a.parquet", range(0, 430), "/old")  # with 30 of the 60 planted near copies
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "a"),
+                     *common]) == 0
+    x[50] = x[51] + 1e-3 * np.sign(x[51])  # changed: now near its neighbour
+    table(tmp_path / "b.parquet", range(10, 460), "/new")  # 10 deleted, 30 new, every path moved
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
+                     "--previous", str(tmp_path / "a"), *common]) == 0
+    assert cli.main(["pairs", *full_run_with_the_same_plan(
+        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
+        tmp_path / "a")]) == 0
+    assert_same_results(tmp_path / "b", tmp_path / "full")
+    pairs = pd.read_parquet(tmp_path / "b" / "pairs")
+    carried = pairs.id_b < "v0430"  # pairs last night found too
+    assert carried.sum() > 10 and (~carried).sum() > 10
+    assert pairs.path_a.str.startswith("/new/").all() and pairs.path_b.str.startswith("/new/").all()
+    counts = manifest(tmp_path / "b")["counts"]
+    assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (31, 419, 1, 10)
+    assert manifest(tmp_path / "b")["incremental"]["pairing"] == "incremental"
+
+
 def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):
     from neardup_core.spark import incremental as stage
 

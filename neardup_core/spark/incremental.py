@@ -121,7 +121,7 @@ class IncrementalPairs(NamedTuple):
 
 def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
                        max_bucket_size: int, cosine_threshold: float, path: str, accept_cosine: float | None = None,
-                       chunk_bytes: int = 64 * 2**20) -> IncrementalPairs:
+                       chunk_bytes: int = 64 * 2**20, paths_moved: bool | None = None) -> IncrementalPairs:
     """Tonight's pairs from last night's, for data the full pairing would shuffle: the
     previous pairs between images still here and unchanged, and the pairs that involve a
     fresh (new or changed) image, found in the buckets the fresh images hash to. Written to
@@ -136,6 +136,8 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
             is at or above it, pairs/ is written final (:func:`_write_pairs`).
         chunk_bytes: the most bytes of fresh rows sent to every task at a time
             (``pairs.partition_mb``).
+        paths_moved: whether a reused row's path differs from last night's, where the
+            caller knows; None: found here (:func:`_paths_moved`).
 
     Exact (what a full run with the same tables gives) while no bucket the change touches
     holds more than ``max_bucket_size`` rows, before or after: then a pair's buckets
@@ -177,7 +179,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
         first.unpersist()
     for broadcast in shipped + [b for _, sent in met for b in sent]:
         broadcast.unpersist()
-    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False)
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, False, paths_moved)
     scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
     return IncrementalPairs(PairingResult(count, scored, None, {"incremental": True, "fresh_chunks": chunks}),
                             len(touched), largest, found, _lost(previous.pairs, gone),
@@ -245,7 +247,8 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
                                    max_bucket_size: int, cosine_threshold: float, path: str,
-                                   accept_cosine: float | None = None, threads: int = 1) -> IncrementalPairs:
+                                   accept_cosine: float | None = None, threads: int = 1,
+                                   paths_moved: bool | None = None) -> IncrementalPairs:
     """As :func:`pair_incrementally`, for data the full pairing would pair in one task:
     the fresh rows' candidates found and scored in one task (:func:`incremental.fresh_candidates`,
     no shuffle; scored on up to ``threads`` threads, as the task runs alone), and the
@@ -285,7 +288,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
         found.unpersist()
         return IncrementalPairs(None, touched, largest)
 
-    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=True)
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, True, paths_moved)
     return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], None,
                                           {"incremental": True, "rows": 1}),
                             touched, largest, found, _lost(previous.pairs, gone),
@@ -293,7 +296,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
 
 
 def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
-                 accept_cosine: float | None, broadcast: bool) -> tuple[int, bool]:
+                 accept_cosine: float | None, broadcast: bool, paths_moved: bool | None) -> tuple[int, bool]:
     """Tonight's pairs: last night's between rows still here and unchanged, and ``found``,
     written to ``path`` (sorted by id_a, id_b if settled). Returns (pairs written, settled).
 
@@ -303,7 +306,7 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
     the embedding, as that stage would label them. Otherwise: the pairing columns only.
     """
     settled = accept_cosine is not None and found.filter(F.col("cosine") < F.lit(accept_cosine)).isEmpty()
-    carried = _carried(previous, gone, keyed, broadcast, settled)
+    carried = _carried(previous, gone, keyed, broadcast, settled, paths_moved)
     if settled:
         found = accepted_on_embedding(found)
     pairs = carried.unionByName(found)
@@ -313,11 +316,13 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
     return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
 
 
-def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: bool, settled: bool) -> DataFrame:
+def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: bool, settled: bool,
+             paths_moved: bool | None = None) -> DataFrame:
     """Last night's pairs between rows still here and unchanged, and the pairs it rejected
     between them (tonight's verification decides them again, as a full run would), named
-    with tonight's paths (joined only where a reused row's path moved); ``settled`` (last
-    night had no borderline pair): last night's pairs with their verdict columns."""
+    with tonight's paths (joined only where a reused row's path moved: ``paths_moved``, or
+    where None, :func:`_paths_moved`); ``settled`` (last night had no borderline pair):
+    last night's pairs with their verdict columns."""
     columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
     if settled:
         columns += ["exact", "near_copy", "inliers", "verified"]
@@ -325,7 +330,7 @@ def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: b
     if previous.rejected is not None and not settled:
         before = before.unionByName(previous.rejected.select(*columns))
     carried = _between_unchanged(before, gone)
-    if not _paths_moved(keyed, previous.embeddings):
+    if not (_paths_moved(keyed, previous.embeddings) if paths_moved is None else paths_moved):
         return carried.select(*columns)
     hint = F.broadcast if broadcast else (lambda frame: frame)
     names = hint(keyed.select("id", "path"))
