@@ -461,7 +461,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     set_arrow_batch_size(spark, VECTOR_BATCH_ROWS)
     every = good  # every good row; `good` is one row per content from here (spark.exact)
     with _sized_shuffles(spark, cfg, items):
-        collapsed = _collapse_copies(cfg, good, embedded.extras, prior, progress)
+        collapsed = _collapse_copies(cfg, good, fresh if reusing else None, embedded.extras, prior, progress)
     items -= collapsed.count if collapsed.representatives is not good else 0
     good, copies = collapsed.representatives, collapsed.copies
     with _sized_shuffles(spark, cfg, items):
@@ -649,13 +649,19 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     return counts, lsh_record, incremental_record
 
 
-def _collapse_copies(cfg: Config, good: DataFrame, extras: DataFrame | None, prior: _Prior | None,
-                     progress: Progress) -> exact_stage.Collapsed:
+def _collapse_copies(cfg: Config, good: DataFrame, fresh: DataFrame | None, extras: DataFrame | None,
+                     prior: _Prior | None, progress: Progress) -> exact_stage.Collapsed:
     """One row per content to pair (:mod:`spark.exact`). An incremental run pairs every
     row as before (its carried pairs and reuse are per id), and its copies' pairs are then
-    replaced by the exact pairs, so it writes what a full run writes."""
+    replaced by the exact pairs, so it writes what a full run writes; where the previous
+    run held no copies, it looks for them only if a ``fresh`` row can be one
+    (:func:`spark.exact.copies_may_be_fresh`)."""
     with progress.stage("exact-copies") as record:
-        collapsed = exact_stage.collapse(good, cfg.groups.criteria(), extras)
+        if (fresh is not None and prior.run.exact_copies == 0
+                and not exact_stage.copies_may_be_fresh(fresh, prior.data.embeddings)):
+            collapsed = exact_stage.Collapsed(good, None, 0)
+        else:
+            collapsed = exact_stage.collapse(good, cfg.groups.criteria(), extras)
         record["rows"] = collapsed.count
     if prior is not None:
         return collapsed._replace(representatives=good)

@@ -90,3 +90,17 @@ def test_a_flood_of_copies_costs_linear_shuffle(spark, tmp_path):
     groups = pd.read_parquet(tmp_path / "out" / "groups")
     expected = brute_force(frame)
     assert dict(zip(groups.id, groups.action)) == {i: e[2] for i, e in expected.items()}
+
+
+def test_copies_may_be_fresh_only_where_a_fresh_hash_repeats_or_was_there_before(spark):
+    from neardup_core.spark.exact import copies_may_be_fresh
+
+    previous = spark.createDataFrame([("a", "h1"), ("b", "h2"), ("c", None)], "id string, content_hash string")
+
+    def fresh(*hashes):
+        return spark.createDataFrame([(f"f{i}", h) for i, h in enumerate(hashes)], "id string, content_hash string")
+
+    assert not copies_may_be_fresh(fresh("h3", "h4", None, None), previous)
+    assert not copies_may_be_fresh(fresh(), previous)
+    assert copies_may_be_fresh(fresh("h3", "h4", "h3"), previous)  # two new copies of each other
+    assert copies_may_be_fresh(fresh("h3", "h2"), previous)  # a copy of a previous row

@@ -209,6 +209,19 @@ def test_incremental_pairs_name_tonights_paths_when_a_catalog_moved(spark, tmp_p
     counts = manifest(tmp_path / "b")["counts"]
     assert (counts["embedded"], counts["reused"], counts["changed"], counts["deleted"]) == (31, 419, 1, 10)
     assert manifest(tmp_path / "b")["incremental"]["pairing"] == "incremental"
+    # c: two new rows that are copies of each other, after a night without copies (found
+    # from the fresh rows' hashes alone, spark.exact.copies_may_be_fresh).
+    assert counts["exact_copies"] == 0
+    x = np.concatenate([x, x[[5, 5]]])
+    ids += ["w0", "w1"]
+    table(tmp_path / "c.parquet", range(10, len(x)), "/new")
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "c"),
+                     "--previous", str(tmp_path / "b"), *common]) == 0
+    assert cli.main(["pairs", *full_run_with_the_same_plan(
+        ["--embeddings", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "full_c"), *common],
+        tmp_path / "a")]) == 0
+    assert_same_results(tmp_path / "c", tmp_path / "full_c")
+    assert manifest(tmp_path / "c")["counts"]["exact_copies"] == 1
 
 
 def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):

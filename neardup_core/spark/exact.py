@@ -75,6 +75,21 @@ def collapse(good: DataFrame, criteria: list[tuple[str, bool]], extras: DataFram
     return Collapsed(good.join(copies.select("id"), "id", "left_anti"), copies, count)
 
 
+def copies_may_be_fresh(fresh: DataFrame, previous_embeddings: DataFrame) -> bool:
+    """For an incremental run whose previous run held no exact copies: whether tonight's
+    rows can hold any. Every reused row keeps its previous content hash, and those were
+    distinct, so a copy tonight involves a fresh (new or changed) row: its hash repeats
+    among the fresh rows' or is one of the previous run's. Reads the fresh rows' hashes
+    and the previous run's hash column, not every row of tonight's; a hash of a row gone
+    tonight gives a false alarm (then :func:`collapse` runs), never a miss."""
+    hashes = fresh.select("content_hash").where(F.col("content_hash").isNotNull())
+    rows, distinct = hashes.agg(F.count(F.lit(1)), F.count_distinct("content_hash")).first()
+    if rows != distinct:
+        return True
+    return not (previous_embeddings.select("content_hash")
+                .join(F.broadcast(hashes), "content_hash", "left_semi").isEmpty())
+
+
 def write_pairs_with_copies(near_pairs: DataFrame, copies: DataFrame, tables_matched: int, path: str) -> int:
     """``pairs/``: the representatives' pairs (``exact`` false; pairs with a copy at either
     end, which an incremental run finds, are left out) and one pair per copy with its
