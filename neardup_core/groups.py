@@ -23,6 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrays import distinct_sorted
+
 
 def components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The component of each of ``n`` nodes, named by its smallest node.
@@ -94,7 +96,7 @@ def keep_or_drop_ranks(a: np.ndarray, b: np.ndarray, cosine: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`keep_or_drop` on pairs of global ranks (any int64, smaller first in priority):
     (the ranks in the pairs, sorted; for each, the rank it duplicates or -1; the cosine)."""
-    nodes = np.unique(np.concatenate([a, b]))  # sorted: local numbers keep the priority order
+    nodes = distinct_sorted(np.concatenate([a, b]))  # sorted: local numbers keep the priority order
     decided = keep_or_drop(len(nodes), np.searchsorted(nodes, a), np.searchsorted(nodes, b), cosine)
     return nodes, np.where(decided.kept, -1, nodes[np.maximum(decided.kept_by, 0)]), decided.cosine
 

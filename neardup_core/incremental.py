@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .arrays import distinct_sorted
 from .config import Config
 
 
@@ -273,7 +274,8 @@ def fresh_candidates(keys: np.ndarray, fresh: np.ndarray, gone_keys: np.ndarray,
     """
     n, num_tables = keys.shape
     fresh = np.asarray(fresh, bool)
-    touched = np.unique(np.concatenate([bucket_codes(keys[fresh]), bucket_codes(gone_keys.reshape(-1, num_tables))]))
+    touched = distinct_sorted(np.concatenate([bucket_codes(keys[fresh]),
+                                              bucket_codes(gone_keys.reshape(-1, num_tables))]))
     members = touched_rows(keys, touched)
     rows = np.concatenate([np.zeros(0, np.int64), *members])
     codes = np.concatenate([np.zeros(0, np.int64),
@@ -298,5 +300,5 @@ def fresh_candidates(keys: np.ndarray, fresh: np.ndarray, gone_keys: np.ndarray,
     offsets = np.arange(partners.sum()) - np.repeat(np.cumsum(partners) - partners, partners)
     y = rows[np.repeat(starts[group[mine]], partners) + offsets]
     a, b = np.minimum(x, y), np.maximum(x, y)
-    distinct = np.unique((a * n + b)[a != b])
+    distinct = distinct_sorted((a * n + b)[a != b])
     return FreshCandidates(distinct // n, distinct % n, len(touched), largest)

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, StructField, StructType
 
+from ..arrays import distinct_sorted
 from ..incremental import bucket_codes, index_fresh, largest_touched
 from ..lsh import LshTables
 from .arrow import key_column, key_matrix, matrix
@@ -147,7 +148,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     num_tables, dim = tables.num_tables, tables.dim
     fresh_keys = key_matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
     gone_keys = key_matrix(gone.select("keys").toArrow().column("keys"), num_tables)
-    touched = np.unique(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
+    touched = distinct_sorted(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
     # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
     # (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at a time
     # (each chunk one pass over the rows), and nothing is shuffled. The first pass also
