@@ -559,7 +559,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if planned is not None:
             record["tasks"] = result.tasks
         record["rows"] = result.pairs
-        record["buckets"] = None if result.buckets is None else result.buckets._asdict()
+        buckets = record["buckets"] = None if result.buckets is None else result.buckets._asdict()
         record["candidate_pairs"] = result.candidate_pairs
         shuffled = shuffle_bytes_written(spark) - shuffle_before
         if shuffle_before >= 0 and shuffled >= 0:
@@ -644,8 +644,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                        reused=reused_count, changed=changed, deleted=deleted, exact_copies=collapsed.count,
                        near_copies=near.count, verified_pairs=verified.matched, rejected_pairs=verified.rejected,
                        unverified_pairs=verified.unverified, over_budget_pairs=verified.over_budget)
-    lsh_record = None if planned is None else {
-        **planned.record(), "buckets": None if result.buckets is None else result.buckets._asdict()}
+    lsh_record = None if planned is None else {**planned.record(), "buckets": buckets}
     return counts, lsh_record, incremental_record
 
 
