@@ -179,7 +179,6 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
 
 
 @pytest.mark.spark
-@pytest.mark.spark
 def test_incremental_pairs_name_tonights_paths_when_a_catalog_moved(spark, tmp_path):
     # `neardup pairs` knows from the join that decides the reuse whether paths moved and
     # how many of last night's ids are still here; the outputs must be a full run's.
@@ -224,6 +223,7 @@ def test_incremental_pairs_name_tonights_paths_when_a_catalog_moved(spark, tmp_p
     assert manifest(tmp_path / "c")["counts"]["exact_copies"] == 1
 
 
+@pytest.mark.spark
 def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):
     from neardup_core.spark import incremental as stage
 
