@@ -130,6 +130,13 @@ def bucket_codes(keys: np.ndarray) -> np.ndarray:
     return ((np.arange(keys.shape[1], dtype=np.int64) << KEY_BITS) | keys).reshape(-1)
 
 
+def touched_codes(fresh_keys: np.ndarray, gone_keys: np.ndarray) -> np.ndarray:
+    """The buckets a change touches: every (table, key) code a fresh (new or changed) row
+    hashes to, or a gone (deleted or changed) row hashed to last night; sorted, distinct."""
+    num_tables = fresh_keys.shape[1]
+    return distinct_sorted(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys.reshape(-1, num_tables))]))
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing's multiplier (2^64 / golden ratio)
 
 
@@ -274,8 +281,7 @@ def fresh_candidates(keys: np.ndarray, fresh: np.ndarray, gone_keys: np.ndarray,
     """
     n, num_tables = keys.shape
     fresh = np.asarray(fresh, bool)
-    touched = distinct_sorted(np.concatenate([bucket_codes(keys[fresh]),
-                                              bucket_codes(gone_keys.reshape(-1, num_tables))]))
+    touched = touched_codes(keys[fresh], gone_keys)
     members = touched_rows(keys, touched)
     rows = np.concatenate([np.zeros(0, np.int64), *members])
     codes = np.concatenate([np.zeros(0, np.int64),

@@ -16,8 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, StructField, StructType
 
-from ..arrays import distinct_sorted
-from ..incremental import bucket_codes, index_fresh, largest_touched
+from ..incremental import index_fresh, largest_touched, touched_codes
 from ..lsh import LshTables
 from .arrow import key_column, key_matrix, matrix
 from .pairing import PAIR_SCHEMA, PairingResult, usable_cores
@@ -148,7 +147,7 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     num_tables, dim = tables.num_tables, tables.dim
     fresh_keys = key_matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
     gone_keys = key_matrix(gone.select("keys").toArrow().column("keys"), num_tables)
-    touched = distinct_sorted(np.concatenate([bucket_codes(fresh_keys), bucket_codes(gone_keys)]))
+    touched = touched_codes(fresh_keys, gone_keys)
     # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
     # (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at a time
     # (each chunk one pass over the rows), and nothing is shuffled. The first pass also
@@ -180,7 +179,8 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
         first.unpersist()
     for broadcast in shipped + [b for _, sent in met for b in sent]:
         broadcast.unpersist()
-    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, False, paths_moved)
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False,
+                                  paths_moved=paths_moved)
     scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
     return IncrementalPairs(PairingResult(count, scored, None, {"incremental": True, "fresh_chunks": chunks}),
                             len(touched), largest, found, _lost(previous.pairs, gone),
@@ -289,7 +289,8 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
         found.unpersist()
         return IncrementalPairs(None, touched, largest)
 
-    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, True, paths_moved)
+    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=True,
+                                  paths_moved=paths_moved)
     return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], None,
                                           {"incremental": True, "rows": 1}),
                             touched, largest, found, _lost(previous.pairs, gone),
