@@ -128,9 +128,10 @@ class _Embedded(NamedTuple):
     by_content: int = 0  # inputs found unchanged by content (rows' "reused"): by the embed stage, or by vector
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
     paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
-    # Counted where the reuse was decided (`neardup pairs`), else None: found by the stages.
+    # Counted where the reuse was decided (`neardup pairs`); for images, still_listed is
+    # found by the write stage and paths_moved by the reuse stage.
     still_listed: int | None = None  # the previous run's inputs listed again
-    paths_moved: bool | None = None  # a reused input's path differs from the previous run's
+    paths_moved: bool = False  # a reused input's path differs from the previous run's
 
 
 class _Planned(NamedTuple):
@@ -253,7 +254,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 rows = (rows.join(before, "id", "left").withColumn("reused", reused)
                         .withColumn("previous_keys", F.when(F.col("reused"), F.col("previous_keys")))
                         .withColumn("was_there", F.col("previous_hash").isNotNull())
-                        .withColumn("path_moved", F.col("reused") & (F.col("path") != F.col("previous_path")))
+                        .withColumn("path_moved", F.col("reused") & incremental_stage.path_moved())
                         .drop("previous_hash", "previous_path"))
             # Caching in memory builds a task's rows in the heap before it can spill them, and
             # a cache larger than the heap's storage share spills through it: vectors beyond
@@ -271,7 +272,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
         return _Embedded(rows, images, errors, fresh, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"), by_content=reused, paths_are_ids=not read.has_paths,
-                         still_listed=joined[0] if joined else None, paths_moved=bool(joined[1]) if joined else None)
+                         still_listed=joined[0] if joined else None, paths_moved=bool(joined and joined[1]))
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -437,7 +438,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     # Counted (in the pass that filled the cache), not derived, so that the accounting
     # check before _SUCCESS can fail.
     fresh_count = embedded.fresh
-    good, reused, reused_count = fresh, None, 0
+    good, reused, reused_count, paths_moved = fresh, None, 0, False
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
             if embedded.has_images:
@@ -446,11 +447,12 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                     reused = reused.unionByName(incremental_stage.reused_rows(
                         rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings))
                 reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
-                reused_count = reused.count()
+                reused_count, moved = reused.agg(F.count(F.lit(1)), F.count_if("path_moved")).first()
+                paths_moved = moved > 0
                 embedded.by_listing.joined.unpersist()
             else:  # `neardup pairs`: tonight's cached rows, with last night's keys; counted as cached
                 reused = incremental_stage.reused_vectors(rows.filter("reused"))
-                reused_count = embedded.by_content
+                reused_count, paths_moved = embedded.by_content, embedded.paths_moved
                 # The fresh rows are few among the table's cached rows: kept apart, in tasks of
                 # about pairs.partition_mb, so that each stage after reads them, not the table.
                 tasks = -(-fresh_count * tuning.vector_bytes(embedded.dim) // cfg.pairs.partition_bytes)
@@ -525,7 +527,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             with shuffle_partitions(spark, tasks):
                 found = pair_fresh(keyed, gone, prior.data, planned.tables, cfg.lsh.max_bucket_size,
                                    cfg.pairs.cosine_threshold, pairs_path, _settles_at(cfg, embedded, copies),
-                                   paths_moved=embedded.paths_moved)
+                                   paths_moved=paths_moved)
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full", settled=found.settled)
             result = found.result

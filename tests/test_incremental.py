@@ -231,13 +231,39 @@ def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):
     def carried(root, settled):
         keyed = spark.createDataFrame([(i, f"{root}/{i}", False) for i in "ab"],
                                       "id string, path string, fresh boolean")
-        return [tuple(r) for r in stage._carried(previous, gone, keyed, True, settled).collect()]
+        return [tuple(r) for r in stage._carried(previous, gone, keyed, True, settled, root != "/old").collect()]
 
-    assert stage._paths_moved(spark.createDataFrame([("a", "/new/a", False)], "id string, path string, fresh boolean"),
-                              embeddings)
     assert carried("/old", settled=True) == [("a", "b", "/old/a", "/old/b", 0.9, 0.5, 3, False, False, 41, "geometry")]
     assert carried("/new", settled=True) == [("a", "b", "/new/a", "/new/b", 0.9, 0.5, 3, False, False, 41, "geometry")]
     assert carried("/new", settled=False) == [("a", "b", "/new/a", "/new/b", 0.9, 0.5, 3)]
+
+
+@pytest.mark.spark
+def test_reused_images_say_whether_their_path_moved(spark):
+    # The join that decides the reuse (by size and time, or the embed stage's by content)
+    # also says whether a reused image's path moved; the carried pairs are renamed only then.
+    import datetime as dt
+
+    from neardup_core.spark import incremental as stage
+
+    when = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    previous = spark.createDataFrame(
+        [(i, f"/old/{i}.jpg", 10, when, f"h{i}", [1.0], b"k", 2, 3) for i in "abcd"],
+        "id string, path string, bytes bigint, modified timestamp, content_hash string, embedding array<float>, "
+        "keys binary, width int, height int")
+    listing = spark.createDataFrame(
+        [("a", "/old/a.jpg", 10, when, None), ("b", "/new/b.jpg", 10, when, None),
+         ("c", "/new/c.jpg", 11, when, None), ("e", "/new/e.jpg", 10, when, None)],
+        "id string, path string, size bigint, modified timestamp, error_message string")
+    split = stage.unchanged_by_listing(listing, previous)
+    assert {(r.id, r.path_moved) for r in split.unchanged.collect()} == {("a", False), ("b", True)}
+    assert sorted(r.id for r in split.to_embed.collect()) == ["c", "e"]
+    assert "previous_path" not in split.to_embed.columns
+    by_content = spark.createDataFrame([("c", "/new/c.jpg", 11, when), ("d", "/old/d.jpg", 10, when)],
+                                       "id string, path string, bytes bigint, modified timestamp")
+    assert {(r.id, r.path_moved) for r in stage.reused_rows(by_content, previous).collect()} == {
+        ("c", True), ("d", False)}
+    split.joined.unpersist()
 
 
 def changes_set(frame):
@@ -439,7 +465,7 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
     previous = stage.Previous(spark.createDataFrame([], "id string, path string"), empty, None)
     planes = LshTables.draw(1, tables, 3, 0, dim)
     found = stage.pair_incrementally(keyed, gone, previous, planes, max_bucket, -1.0, str(tmp_path / "pairs"),
-                                     chunk_bytes=chunk_bytes)
+                                     chunk_bytes=chunk_bytes, paths_moved=False)
     reference = incremental.fresh_candidates(keys, fresh, gone_keys, max_bucket)
     assert (reference.a is None) == (max_bucket == 8)  # buckets of about 10 rows
     assert (found.touched_buckets, found.largest_touched) == (reference.touched_buckets, reference.largest_touched)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.broadcast import Broadcast
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, BinaryType, StructField, StructType
 
@@ -68,36 +68,47 @@ def _packed_keys(embeddings: DataFrame, bits_per_table: int, num_tables: int) ->
 
 class ByListing(NamedTuple):
     to_embed: DataFrame  # the listing's rows that are new or changed, with previous_hash
-    unchanged: DataFrame  # id, path, bytes, modified, embedding, keys, width, height, content_hash
+    unchanged: DataFrame  # id, path, bytes, modified, embedding, keys, width, height, content_hash, path_moved
     joined: DataFrame  # persisted; both of the above read it
 
 
 def unchanged_by_listing(listing: DataFrame, previous: DataFrame) -> ByListing:
     """The listing split by the previous run: a listed file is unchanged when that run
     holds its id with the same size and modification time (both known); it comes with
-    that run's embedding, keys, size in pixels and content hash, from the same join. The
-    rows to embed carry ``previous_hash`` (null for new ids), so the embed stage can still
-    find a file unchanged by content, without decoding it (:func:`reused_rows`)."""
+    that run's embedding, keys, size in pixels and content hash, and whether its path
+    moved (:func:`path_moved`), from the same join. The rows to embed carry
+    ``previous_hash`` (null for new ids), so the embed stage can still find a file
+    unchanged by content, without decoding it (:func:`reused_rows`)."""
     before = previous.select("id", F.col("bytes").alias("previous_bytes"),
                              F.col("modified").alias("previous_modified"),
-                             F.col("content_hash").alias("previous_hash"), *_REUSED)
+                             F.col("content_hash").alias("previous_hash"), F.col("path").alias("previous_path"),
+                             *_REUSED)
     joined = listing.join(before, "id", "left").persist(StorageLevel.MEMORY_AND_DISK)
     same = F.coalesce((F.col("size") == F.col("previous_bytes")) & (F.col("modified") == F.col("previous_modified"))
                       & F.col("error_message").isNull(), F.lit(False))
     unchanged = joined.filter(same).select("id", "path", F.col("size").alias("bytes"), "modified", *_REUSED,
-                                           F.col("previous_hash").alias("content_hash"))
-    to_embed = joined.filter(~same).drop("previous_bytes", "previous_modified", *_REUSED)
+                                           F.col("previous_hash").alias("content_hash"),
+                                           path_moved().alias("path_moved"))
+    to_embed = joined.filter(~same).drop("previous_bytes", "previous_modified", "previous_path", *_REUSED)
     return ByListing(to_embed, unchanged, joined)
 
 
 _REUSED = ("embedding", "keys", "width", "height")  # what a reused image takes from the previous run
 
 
+def path_moved() -> Column:
+    """Whether a row's ``path`` differs from its ``previous_path`` (a catalog moved or
+    remounted, the ids unchanged): a reused row's carried pairs then take tonight's path."""
+    return F.col("path") != F.col("previous_path")
+
+
 def reused_rows(unchanged: DataFrame, previous: DataFrame) -> DataFrame:
     """Images the embed stage found unchanged by content (id, path, bytes, modified as
     read tonight) with the previous run's embedding, keys, size in pixels and content
-    hash."""
-    return unchanged.join(previous.select("id", *_REUSED, "content_hash"), "id")
+    hash, and whether the path moved (:func:`path_moved`)."""
+    before = previous.select("id", *_REUSED, "content_hash", F.col("path").alias("previous_path"))
+    return unchanged.join(before, "id").select(*unchanged.columns, *_REUSED, "content_hash",
+                                              path_moved().alias("path_moved"))
 
 
 def reused_vectors(rows: DataFrame) -> DataFrame:
@@ -121,7 +132,7 @@ class IncrementalPairs(NamedTuple):
 
 def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
                        max_bucket_size: int, cosine_threshold: float, path: str, accept_cosine: float | None = None,
-                       chunk_bytes: int = 64 * 2**20, paths_moved: bool | None = None) -> IncrementalPairs:
+                       chunk_bytes: int = 64 * 2**20, *, paths_moved: bool) -> IncrementalPairs:
     """Tonight's pairs from last night's, for data the full pairing would shuffle: the
     previous pairs between images still here and unchanged, and the pairs that involve a
     fresh (new or changed) image, found in the buckets the fresh images hash to. Written to
@@ -136,8 +147,8 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
             is at or above it, pairs/ is written final (:func:`_write_pairs`).
         chunk_bytes: the most bytes of fresh rows sent to every task at a time
             (``pairs.partition_mb``).
-        paths_moved: whether a reused row's path differs from last night's, where the
-            caller knows; None: found here (:func:`_paths_moved`).
+        paths_moved: whether a reused row's path differs from last night's (then the
+            carried pairs are named again: :func:`_carried`).
 
     Exact (what a full run with the same tables gives) while no bucket the change touches
     holds more than ``max_bucket_size`` rows, before or after: then a pair's buckets
@@ -248,8 +259,8 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
                                    max_bucket_size: int, cosine_threshold: float, path: str,
-                                   accept_cosine: float | None = None, threads: int = 1,
-                                   paths_moved: bool | None = None) -> IncrementalPairs:
+                                   accept_cosine: float | None = None, threads: int = 1, *,
+                                   paths_moved: bool) -> IncrementalPairs:
     """As :func:`pair_incrementally`, for data the full pairing would pair in one task:
     the fresh rows' candidates found and scored in one task (:func:`incremental.fresh_candidates`,
     no shuffle; scored on up to ``threads`` threads, as the task runs alone), and the
@@ -298,7 +309,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
 
 
 def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
-                 accept_cosine: float | None, broadcast: bool, paths_moved: bool | None) -> tuple[int, bool]:
+                 accept_cosine: float | None, broadcast: bool, paths_moved: bool) -> tuple[int, bool]:
     """Tonight's pairs: last night's between rows still here and unchanged, and ``found``,
     written to ``path`` (sorted by id_a, id_b if settled). Returns (pairs written, settled).
 
@@ -319,11 +330,11 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
 
 
 def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: bool, settled: bool,
-             paths_moved: bool | None = None) -> DataFrame:
+             paths_moved: bool) -> DataFrame:
     """Last night's pairs between rows still here and unchanged, and the pairs it rejected
     between them (tonight's verification decides them again, as a full run would), named
-    with tonight's paths (joined only where a reused row's path moved: ``paths_moved``, or
-    where None, :func:`_paths_moved`); ``settled`` (last night had no borderline pair):
+    with tonight's paths (joined only where a reused row's path moved: ``paths_moved``);
+    ``settled`` (last night had no borderline pair):
     last night's pairs with their verdict columns."""
     columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
     if settled:
@@ -332,20 +343,12 @@ def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: b
     if previous.rejected is not None and not settled:
         before = before.unionByName(previous.rejected.select(*columns))
     carried = _between_unchanged(before, gone)
-    if not (_paths_moved(keyed, previous.embeddings) if paths_moved is None else paths_moved):
+    if not paths_moved:
         return carried.select(*columns)
     hint = F.broadcast if broadcast else (lambda frame: frame)
     names = hint(keyed.select("id", "path"))
     return (carried.drop("path_a", "path_b").join(names.toDF("id_a", "path_a"), "id_a")
             .join(names.toDF("id_b", "path_b"), "id_b").select(*columns))
-
-
-def _paths_moved(keyed: DataFrame, previous_embeddings: DataFrame) -> bool:
-    """Whether any reused row's path differs from last night's (a catalog moved or
-    remounted, the ids unchanged)."""
-    before = previous_embeddings.select("id", F.col("path").alias("path_before"))
-    return not (keyed.filter(~F.col("fresh")).select("id", "path").join(before, "id")
-                .where(F.col("path") != F.col("path_before")).isEmpty())
 
 
 def _matched_before(previous: Previous, gone: DataFrame) -> DataFrame | None:
