@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -121,9 +122,10 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
             (``groups.*``).
     """
     spark = pairs.sparkSession
-    borderline = pairs.filter(F.col("cosine") < F.lit(cfg.accept_cosine)).select("id_a", "id_b", "cosine")
-    count = borderline.count() if cfg.verifies and images is not None else 0
-    graph_size = pairs.count()
+    is_borderline = F.col("cosine") < F.lit(cfg.accept_cosine)
+    borderline = pairs.filter(is_borderline).select("id_a", "id_b", "cosine")
+    graph_size, count = pairs.agg(F.count(F.lit(1)), F.count_if(is_borderline)).first()
+    count = count if cfg.verifies and images is not None else 0
     one_task = graph_size <= max_pairs_in_one_task
     if count == 0:
         sorted_by(label_unverified(pairs), PAIR_KEY, one_task).write.parquet(path)
@@ -133,14 +135,16 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     matcher = _Matcher(images, cfg, input_cfg, min_tasks, scratch, known)
     if nodes is not None and criteria is not None and one_task:
         # Few (at most the budget, and the pairs over it), made on the driver: joined by broadcast.
-        verdicts, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
-        verdicts, planned = spark.createDataFrame(verdicts), True
+        settled, rounds = _settle(pairs, nodes, criteria, cfg, matcher)
+        verdicts, planned, by_label = spark.createDataFrame(settled), True, _by_label(settled)
     else:
         _verify_every_borderline_pair(pairs, borderline, cfg, matcher).write.parquet(f"{scratch}/verdicts")
         verdicts, rounds, planned = spark.read.parquet(f"{scratch}/verdicts"), 1, False
+        by_label = {row["verified"]: (row["pairs"], row["accepted"]) for row in verdicts.groupBy("verified").agg(
+            F.count("*").alias("pairs"), F.count(F.when(F.col("accepted"), 1)).alias("accepted")).collect()}
     matcher.release()
     # A pair without a verdict is accepted: on the embedding, or (borderline) unverified.
-    # The hint only on the join: on the frame itself, Spark warns at the tally below.
+    # The hint only on the join: on the frame itself, Spark warns where another query reads it.
     hinted = F.broadcast(verdicts) if planned else verdicts
     labelled = pairs.join(hinted, ["id_a", "id_b"], "left").withColumn("verified", F.coalesce(
         "verified", F.when(F.col("cosine") < F.lit(cfg.accept_cosine), "unverified").otherwise("embedding")))
@@ -150,8 +154,6 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
     if rejected_path is not None:
         sorted_by(labelled.filter(~F.coalesce(F.col("accepted"), F.lit(True))).select(*columns), PAIR_KEY,
                   one_task).write.parquet(rejected_path)
-    by_label = {row["verified"]: (row["pairs"], row["accepted"]) for row in verdicts.groupBy("verified").agg(
-        F.count("*").alias("pairs"), F.count(F.when(F.col("accepted"), 1)).alias("accepted")).collect()}
     geometry, accepted = by_label.get("geometry", (0, 0))
     over = by_label.get("over_budget", (0, 0))[0]
     unverified = count - geometry - over
@@ -294,6 +296,14 @@ def _settle(pairs: DataFrame, nodes: DataFrame, criteria: list[tuple[str, bool]]
         "accepted": pa.array(state == verify.GEOMETRY),
     })
     return verdicts, settled.rounds
+
+
+def _by_label(verdicts: pa.Table) -> dict[str, tuple[int, int]]:
+    """label -> (pairs, accepted) of a plan's verdicts (few: at most the budget)."""
+    labels = verdicts.column("verified").to_pylist()
+    pairs = Counter(labels)
+    accepted = Counter(label for label, ok in zip(labels, verdicts.column("accepted").to_pylist()) if ok)
+    return {label: (pairs[label], accepted[label]) for label in pairs}
 
 
 def _verify_every_borderline_pair(pairs: DataFrame, borderline: DataFrame, cfg: PairsConfig, matcher: _Matcher
