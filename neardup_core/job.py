@@ -624,7 +624,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             changes = incremental_stage.changes(
                 prior.data, before, spark.read.parquet(out.staged("pairs")), spark.read.parquet(out.staged("groups")),
                 good.select("id"), found if without_copies else None,
-                spark.read.parquet(out.staged("rejected_pairs")) if cfg.pairs.keep_rejected else None)
+                spark.read.parquet(out.staged("rejected_pairs")) if cfg.pairs.keep_rejected else None,
+                cfg.groups.max_pairs_in_one_task)
             # At most both nights' pairs and images: sorted in one task where each night's pairs
             # fit one, gathered there by a shuffle so that the joins before it keep every core.
             one_task = max(result.pairs, prior.run.pairs) <= cfg.groups.max_pairs_in_one_task

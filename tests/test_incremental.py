@@ -312,6 +312,7 @@ def test_changes_compared_where_pairs_can_differ_equal_the_whole_comparison(spar
 
     whole = compared()
     assert compared(incremental_pairs, frame(rejected)) == whole
+    assert compared(incremental_pairs, frame(rejected), 10) == whole  # too many to broadcast: compared whole
     added = {(a, b) for change, a, b, _ in whole if change == "pair_added"}
     removed = {(a, b) for change, a, b, _ in whole if change == "pair_removed"}
     assert added & set(rejected_before) and removed & set(rejected) & set(before)  # both kinds occur
