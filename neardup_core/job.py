@@ -619,13 +619,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                                       cfg.pairs.partition_bytes)
         if prior is not None:
             before = prior.data.embeddings.select("id")
-            # Compared only where they can differ, unless copies' pairs were rewritten (see changes).
-            without_copies = found is not None and copies is None and not prior.run.exact_copies
-            changes = incremental_stage.changes(
-                prior.data, before, spark.read.parquet(out.staged("pairs")), spark.read.parquet(out.staged("groups")),
-                good.select("id"), found if without_copies else None,
-                spark.read.parquet(out.staged("rejected_pairs")) if cfg.pairs.keep_rejected else None,
-                cfg.groups.max_pairs_in_one_task)
+            changes = incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
+                                                spark.read.parquet(out.staged("groups")), good.select("id"),
+                                                found if found is not None and found.settled else None)
             # At most both nights' pairs and images: sorted in one task where each night's pairs
             # fit one, gathered there by a shuffle so that the joins before it keep every core.
             one_task = max(result.pairs, prior.run.pairs) <= cfg.groups.max_pairs_in_one_task

@@ -266,58 +266,6 @@ def test_reused_images_say_whether_their_path_moved(spark):
     split.joined.unpersist()
 
 
-@pytest.mark.spark
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_changes_compared_where_pairs_can_differ_equal_the_whole_comparison(spark, seed):
-    # Tonight's pairs: last night's pairs and rejected pairs between unchanged rows, and the
-    # pairs found tonight, less a random set tonight's verification rejected (some carried).
-    from neardup_core.spark import incremental as stage
-
-    rng = np.random.default_rng(seed)
-    ids = [f"i{k:02d}" for k in range(40)]
-    gone = set(rng.choice(ids[:30], 6, replace=False))  # deleted or changed
-    fresh = set(list(gone)[:3]) | set(ids[30:])  # 3 of them changed, 10 new
-
-    def draw(count, want=lambda a, b: True):
-        drawn = {}
-        while len(drawn) < count:
-            a, b = sorted(rng.choice(ids, 2, replace=False))
-            if want(a, b):
-                drawn[(a, b)] = float(rng.uniform(0.6, 1.0))
-        return drawn
-
-    before = draw(60, lambda a, b: b < "i30")  # last night's ids only
-    rejected_before = {k: c for k, c in draw(20, lambda a, b: b < "i30").items() if k not in before}
-    found = draw(25, lambda a, b: a in fresh or b in fresh)
-    carried = {k: c for k, c in {**before, **rejected_before}.items() if not set(k) & gone}
-    staged = {**carried, **found}
-    keys = sorted(staged)
-    rejected = {keys[i]: staged[keys[i]] for i in rng.choice(len(keys), 12, replace=False)}
-    tonight = {k: c for k, c in staged.items() if k not in rejected}
-    lost = {k: c for k, c in before.items() if set(k) & gone}
-
-    def frame(pairs):
-        return spark.createDataFrame([(a, b, c) for (a, b), c in sorted(pairs.items())],
-                                     "id_a string, id_b string, cosine double")
-
-    groups = spark.createDataFrame([], "id string, action string, kept_id string")
-    previous = stage.Previous(None, frame(before), groups, frame(rejected_before))
-    listed = (spark.createDataFrame([(i,) for i in ids if i < "i30"], "id string"),
-              spark.createDataFrame([(i,) for i in ids if i not in gone or i in fresh], "id string"))
-    incremental_pairs = stage.IncrementalPairs(None, 0, 0, frame(found), frame(lost))
-
-    def compared(*where):
-        changes = stage.changes(previous, listed[0], frame(tonight), groups, listed[1], *where).toPandas()
-        return sorted(zip(changes.change, changes.id_a, changes.id_b, changes.cosine))
-
-    whole = compared()
-    assert compared(incremental_pairs, frame(rejected)) == whole
-    assert compared(incremental_pairs, frame(rejected), 10) == whole  # too many to broadcast: compared whole
-    added = {(a, b) for change, a, b, _ in whole if change == "pair_added"}
-    removed = {(a, b) for change, a, b, _ in whole if change == "pair_removed"}
-    assert added & set(rejected_before) and removed & set(rejected) & set(before)  # both kinds occur
-
-
 def changes_set(frame):
     return {(r.change, r.id_a, r.id_b, r.id, r.previous_action, r.action, r.kept_id)
             for r in frame.astype(object).where(frame.notna(), None).itertuples()}

@@ -382,33 +382,21 @@ def _lost(previous_pairs: DataFrame, gone: DataFrame) -> DataFrame:
 
 
 def changes(previous: Previous, previous_ids: DataFrame, pairs: DataFrame, groups: DataFrame,
-            current_ids: DataFrame, found: IncrementalPairs | None = None, rejected: DataFrame | None = None,
-            max_broadcast_pairs: int = 1_000_000) -> DataFrame:
+            current_ids: DataFrame, found: IncrementalPairs | None = None) -> DataFrame:
     """``changes/``: pairs added and removed since the previous run, and images whose
     action changed where either side is a drop (an image without a pair is kept; one not
     in the catalog has no action).
 
-    With ``found`` (pairs found incrementally, and no exact copies on either night, whose
-    pairs are rewritten), the pairs are compared only where they can differ. Tonight's
-    pairs are last night's pairs and rejected pairs between unchanged rows, and the pairs
-    found tonight (each involves a fresh row), less those tonight's verification rejected
-    (``rejected``, tonight's rejected_pairs/). So a pair added is one found tonight or one
-    rejected last night; a pair removed is one lost (it involves a deleted or changed row)
-    or one rejected tonight. Written final (``found.settled``: nothing verified either
-    night), the pairs added are among those found and the pairs removed among those lost.
-    The pairs that can differ are broadcast to the joins that pick them from both nights'
-    pairs; where they number over ``max_broadcast_pairs``, or without ``rejected`` (not
-    kept) and not settled, the pairs are compared whole.
+    With ``found`` (pairs found incrementally and written final: no exact copies and no
+    borderline pair on either night, so no pair carried over can come or go), the pairs
+    are compared only where they can differ: a pair added involves a fresh row, a pair
+    removed a deleted or changed one.
     """
     key = ["id_a", "id_b"]
-    tonight, before = pairs, previous.pairs
-    if found is not None and found.found is not None and found.settled:
+    if found is not None and found.found is not None:
         tonight, before = found.found, found.lost
-    elif found is not None and found.found is not None and rejected is not None:
-        sides = [found.found, found.lost, rejected] + ([previous.rejected] if previous.rejected is not None else [])
-        may_differ = functools.reduce(DataFrame.union, (side.select(*key) for side in sides)).distinct()
-        if may_differ.count() <= max_broadcast_pairs:  # else a shuffled join: no cheaper than comparing whole
-            tonight, before = (side.join(F.broadcast(may_differ), key, "left_semi") for side in (pairs, previous.pairs))
+    else:
+        tonight, before = pairs, previous.pairs
     # One join for both directions (two anti-joins shuffled both nights' pairs twice).
     both = tonight.select(*key, F.col("cosine").alias("now")).join(
         before.select(*key, F.col("cosine").alias("before")), key, "full")
