@@ -128,8 +128,8 @@ class _Embedded(NamedTuple):
     by_content: int = 0  # inputs found unchanged by content (rows' "reused"): by the embed stage, or by vector
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
     paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
-    # Counted where the reuse was decided (`neardup pairs`); for images, still_listed is
-    # found by the write stage and paths_moved by the reuse stage.
+    # `neardup pairs`: counted where the reuse was decided. Images: still_listed is None
+    # (found by the write stage) and paths_moved is found by the reuse stage.
     still_listed: int | None = None  # the previous run's inputs listed again
     paths_moved: bool = False  # a reused input's path differs from the previous run's
 
