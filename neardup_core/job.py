@@ -35,7 +35,15 @@ from .console import callers_interrupts, note_interrupts, without_native_info
 from .embed import prepare_model
 from .lock import HadoopLockFile, LocalLockFile, OutputLock
 from .lsh import LshTables
-from .output import OutputDir, OutputError, check_local_output, check_local_previous, check_output
+from .output import (
+    OutputDir,
+    OutputError,
+    check_local_output,
+    check_local_previous,
+    check_output,
+    hold_columns,
+    link_data_files,
+)
 from .pairing import BucketStats
 from .progress import Progress
 from .sources import InputError, is_local, local_path, require_local_path, resolve_format
@@ -70,6 +78,8 @@ log = logging.getLogger("neardup")
 # Rows per Arrow batch once images are embedded: vectors, keys and ids are small, and the
 # low batch size that suits images would only add per-batch overhead.
 VECTOR_BATCH_ROWS = 10_000
+# What a `neardup pairs` row takes from its table, where the table has it, besides its vector.
+_TABLE_FACTS = ("width", "height", "bytes", "modified")
 
 
 @dataclass(frozen=True)
@@ -129,9 +139,10 @@ class _Embedded(NamedTuple):
     has_images: bool = False  # the rows' paths name images that can be read again (geometric verification)
     paths_are_ids: bool = False  # `neardup pairs` of a table with no path column: no file to show
     # `neardup pairs`: counted where the reuse was decided. Images: still_listed is None
-    # (found by the write stage) and paths_moved is found by the reuse stage.
+    # (found by the write stage); paths_moved and as_before are found by the reuse stage.
     still_listed: int | None = None  # the previous run's inputs listed again
     paths_moved: bool = False  # a reused input's path differs from the previous run's
+    as_before: int = 0  # reused inputs whose embeddings/ row is the previous run's as it was
 
 
 class _Planned(NamedTuple):
@@ -246,16 +257,21 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 # bytes; its keys come from the same join (a second join on id, for the keys,
                 # sorted 1M rows of vectors again: 19 s at 1M), and so does what the later
                 # stages would otherwise join every row again for: whether the id was there
-                # (the changed and deleted counts) and whether a reused row's path moved.
+                # (the changed and deleted counts), whether a reused row's path moved, and
+                # whether its row in embeddings/ is last night's as it was (see the write stage).
                 before = prior.data.embeddings.select("id", F.col("content_hash").alias("previous_hash"),
                                                       F.col("keys").alias("previous_keys"),
-                                                      F.col("path").alias("previous_path"))
+                                                      F.col("path").alias("previous_path"),
+                                                      *(F.col(f).alias(f"previous_{f}") for f in _TABLE_FACTS))
                 reused = F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
+                as_before = functools.reduce(Column.__and__, (F.col(f).eqNullSafe(F.col(f"previous_{f}"))
+                                                              for f in ("path", *_TABLE_FACTS)))
                 rows = (rows.join(before, "id", "left").withColumn("reused", reused)
                         .withColumn("previous_keys", F.when(F.col("reused"), F.col("previous_keys")))
                         .withColumn("was_there", F.col("previous_hash").isNotNull())
                         .withColumn("path_moved", F.col("reused") & incremental_stage.path_moved())
-                        .drop("previous_hash", "previous_path"))
+                        .withColumn("as_before", F.col("reused") & as_before)
+                        .drop("previous_hash", "previous_path", *(f"previous_{f}" for f in _TABLE_FACTS)))
             # Caching in memory builds a task's rows in the heap before it can spill them, and
             # a cache larger than the heap's storage share spills through it: vectors beyond
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
@@ -263,7 +279,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             # One pass reads the table into the cache, counts, and counts the distinct ids;
             # only where they fall short does the ids' check (which names them) read the cache.
-            by_join = (F.count_if("was_there"), F.count_if("path_moved")) if reusing else ()
+            by_join = (F.count_if("was_there"), F.count_if("path_moved"), F.count_if("as_before")) if reusing else ()
             images, errors, fresh, ids, reused, *joined = _counts(rows, F.count_distinct("id"), F.count_if("reused"),
                                                                   *by_join)
             record["rows"], record["errors"] = images, errors
@@ -272,7 +288,8 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
                 raise InputError(f"--embeddings {embeddings}: {problem} (column {cfg.input.id_column!r})")
         return _Embedded(rows, images, errors, fresh, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"), by_content=reused, paths_are_ids=not read.has_paths,
-                         still_listed=joined[0] if joined else None, paths_moved=bool(joined and joined[1]))
+                         still_listed=joined[0] if joined else None, paths_moved=bool(joined and joined[1]),
+                         as_before=joined[2] if joined else 0)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
 
@@ -438,21 +455,25 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     # Counted (in the pass that filled the cache), not derived, so that the accounting
     # check before _SUCCESS can fail.
     fresh_count = embedded.fresh
-    good, reused, reused_count, paths_moved = fresh, None, 0, False
+    good, reused, reused_count, paths_moved, as_before = fresh, None, 0, False, 0
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
             if embedded.has_images:
-                reused = embedded.by_listing.unchanged
+                # A file unchanged by size and time keeps last night's embeddings/ row, unless
+                # its path moved; one unchanged by content has tonight's size and time.
+                reused = embedded.by_listing.unchanged.withColumn("as_before", ~F.col("path_moved"))
                 if embedded.by_content:  # their vectors are read from the previous run now
                     reused = reused.unionByName(incremental_stage.reused_rows(
-                        rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings))
+                        rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings
+                    ).withColumn("as_before", F.lit(False)))
                 reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
-                reused_count, moved = reused.agg(F.count(F.lit(1)), F.count_if("path_moved")).first()
+                reused_count, moved, as_before = reused.agg(F.count(F.lit(1)), F.count_if("path_moved"),
+                                                            F.count_if("as_before")).first()
                 paths_moved = moved > 0
                 embedded.by_listing.joined.unpersist()
             else:  # `neardup pairs`: tonight's cached rows, with last night's keys; counted as cached
                 reused = incremental_stage.reused_vectors(rows.filter("reused"))
-                reused_count, paths_moved = embedded.by_content, embedded.paths_moved
+                reused_count, paths_moved, as_before = embedded.by_content, embedded.paths_moved, embedded.as_before
                 # The fresh rows are few among the table's cached rows: kept apart, in tasks of
                 # about pairs.partition_mb, so that each stage after reads them, not the table.
                 tasks = -(-fresh_count * tuning.vector_bytes(embedded.dim) // cfg.pairs.partition_bytes)
@@ -483,7 +504,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record.update(planned.record())
 
     numbered = pairing_stage.number_rows(good)
-    keyed, fresh_keyed, gone, incremental_record = None, None, None, None
+    keyed, fresh_keyed, gone, incremental_record, last_night_rows = None, None, None, None, -1
     if prior is not None:
         incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
     carry_pairs = planned is not None and reused_plan is not None and not reused_plan.near_copies
@@ -511,7 +532,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             # there are none when the counts agree; else they are found by their ids alone and
             # only their keys read (joining last night's keys of every row took 17 s at 1M).
             last_night = prior.data.embeddings.select("id", "keys")
-            if last_night.count() == reused_count:
+            last_night_rows = last_night.count()
+            if last_night_rows == reused_count:
                 gone = last_night.limit(0)
             else:
                 gone_ids = last_night.select("id").join(reused.select("id"), "id", "left_anti")
@@ -616,8 +638,15 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 keyed = pairing_stage.unkeyed_embeddings(numbered)
             else:
                 keyed = pairing_stage.keyed_embeddings(numbered, planned.tables, vectors)
-            pairing_stage.write_keyed(keyed if vectors else keyed.drop("embedding"), out.staged("embeddings"),
-                                      cfg.pairs.partition_bytes)
+            written = keyed if vectors else keyed.drop("embedding")
+            # Where every row of last night's embeddings/ is tonight's as it was (a night that
+            # only adds), its files are linked and only the fresh rows written.
+            linked = (_link_last_night(prior, out, written.columns)
+                      if fresh_keyed is not None and as_before == last_night_rows else 0)
+            if linked:
+                written = fresh_keyed.select(*written.columns)
+                incremental_record["embeddings_linked"] = linked
+            pairing_stage.write_keyed(written, out.staged("embeddings"), cfg.pairs.partition_bytes, append=bool(linked))
         if prior is not None:
             before = prior.data.embeddings.select("id")
             # Tonight's ids: embeddings/ holds every good row, and one Parquet column of it reads
@@ -653,6 +682,20 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                        unverified_pairs=verified.unverified, over_budget_pairs=verified.over_budget)
     lsh_record = None if planned is None else {**planned.record(), "buckets": buckets}
     return counts, lsh_record, incremental_record
+
+
+def _link_last_night(prior: _Prior, out: OutputDir, columns: list[str]) -> int:
+    """Hard-link the previous run's embeddings/ files into tonight's staged embeddings/
+    (:func:`output.link_data_files`) and return how many, where both are local and the
+    files hold ``columns`` with packed keys; else 0 (then every row is written)."""
+    source, target = f"{prior.run.path.rstrip('/')}/embeddings", out.staged("embeddings")
+    if not (is_local(source) and is_local(target)) or not hold_columns(source, columns, binary=("keys",)):
+        return 0
+    try:
+        return link_data_files(source, target)
+    except OSError as err:
+        log.info("embeddings/: could not link the files of --previous %s (%s); writing every row", prior.run.path, err)
+        return 0
 
 
 def _collapse_copies(cfg: Config, good: DataFrame, fresh: DataFrame | None, extras: DataFrame | None,

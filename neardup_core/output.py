@@ -92,6 +92,48 @@ def check_local_previous(path: str | None) -> None:
             raise OutputError(f"--previous {path}: {problem}")
 
 
+def data_files(folder: str) -> list[str]:
+    """The data files of a local dataset folder: names not starting with ``_`` or ``.``
+    (Spark's markers, Hadoop's checksums)."""
+    return sorted(name for name in os.listdir(local_path(folder)) if not name.startswith(("_", ".")))
+
+
+def hold_columns(folder: str, columns: list[str], binary: tuple[str, ...] = ()) -> bool:
+    """Whether every Parquet data file of the local ``folder`` has exactly ``columns``, in
+    that order, those named in ``binary`` as binary (read from the files' footers)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = data_files(folder)
+    for name in names:
+        schema = pq.read_schema(os.path.join(local_path(folder), name))
+        if schema.names != list(columns) or not all(pa.types.is_binary(schema.field(c).type) for c in binary):
+            return False
+    return bool(names)
+
+
+def link_data_files(source: str, target: str) -> int:
+    """Hard-link the data files of the local dataset folder ``source`` (names not starting
+    with ``_`` or ``.``: Spark's markers and Hadoop's checksums) into the new folder
+    ``target``, and return how many: a dataset carried whole from a previous run, without
+    copying or rewriting it. Linked files share their bytes; Parquet files are never
+    changed in place, and removing either run's folder leaves the other's whole.
+
+    Raises:
+        OSError: the folders are on different file systems, or the file system has no
+            hard links; ``target`` is removed again.
+    """
+    names = data_files(source)
+    os.makedirs(local_path(target))
+    try:
+        for name in names:
+            os.link(os.path.join(local_path(source), name), os.path.join(local_path(target), name))
+    except OSError:
+        shutil.rmtree(local_path(target), ignore_errors=True)
+        raise
+    return len(names)
+
+
 class OutputDir:
     """One run's output folder, staged under ``OUTPUT/_staging-RUN_ID``."""
 

@@ -139,10 +139,11 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     # (without the footer's Spark schema, which Spark would read the file with)
     keyed = keyed.set_column(keyed.schema.get_field_index("keys"), "keys", as_lists).replace_schema_metadata(None)
     pq.write_table(keyed, tmp_path / "a_keys" / "embeddings" / "part-0.parquet")
-    # d: only new vectors, nothing deleted or changed (no gone rows to look up).
+    # d: only new vectors, nothing deleted or changed (no gone rows to look up); with vectors
+    # in embeddings/, as a has them, so a's files are carried whole.
     table(tmp_path / "d.parquet", range(0, 1150))
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "d.parquet"), "--output", str(tmp_path / "d"),
-                     "--previous", str(tmp_path / "a"), *common]) == 0
+                     "--previous", str(tmp_path / "a"), *common, "--set", "output.write_embeddings=true"]) == 0
     rows = [*range(30, 1100), *range(1100, 1200)]  # 30 deleted, 100 new
     # and one changed vector: near its neighbour (c), or a copy of it (b: exact copies, so
     # the verify stage rewrites pairs/ with the copies' pairs)
@@ -151,7 +152,8 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
     x[40] = x[41]
     table(tmp_path / "b.parquet", rows)
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
-                     "--previous", str(tmp_path / "a"), *common, "--set", "spark.shuffle_partitions=2"]) == 0
+                     "--previous", str(tmp_path / "a"), *common, "--set", "spark.shuffle_partitions=2",
+                     "--set", "output.write_embeddings=true"]) == 0
     assert cli.main(["pairs", "--embeddings", str(tmp_path / "c.parquet"), "--output", str(tmp_path / "c"),
                      "--previous", str(tmp_path / "a_keys"), *common]) == 0
     assert "embedding" not in pd.read_parquet(tmp_path / "c" / "embeddings").columns
@@ -164,6 +166,20 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
         expected = expected_changes(tmp_path / "a", tmp_path / f"full_{night}")
         assert changes_set(pd.read_parquet(tmp_path / night / "changes")) == expected, night
         assert manifest(tmp_path / night)["incremental"]["pairing"] == "incremental"
+    # d only added rows: a's embeddings/ files are linked (same inodes), not written again.
+    # b (written with vectors too) deleted and changed rows: its embeddings/ is written whole.
+    # Either way embeddings/ holds what a full run's holds.
+    assert manifest(tmp_path / "d")["incremental"]["embeddings_linked"] > 0
+    assert "embeddings_linked" not in manifest(tmp_path / "b")["incremental"]
+    inodes = [{os.stat(f).st_ino for f in (tmp_path / run / "embeddings").glob("part-*")} for run in ("a", "d")]
+    assert inodes[0] and inodes[0] < inodes[1]
+
+    def embeddings(run):
+        return pd.read_parquet(tmp_path / run / "embeddings", columns=["id", "path", "keys", "content_hash"]
+                               ).sort_values("id", ignore_index=True)
+
+    for night in ("b", "d"):
+        pd.testing.assert_frame_equal(embeddings(night), embeddings(f"full_{night}"))
     # Incremental pairing pairs no bucket whole: no bucket statistics, the touched buckets instead.
     assert manifest(tmp_path / "c")["lsh"]["buckets"] is None
     assert manifest(tmp_path / "c")["incremental"]["touched_buckets"] > 0

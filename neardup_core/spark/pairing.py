@@ -303,12 +303,14 @@ def keyed_embeddings(numbered: DataFrame, tables: LshTables, vectors: bool = Tru
     return numbered.select("id", "path", "embedding", *IMAGE_FACTS).mapInArrow(run, schema)
 
 
-def write_keyed(keyed: DataFrame, path: str, row_group_bytes: int) -> None:
+def write_keyed(keyed: DataFrame, path: str, row_group_bytes: int, append: bool = False) -> None:
     """``keyed`` (KEYED_SCHEMA, with or without ``embedding``) written to ``path`` as Parquet
-    in row groups of about ``row_group_bytes``. Memory: Parquet's writer buffers a whole
-    row group per task (128 MB unless told), whatever the task's row count; with 220 keys a
-    row (1.8 kB), that buffer, not the rows streaming through, is a writing task's heap."""
-    keyed.write.option("parquet.block.size", row_group_bytes).parquet(path)
+    in row groups of about ``row_group_bytes`` (``append``: beside the files already there).
+    Memory: Parquet's writer buffers a whole row group per task (128 MB unless told),
+    whatever the task's row count; with 220 keys a row (1.8 kB), that buffer, not the rows
+    streaming through, is a writing task's heap."""
+    keyed.write.mode("append" if append else "errorifexists").option("parquet.block.size", row_group_bytes
+                                                                      ).parquet(path)
 
 
 def unkeyed_embeddings(numbered: DataFrame) -> DataFrame:
