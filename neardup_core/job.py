@@ -61,6 +61,7 @@ from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
 from .spark.session import (
     build_session,
+    caused_by_interrupt,
     default_parallelism,
     executor_cores,
     executor_status,
@@ -368,9 +369,12 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
         out.commit(manifest)
         interrupted = note_interrupts()  # committed: a Ctrl-C no longer undoes anything
     except BaseException as err:
-        if isinstance(err, KeyboardInterrupt):
+        interrupt = caused_by_interrupt(err)
+        if interrupt:
             wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
         out.discard_staging()
+        if interrupt and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt() from err  # what the user did, not the Py4J error that followed it
         advice = out_of_memory_advice(err, spark)
         if advice:
             raise ConfigError(advice) from err

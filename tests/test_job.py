@@ -280,6 +280,32 @@ def test_failed_run_leaves_the_previous_result_and_no_success_of_its_own(catalog
     assert not os.path.exists(fresh / "_SUCCESS") and not os.path.exists(fresh / "pairs")
 
 
+def test_an_error_raised_while_a_ctrl_c_unwinds_is_reported_as_the_interrupt(catalog, first_run, tmp_path,
+                                                                               monkeypatch, capsys):
+    """PySpark calls into the JVM on the way out of an interrupted call, and that call may
+    fail with Py4J's "Answer from Java side is empty" (seen in CI): still neardup's one line
+    and exit 130, not a traceback and exit 1."""
+    from py4j.protocol import Py4JNetworkError
+
+    root, _ = catalog
+    out = tmp_path / "out"
+    shutil.copytree(first_run, out)
+    before = read_pairs(out)
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt()
+        except KeyboardInterrupt:
+            raise Py4JNetworkError("Answer from Java side is empty")  # noqa: B904 - as PySpark does
+
+    monkeypatch.setattr(pairing_stage, "_pair_in_one_task", interrupted)
+    assert cli.main(["run", "--input", str(root), "--output", str(out), "--overwrite", *COMMON]) == 130
+    assert capsys.readouterr().err.splitlines()[-1:] == [
+        "neardup: interrupted; the output folder holds what it held before"]
+    assert not [n for n in os.listdir(out) if n.startswith("_staging")]
+    pd.testing.assert_frame_equal(read_pairs(out), before)
+
+
 @pytest.mark.parametrize("setup,args,message", [
     ("none", ["--input", "{tmp}/nope"], "--input {tmp}/nope: no such file or directory"),
     ("empty_dir", ["--input", "{tmp}/in"], "--input {tmp}/in: no image files (jpg, jpeg"),
