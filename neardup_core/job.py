@@ -79,8 +79,6 @@ log = logging.getLogger("neardup")
 # Rows per Arrow batch once images are embedded: vectors, keys and ids are small, and the
 # low batch size that suits images would only add per-batch overhead.
 VECTOR_BATCH_ROWS = 10_000
-# What a `neardup pairs` row takes from its table, where the table has it, besides its vector.
-_TABLE_FACTS = ("width", "height", "bytes", "modified")
 
 
 @dataclass(frozen=True)
@@ -254,25 +252,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             prior = _previous(spark, out, previous, fingerprint, cfg)
             reusing = prior is not None and not prior.why_not
             if reusing:
-                # A vector is reused when the previous run holds its id with the same vector
-                # bytes; its keys come from the same join (a second join on id, for the keys,
-                # sorted 1M rows of vectors again: 19 s at 1M), and so does what the later
-                # stages would otherwise join every row again for: whether the id was there
-                # (the changed and deleted counts), whether a reused row's path moved, and
-                # whether its row in embeddings/ is last night's as it was (see the write stage).
-                before = prior.data.embeddings.select("id", F.col("content_hash").alias("previous_hash"),
-                                                      F.col("keys").alias("previous_keys"),
-                                                      F.col("path").alias("previous_path"),
-                                                      *(F.col(f).alias(f"previous_{f}") for f in _TABLE_FACTS))
-                reused = F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
-                as_before = functools.reduce(Column.__and__, (F.col(f).eqNullSafe(F.col(f"previous_{f}"))
-                                                              for f in ("path", *_TABLE_FACTS)))
-                rows = (rows.join(before, "id", "left").withColumn("reused", reused)
-                        .withColumn("previous_keys", F.when(F.col("reused"), F.col("previous_keys")))
-                        .withColumn("was_there", F.col("previous_hash").isNotNull())
-                        .withColumn("path_moved", F.col("reused") & incremental_stage.path_moved())
-                        .withColumn("as_before", F.col("reused") & as_before)
-                        .drop("previous_hash", "previous_path", *(f"previous_{f}" for f in _TABLE_FACTS)))
+                rows = incremental_stage.match_previous_vectors(rows, prior.data.embeddings)
             # Caching in memory builds a task's rows in the heap before it can spill them, and
             # a cache larger than the heap's storage share spills through it: vectors beyond
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
@@ -463,13 +443,10 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     if reusing:
         with progress.stage("reuse") as record, _sized_shuffles(spark, cfg, embedded.inputs):
             if embedded.has_images:
-                # A file unchanged by size and time keeps last night's embeddings/ row, unless
-                # its path moved; one unchanged by content has tonight's size and time.
-                reused = embedded.by_listing.unchanged.withColumn("as_before", ~F.col("path_moved"))
+                reused = embedded.by_listing.unchanged  # with path_moved and as_before, as reused_rows
                 if embedded.by_content:  # their vectors are read from the previous run now
                     reused = reused.unionByName(incremental_stage.reused_rows(
-                        rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings
-                    ).withColumn("as_before", F.lit(False)))
+                        rows.filter("reused").select("id", "path", "bytes", "modified"), prior.data.embeddings))
                 reused = reused.persist(StorageLevel.MEMORY_AND_DISK)
                 reused_count, moved, as_before = reused.agg(F.count(F.lit(1)), F.count_if("path_moved"),
                                                             F.count_if("as_before")).first()

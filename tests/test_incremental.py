@@ -272,14 +272,42 @@ def test_reused_images_say_whether_their_path_moved(spark):
          ("c", "/new/c.jpg", 11, when, None), ("e", "/new/e.jpg", 10, when, None)],
         "id string, path string, size bigint, modified timestamp, error_message string")
     split = stage.unchanged_by_listing(listing, previous)
-    assert {(r.id, r.path_moved) for r in split.unchanged.collect()} == {("a", False), ("b", True)}
+    # as_before: the embeddings/ row stays last night's as it was (the write stage may link its file).
+    assert {(r.id, r.path_moved, r.as_before) for r in split.unchanged.collect()} == {
+        ("a", False, True), ("b", True, False)}
     assert sorted(r.id for r in split.to_embed.collect()) == ["c", "e"]
     assert "previous_path" not in split.to_embed.columns
     by_content = spark.createDataFrame([("c", "/new/c.jpg", 11, when), ("d", "/old/d.jpg", 10, when)],
                                        "id string, path string, bytes bigint, modified timestamp")
-    assert {(r.id, r.path_moved) for r in stage.reused_rows(by_content, previous).collect()} == {
-        ("c", True), ("d", False)}
+    assert {(r.id, r.path_moved, r.as_before) for r in stage.reused_rows(by_content, previous).collect()} == {
+        ("c", True, False), ("d", False, False)}
     split.joined.unpersist()
+
+
+@pytest.mark.spark
+def test_pairs_reuse_a_vector_by_its_hash_and_keep_its_row_only_when_nothing_else_changed(spark):
+    # `neardup pairs`: one join decides the reuse (same id and vector hash) and takes the
+    # keys, and says whether the id was there, the path moved, and the row is as it was
+    # (path, size in pixels, bytes and time equal, a null equal to a null).
+    import datetime as dt
+
+    from neardup_core.spark import incremental as stage
+
+    when = dt.datetime(2026, 11, 30, tzinfo=dt.timezone.utc)
+    facts = "width int, height int, bytes bigint, modified timestamp"
+    previous = spark.createDataFrame(
+        [(i, f"/p/{i}", f"h{i}", f"k{i}".encode(), None, None, None, when) for i in "abcd"],
+        f"id string, path string, content_hash string, keys binary, {facts}")
+    rows = spark.createDataFrame(
+        [("a", "/p/a", "ha", None, None, None, when), ("b", "/q/b", "hb", None, None, None, when),
+         ("c", "/p/c", "hc", 2, None, None, when), ("d", "/p/d", "hX", None, None, None, when),
+         ("e", "/p/e", "he", None, None, None, when)],
+        f"id string, path string, content_hash string, {facts}")
+    got = {r.id: (r.reused, r.previous_keys, r.was_there, r.path_moved, r.as_before)
+           for r in stage.match_previous_vectors(rows, previous).collect()}
+    assert got == {"a": (True, b"ka", True, False, True), "b": (True, b"kb", True, True, False),
+                   "c": (True, b"kc", True, False, False), "d": (False, None, True, False, False),
+                   "e": (False, None, False, False, False)}
 
 
 def changes_set(frame):
