@@ -113,9 +113,8 @@ def hold_columns(folder: str, columns: list[str], binary: tuple[str, ...] = ()) 
 
 
 def link_data_files(source: str, target: str) -> int:
-    """Hard-link the data files of the local dataset folder ``source`` (names not starting
-    with ``_`` or ``.``: Spark's markers and Hadoop's checksums) into the new folder
-    ``target``, and return how many: a dataset carried whole from a previous run, without
+    """Hard-link the :func:`data_files` of the local dataset folder ``source`` into the new
+    folder ``target``, and return how many: a dataset carried whole from a previous run, without
     copying or rewriting it. Linked files share their bytes; Parquet files are never
     changed in place, and removing either run's folder leaves the other's whole.
 
