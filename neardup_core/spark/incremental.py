@@ -68,8 +68,7 @@ def _packed_keys(embeddings: DataFrame, bits_per_table: int, num_tables: int) ->
 
 class ByListing(NamedTuple):
     to_embed: DataFrame  # the listing's rows that are new or changed, with previous_hash
-    unchanged: DataFrame  # id, path, bytes, modified, embedding, keys, width, height, content_hash, path_moved,
-    #                       as_before
+    unchanged: DataFrame  # id, path, bytes, modified, _REUSED, content_hash, path_moved, as_before
     joined: DataFrame  # persisted; both of the above read it
 
 
