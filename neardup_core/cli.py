@@ -19,7 +19,7 @@ import os
 import sys
 
 from .config import ConfigError, load_config
-from .console import configure_logging, exit_on_interrupt
+from .console import caused_by_interrupt, configure_logging, exit_on_interrupt
 from .embed import ModelError
 from .lock import LockError
 from .output import OutputError
@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None, launched_by_spark_submit: bool | None = 
             result = job.run(cfg, launched_by_spark_submit, args.verbose, args.previous)
     except USAGE_ERRORS as err:
         return _usage_error(err)
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not caused_by_interrupt(err):  # also a JVM call that failed after the Ctrl-C, as a lock's release
+            raise
         # The run's own staging folder and its output lock are already removed (finally blocks).
         print("neardup: interrupted; the output folder holds what it held before", file=sys.stderr)
         return 130

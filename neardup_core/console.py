@@ -107,3 +107,18 @@ def exit_on_interrupt(message: str, code: int = 130) -> None:
         os._exit(code)
 
     signal.signal(signal.SIGINT, leave)
+
+
+def caused_by_interrupt(err: BaseException) -> bool:
+    """Whether ``err`` is a Ctrl-C or was raised while one unwound. PySpark calls into the
+    JVM on the way out of an interrupted call (``SCCallSiteSync.__exit__``), and that call
+    may fail with Py4J's "Answer from Java side is empty", which then replaces the
+    KeyboardInterrupt; the interrupt stays in the chain of causes and contexts."""
+    seen: BaseException | None = err
+    for _ in range(100):  # a chain is short; a cycle is not followed for ever
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

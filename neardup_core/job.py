@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from . import __version__, incremental, near_copies, tuning
 from .config import Config, ConfigError, EmbedConfig, LshConfig
-from .console import callers_interrupts, note_interrupts, without_native_info
+from .console import callers_interrupts, caused_by_interrupt, note_interrupts, without_native_info
 from .embed import prepare_model
 from .lock import HadoopLockFile, LocalLockFile, OutputLock
 from .lsh import LshTables
@@ -61,7 +61,6 @@ from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
 from .spark.session import (
     build_session,
-    caused_by_interrupt,
     default_parallelism,
     executor_cores,
     executor_status,

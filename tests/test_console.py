@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from neardup_core.console import native_info_lines
 
 
@@ -90,3 +92,48 @@ def test_the_callers_ctrl_c_handler_is_put_back_however_the_run_ends():
     )
     done = _python(code)
     assert (done.returncode, done.stdout) == (0, "True\nTrue\n"), done.stderr
+
+
+def _raised_while(first: BaseException, then: Exception) -> Exception:
+    """``then`` as Python chains it when raised while ``first`` unwinds (an except or finally block)."""
+    try:
+        try:
+            raise first
+        finally:
+            raise then
+    except Exception as err:  # noqa: BLE001 - the error under test
+        return err
+
+
+def test_an_interrupt_is_found_in_the_chain_of_what_followed_it():
+    from neardup_core.console import caused_by_interrupt
+
+    assert caused_by_interrupt(KeyboardInterrupt())
+    py4j_after_ctrl_c = _raised_while(KeyboardInterrupt(), ConnectionError("Answer from Java side is empty"))
+    assert caused_by_interrupt(py4j_after_ctrl_c)
+    wrapped = RuntimeError("stage failed")
+    wrapped.__cause__ = py4j_after_ctrl_c
+    assert caused_by_interrupt(wrapped)
+    assert not caused_by_interrupt(_raised_while(ValueError("a"), RuntimeError("b")))
+    loop_a, loop_b = ValueError("a"), ValueError("b")
+    loop_a.__context__, loop_b.__context__ = loop_b, loop_a
+    assert not caused_by_interrupt(loop_a)
+
+
+def test_the_cli_reports_an_error_that_followed_a_ctrl_c_as_the_interrupt(tmp_path, monkeypatch, capsys):
+    """Outside the job's own handling too (a remote output lock's release calls the JVM)."""
+    from neardup_core import cli, job
+
+    def interrupted(*args, **kwargs):
+        raise _raised_while(KeyboardInterrupt(), ConnectionError("Answer from Java side is empty"))
+
+    monkeypatch.setattr(job, "run", interrupted)
+    args = ["run", "--input", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert cli.main(args) == 130
+    assert capsys.readouterr().err.splitlines() == ["neardup: interrupted; the output folder holds what it held before"]
+    def failed(*args, **kwargs):
+        raise RuntimeError("executor lost")
+
+    monkeypatch.setattr(job, "run", failed)
+    with pytest.raises(RuntimeError, match="executor lost"):
+        cli.main(args)
