@@ -743,18 +743,12 @@ def _verify(spark: SparkSession, cfg: Config, out: OutputDir, progress: Progress
             record.update(verified.record())
             record["rows"] = result.pairs
         return result, verified
-    staged = spark.read.parquet(out.staged("pairs"))
-    if "exact" not in staged.columns:  # the same schema whether or not the run found exact copies
-        staged = staged.withColumn("exact", F.lit(False))
-    if "near_copy" not in staged.columns:  # ... or near copies
-        staged = staged.withColumn("near_copy", F.lit(False))
-    staged = staged.select(*(c for c in staged.columns if c not in ("exact", "near_copy")), "exact", "near_copy")
     with progress.stage("verify") as record:
         verified = verify_stage.verify_pairs(
-            staged, images, cfg.pairs, cfg.input,
+            verify_stage.staged_pairs(spark, out.staged("pairs")), images, cfg.pairs, cfg.input,
             cfg.spark.shuffle_partitions or default_parallelism(spark), out.staged("_verify-scratch"),
             out.staged("pairs-verified"), out.staged("rejected_pairs") if cfg.pairs.keep_rejected else None, known,
-            nodes, criteria or cfg.groups.criteria(), cfg.groups.max_pairs_in_one_task)
+            nodes, criteria or cfg.groups.criteria(), cfg.groups.max_pairs_in_one_task, staged=out.staged("pairs"))
         out.replace_staged("pairs", "pairs-verified")
         record.update(verified.record())
         record["rows"] = verified.pairs

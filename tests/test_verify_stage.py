@@ -10,6 +10,7 @@ import json
 import os
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
@@ -221,6 +222,36 @@ def test_an_unreadable_image_has_no_features_and_its_pair_is_rejected(spark, pho
 
 
 @pytest.mark.model
+def test_a_local_staged_folder_read_and_written_by_pyarrow_gives_what_spark_gives(spark, photos, tmp_path,
+                                                                                 monkeypatch):
+    """The planned path reads a local staged folder, and writes pairs/ and rejected_pairs/,
+    with PyArrow; for a remote one Spark does both: the same rows, order and types."""
+    pairs, images, cfg = _graph_with_a_pair_no_group_needs(spark, photos)
+    staged = str(tmp_path / "staged")
+    pairs.repartition(2).write.parquet(staged)  # two files, with no exact or near_copy column
+    results = {}
+    for tag in ("arrow", "spark"):
+        if tag == "spark":
+            monkeypatch.setattr(verify_stage, "is_local", lambda path: False)
+        results[tag] = verify_stage.verify_pairs(
+            verify_stage.staged_pairs(spark, staged), images, cfg, InputConfig(), 2, str(tmp_path / f"s-{tag}"),
+            str(tmp_path / f"p-{tag}"), str(tmp_path / f"r-{tag}"), nodes=images, criteria=[("id", False)],
+            staged=staged)
+    for name in ("p", "r"):
+        by_arrow, by_spark = (spark.read.parquet(str(tmp_path / f"{name}-{tag}")) for tag in ("arrow", "spark"))
+        assert by_arrow.collect() == by_spark.collect()
+        arrow_schema, spark_schema = (pq.read_table(tmp_path / f"{name}-{tag}").schema.remove_metadata()
+                                      for tag in ("arrow", "spark"))
+        assert arrow_schema == spark_schema  # names, types and nullability
+    assert by_arrow.columns[-4:] == ["exact", "near_copy", "inliers", "verified"]
+    written = pd.read_parquet(tmp_path / "p-arrow")
+    assert list(zip(written.id_a, written.id_b)) == sorted(zip(written.id_a, written.id_b))
+    assert not written.exact.any() and not written.near_copy.any()
+    assert results["arrow"]._replace(featurize_seconds=0.0, match_seconds=0.0) == results["spark"]._replace(
+        featurize_seconds=0.0, match_seconds=0.0)
+    assert results["arrow"].planned and results["arrow"].pairs == len(written) == 3
+
+
 def test_neardup_run_writes_geometry_accepted_pairs_and_leaves_out_rejected_ones(spark, photos, tmp_path):
     # Thresholds set so that every pair found is borderline: the edited copy can only be
     # accepted by verification, and the different photos of fruit only rejected by it.
