@@ -588,7 +588,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         decided = "groups" if copies is None and near.copies is None else "_groups-decided"
         grouped = groups_stage.group(spark.read.parquet(out.staged("pairs")), nodes, criteria,
                                      result.pairs, cfg.groups.max_pairs_in_one_task, out.staged("_groups-scratch"),
-                                     out.staged(decided), tasks)
+                                     out.staged(decided), tasks, staged=out.staged("pairs"))
         if near.copies is not None:
             near_groups = "groups" if copies is None else "_groups-near"
             grouped = near_stage.copies_follow_representatives(

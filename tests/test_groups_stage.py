@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from neardup_core.spark.groups import GROUP_SCHEMA, group
@@ -29,14 +30,21 @@ def catalog(pairs, seed):
     return nodes
 
 
-def run_group(spark, tmp_path, pairs, nodes, limit, name):
+def run_group(spark, tmp_path, pairs, nodes, limit, name, staged=False):
+    """``staged``: the pairs written to a local folder first and passed as ``staged`` (the
+    one-task graph is then decided on the driver)."""
     pairs_df = spark.createDataFrame(pd.DataFrame(pairs, columns=["id_a", "id_b", "cosine"]))
+    folder = None
+    if staged:
+        folder = str(tmp_path / f"staged-{name}")
+        pairs_df.repartition(2).write.parquet(folder)
+        pairs_df = spark.read.parquet(folder)
     # From Python rows, not pandas: pandas would turn a null score into NaN, which sorts otherwise.
     columns = ["id", "path", "width", "height", "bytes", "score"]
     nodes_df = spark.createDataFrame([tuple(n[c] for c in columns) for n in nodes],
                                      "id string, path string, width int, height int, bytes bigint, score double")
     result = group(pairs_df, nodes_df, CRITERIA, len(pairs), limit, str(tmp_path / f"scratch-{name}"),
-                   str(tmp_path / name), tasks=3)
+                   str(tmp_path / name), tasks=3, staged=folder)
     return result, pd.read_parquet(tmp_path / name)
 
 
@@ -61,9 +69,9 @@ def test_both_paths_equal_the_references(spark, tmp_path, name):
     nodes = catalog(pairs, seed=len(name))
     expected = expected_groups(pairs, nodes, CRITERIA)
     outputs = []
-    paths = ((10**9, "one-task"), (0, "rounds")) if name in ROUNDS else ((10**9, "one-task"),)
+    paths = [(10**9, "one-task"), (10**9, "driver")] + ([(0, "rounds")] if name in ROUNDS else [])
     for limit, label in paths:
-        result, out = run_group(spark, tmp_path, pairs, nodes, limit, label)
+        result, out = run_group(spark, tmp_path, pairs, nodes, limit, label, staged=label == "driver")
         got = {r.id: (r.group_id, r.group_size, r.action, r.kept_id, None if pd.isna(r.cosine) else r.cosine)
                for r in out.itertuples()}
         assert got == expected, label
@@ -72,8 +80,10 @@ def test_both_paths_equal_the_references(spark, tmp_path, name):
                                                 sum(g[2] == "keep" for g in expected.values()))
         assert result.one_task == (limit > 0) and (result.rounds > 0) == (limit == 0)
         outputs.append(out)
-    if len(outputs) == 2:
-        pd.testing.assert_frame_equal(outputs[0], outputs[1])
+    for other in outputs[1:]:
+        pd.testing.assert_frame_equal(outputs[0], other)
+    assert pq.read_schema(next((tmp_path / "driver").glob("*.parquet"))).remove_metadata() == pq.read_schema(
+        next((tmp_path / "one-task").glob("*.parquet"))).remove_metadata()
 
 
 def test_no_pairs_gives_an_empty_table(spark, tmp_path):

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from neardup_core import cli
 from neardup_core.config import InputConfig, PairsConfig
+from neardup_core.spark import driver_tables
 from neardup_core.spark import groups as groups_stage
 from neardup_core.spark import verify as verify_stage
 
@@ -232,7 +233,7 @@ def test_a_local_staged_folder_read_and_written_by_pyarrow_gives_what_spark_give
     results = {}
     for tag in ("arrow", "spark"):
         if tag == "spark":
-            monkeypatch.setattr(verify_stage, "is_local", lambda path: False)
+            monkeypatch.setattr(driver_tables, "is_local", lambda path: False)
         results[tag] = verify_stage.verify_pairs(
             verify_stage.staged_pairs(spark, staged), images, cfg, InputConfig(), 2, str(tmp_path / f"s-{tag}"),
             str(tmp_path / f"p-{tag}"), str(tmp_path / f"r-{tag}"), nodes=images, criteria=[("id", False)],

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -39,13 +38,11 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pa_dataset
-import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import InputConfig, PairsConfig
-from ..sources import is_local, local_path
+from .driver_tables import local_dataset, read_local, write_table
 from .session import arrow_batch_rows, sorted_by
 from .tally import Tally
 
@@ -194,14 +191,13 @@ def staged_pairs(spark: SparkSession, path: str) -> DataFrame:
 
 def _pairs_table(pairs: DataFrame, staged: str | None, max_rows: int) -> pa.Table | None:
     """``pairs`` as one Arrow table sorted by PAIR_KEY on the driver, or None where it
-    holds over ``max_rows`` rows. A local ``staged`` folder (what :func:`staged_pairs`
-    read) is read by PyArrow: for 836,599 pairs 0.3-0.5 s against 2.4-7.6 s through
-    Spark's ``toArrow`` (one session, a scratch timing)."""
-    if staged is not None and is_local(staged):
-        dataset = pa_dataset.dataset(local_path(staged), format="parquet")  # skips Spark's _ and . files
+    holds over ``max_rows`` rows; read by PyArrow from ``staged`` (what
+    :func:`staged_pairs` read) where it is local."""
+    dataset = local_dataset(staged) if staged is not None else None
+    if dataset is not None:
         if dataset.count_rows() > max_rows:  # from the files' footers
             return None
-        table = dataset.to_table().replace_schema_metadata(None)
+        table = read_local(dataset)
         for name in FLAG_COLUMNS:
             if name not in table.column_names:
                 table = table.append_column(pa.field(name, pa.bool_(), nullable=False),
@@ -212,17 +208,6 @@ def _pairs_table(pairs: DataFrame, staged: str | None, max_rows: int) -> pa.Tabl
             return None
         table = pairs.toArrow()
     return table.sort_by([(name, "ascending") for name in PAIR_KEY])
-
-
-def _write_table(spark: SparkSession, table: pa.Table, path: str) -> None:
-    """``table`` as a dataset folder of one file, in its row order: by PyArrow where
-    ``path`` is local (Spark's ``createDataFrame`` and write took 3.9-5.0 s for 836,599
-    pairs, PyArrow 0.2-0.3 s), else by Spark."""
-    if is_local(path):
-        os.makedirs(local_path(path))
-        pq.write_table(table, os.path.join(local_path(path), "part-00000.parquet"))
-    else:
-        spark.createDataFrame(table).coalesce(1).write.parquet(path)
 
 
 def _verify_on_driver(table: pa.Table, images: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, min_tasks: int,
@@ -248,9 +233,9 @@ def _verify_on_driver(table: pa.Table, images: DataFrame, cfg: PairsConfig, inpu
     labelled = table.append_column("inliers", pa.array(inliers, pa.int32(), mask=inliers < 0)).append_column(
         pa.field("verified", pa.string(), nullable=False), pa.array(verdict, pa.string()))
     rejected = (state == verify.REJECTED) | (state == verify.OVER_BUDGET)
-    _write_table(spark, labelled.filter(pa.array(~rejected)), path)
+    write_table(spark, labelled.filter(pa.array(~rejected)), path)
     if rejected_path is not None:
-        _write_table(spark, labelled.filter(pa.array(rejected)), rejected_path)
+        write_table(spark, labelled.filter(pa.array(rejected)), rejected_path)
     geometry = int(((state == verify.GEOMETRY) | (state == verify.REJECTED)).sum())
     accepted = int((state == verify.GEOMETRY).sum())
     over = int((state == verify.OVER_BUDGET).sum())
