@@ -521,9 +521,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark), cfg.pairs.one_task_bytes) is None
-            pair_fresh = (functools.partial(incremental_stage.pair_incrementally_in_one_task,
-                                            threads=executor_cores(spark)) if one_task else functools.partial(
-                incremental_stage.pair_incrementally, chunk_bytes=cfg.pairs.partition_bytes))
+            if one_task:
+                pair_fresh = functools.partial(incremental_stage.pair_incrementally_in_one_task,
+                                               threads=executor_cores(spark),
+                                               max_driver_pairs=cfg.groups.max_pairs_in_one_task)
+            else:
+                pair_fresh = functools.partial(incremental_stage.pair_incrementally,
+                                               chunk_bytes=cfg.pairs.partition_bytes)
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             with shuffle_partitions(spark, tasks):

@@ -255,6 +255,38 @@ def test_carried_pairs_keep_their_verdicts_and_take_moved_paths(spark):
 
 
 @pytest.mark.spark
+@pytest.mark.parametrize("rejected", [False, True])
+def test_carried_pairs_read_on_the_driver_are_those_spark_carries(spark, tmp_path, rejected):
+    """_carried_table (PyArrow, from last night's local folder) against _carried (Spark) on
+    seeded pairs: the same rows and types; None over its bound or where nothing is local."""
+    from neardup_core.spark import incremental as stage
+
+    rng = np.random.default_rng(7)
+    ids = [f"i{k:03d}" for k in range(60)]
+    rows = sorted({(ids[a], ids[b]) for a, b in rng.integers(0, 60, (400, 2)) if a < b})
+    schema = ("id_a string, id_b string, path_a string, path_b string, cosine double, jaccard double, "
+              "tables_matched int, exact boolean, near_copy boolean, inliers int, verified string")
+    frame = spark.createDataFrame([(a, b, f"/p/{a}", f"/p/{b}", float(rng.uniform(0.6, 1)), 0.5, int(rng.integers(9)),
+                                    False, False, None, "embedding") for a, b in rows], schema)
+    run = tmp_path / "night1"
+    frame.where("id_a < 'i030'").write.parquet(str(run / "pairs"))
+    frame.where("id_a >= 'i030'").write.parquet(str(run / "rejected_pairs"))
+    pairs = spark.read.parquet(str(run / "pairs"))
+    previous = stage.Previous(None, pairs, None, spark.read.parquet(str(run / "rejected_pairs")) if rejected else None,
+                              str(run))
+    gone = spark.createDataFrame([(i,) for i in rng.choice(ids, 7, replace=False)], "id string")
+    keyed = spark.createDataFrame([(i, f"/p/{i}") for i in ids], "id string, path string")
+    by_spark = stage._carried(previous, gone, keyed, True, False, False).toArrow()
+    by_arrow = stage._carried_table(previous, gone, 10**6)
+    key = [("id_a", "ascending"), ("id_b", "ascending")]
+    assert by_arrow.sort_by(key).equals(by_spark.sort_by(key).cast(by_arrow.schema))
+    assert by_arrow.schema.names == by_spark.schema.names and by_arrow.schema.types == by_spark.schema.types
+    assert 0 < by_arrow.num_rows < len(rows) if rejected else by_arrow.num_rows < pairs.count()
+    assert stage._carried_table(previous, gone, by_arrow.num_rows - 1) is None  # counted before the filter
+    assert stage._carried_table(previous._replace(path=None), gone, 10**6) is None
+
+
+@pytest.mark.spark
 def test_reused_images_say_whether_their_path_moved(spark):
     # The join that decides the reuse (by size and time, or the embed stage's by content)
     # also says whether a reused image's path moved; the carried pairs are renamed only then.
