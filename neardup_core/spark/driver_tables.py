@@ -10,8 +10,9 @@ import os
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
 from ..sources import is_local, local_path
 
@@ -43,3 +44,10 @@ def write_table(spark: SparkSession, table: pa.Table, path: str) -> None:
         pq.write_table(table, os.path.join(local_path(path), "part-00000.parquet"))
     else:
         spark.createDataFrame(table).coalesce(1).write.parquet(path)
+
+
+def nodes_in(nodes: DataFrame, pairs: pa.Table) -> pa.Table:
+    """The rows of ``nodes`` (id, ...) whose id is an end of one of ``pairs`` (id_a, id_b),
+    on the driver: the pairs' distinct ids joined to ``nodes`` in Spark."""
+    ids = pc.unique(pa.chunked_array([*pairs.column("id_a").chunks, *pairs.column("id_b").chunks]))
+    return nodes.join(nodes.sparkSession.createDataFrame(pa.table({"id": ids})), "id", "left_semi").toArrow()

@@ -21,7 +21,7 @@ from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from .driver_tables import local_dataset, read_local, write_table
+from .driver_tables import local_dataset, nodes_in, read_local, write_table
 from .session import shuffle_partitions
 from .tally import Tally
 
@@ -129,11 +129,8 @@ def _group_on_driver(pairs: pa.Table, nodes: DataFrame, criteria: list[tuple[str
     task took 2.9 s for 836,599 pairs, its kernel 0.47 s). The same rows; one file."""
     from neardup_core.groups import group_table
 
-    spark = nodes.sparkSession
-    ids = pc.unique(pa.chunked_array([*pairs.column("id_a").chunks, *pairs.column("id_b").chunks]))
-    members = nodes.join(spark.createDataFrame(pa.table({"id": ids})), "id", "left_semi").toArrow()
-    out = group_table(pairs, members, criteria)
-    write_table(spark, out.cast(_GROUP_ARROW_SCHEMA), path)
+    out = group_table(pairs, nodes_in(nodes, pairs), criteria)
+    write_table(nodes.sparkSession, out.cast(_GROUP_ARROW_SCHEMA), path)
     kept = int(pc.sum(pc.equal(out.column("action"), "keep")).as_py() or 0)
     return GroupsResult(len(pc.unique(out.column("group_id"))), int(pc.max(out.column("group_size")).as_py()), kept,
                         out.num_rows - kept, 0, True)

@@ -28,6 +28,7 @@ from .verify import PAIR_KEY, accepted_on_embedding
 
 CHANGES_SCHEMA = ("change string, id_a string, id_b string, cosine double, id string, previous_action string, "
                   "action string, kept_id string")
+_PAIR_COLUMNS = ("id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched")  # PAIR_SCHEMA
 _ONE_TASK_INPUT = pa.schema([("id", pa.string()), ("path", pa.string()), ("embedding", pa.list_(pa.float32())),
                              ("keys", pa.binary()), ("fresh", pa.bool_())])
 
@@ -378,7 +379,7 @@ def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: b
     with tonight's paths (joined only where a reused row's path moved: ``paths_moved``);
     ``settled`` (last night had no borderline pair):
     last night's pairs with their verdict columns."""
-    columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
+    columns = list(_PAIR_COLUMNS)
     if settled:
         columns += ["exact", "near_copy", "inliers", "verified"]
     before = previous.pairs.select(*columns)
@@ -404,8 +405,7 @@ def _carried_table(previous: Previous, gone: DataFrame, max_rows: int) -> pa.Tab
     datasets = [local_dataset(f"{previous.path}/{name}") for name in names] if previous.path else [None]
     if any(dataset is None for dataset in datasets) or sum(d.count_rows() for d in datasets) > max_rows:
         return None
-    columns = ["id_a", "id_b", "path_a", "path_b", "cosine", "jaccard", "tables_matched"]
-    tables = [read_local(dataset, columns) for dataset in datasets]
+    tables = [read_local(dataset, list(_PAIR_COLUMNS)) for dataset in datasets]
     table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
     gone_ids = gone.select("id").toArrow().column("id").combine_chunks()
     involved = pc.or_(pc.is_in(table.column("id_a"), value_set=gone_ids),

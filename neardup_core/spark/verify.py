@@ -42,7 +42,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ..config import InputConfig, PairsConfig
-from .driver_tables import local_dataset, read_local, write_table
+from .driver_tables import local_dataset, nodes_in, read_local, write_table
 from .session import arrow_batch_rows, sorted_by
 from .tally import Tally
 
@@ -331,8 +331,7 @@ def _settle(edges: pa.Table, nodes: DataFrame, criteria: list[tuple[str, bool]],
     from neardup_core.groups import priority_order
 
     spark = nodes.sparkSession
-    ids = pa.chunked_array([*edges.column("id_a").chunks, *edges.column("id_b").chunks])
-    members = nodes.join(spark.createDataFrame(pa.table({"id": pc.unique(ids)})), "id", "left_semi").toArrow()
+    members = nodes_in(nodes, edges)
     ranked = members.column("id").combine_chunks().take(priority_order(members, criteria))
     a = pc.index_in(edges.column("id_a"), value_set=ranked).to_numpy()
     b = pc.index_in(edges.column("id_b"), value_set=ranked).to_numpy()
