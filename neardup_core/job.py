@@ -56,6 +56,7 @@ from .spark import pairing as pairing_stage
 from .spark import report as report_stage
 from .spark import verify as verify_stage
 from .spark.class_archive import configured_archive
+from .spark.driver_tables import write_table
 from .spark.embed import embed_images
 from .spark.jvm import hadoop_filesystem, read_text, shuffle_bytes_written
 from .spark.listing import IMAGE_FACTS
@@ -640,11 +641,18 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             changes = incremental_stage.changes(prior.data, before, spark.read.parquet(out.staged("pairs")),
                                                 spark.read.parquet(out.staged("groups")), now,
                                                 found if found is not None and found.settled else None)
-            # At most both nights' pairs and images: sorted in one task where each night's pairs
-            # fit one, gathered there by a shuffle so that the joins before it keep every core.
+            # At most both nights' pairs and images: where each night's pairs fit one task, on
+            # the driver if every folder is local, else sorted in one task, gathered there by a
+            # shuffle so that the joins before it keep every core.
             one_task = max(result.pairs, prior.run.pairs) <= cfg.groups.max_pairs_in_one_task
-            sorted_by(changes.repartition(1) if one_task else changes, ("change", "id_a", "id_b", "id"), one_task
-                      ).write.parquet(out.staged("changes"))
+            on_driver = (incremental_stage.changes_table(prior.data, out.staged("pairs"), out.staged("groups"),
+                                                         out.staged("embeddings"))
+                         if one_task and cfg.output.write_embeddings is not False else None)
+            if on_driver is not None:
+                write_table(spark, on_driver, out.staged("changes"))
+            else:
+                sorted_by(changes.repartition(1) if one_task else changes, ("change", "id_a", "id_b", "id"), one_task
+                          ).write.parquet(out.staged("changes"))
             still_listed = (embedded.still_listed if embedded.still_listed is not None
                             else before.join(embedded.listed, "id", "left_semi").count())
             deleted = before.count() - still_listed  # a Parquet count: from the files' footers

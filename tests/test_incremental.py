@@ -1,6 +1,7 @@
 """Incremental runs (--previous): the oracle is a full run on the same catalog with the
 same LSH plan; the incremental run must give the same pairs, groups and decisions."""
 
+import functools
 import json
 import os
 import shutil
@@ -284,6 +285,51 @@ def test_carried_pairs_read_on_the_driver_are_those_spark_carries(spark, tmp_pat
     assert 0 < by_arrow.num_rows < len(rows) if rejected else by_arrow.num_rows < pairs.count()
     assert stage._carried_table(previous, gone, by_arrow.num_rows - 1) is None  # counted before the filter
     assert stage._carried_table(previous._replace(path=None), gone, 10**6) is None
+
+
+@pytest.mark.spark
+def test_changes_made_on_the_driver_are_those_spark_makes(spark, tmp_path):
+    """changes_table (PyArrow and NumPy, from local folders) against changes (Spark) on
+    seeded nights: pairs added and removed, actions to and from a drop, images deleted and
+    new; the same rows in the same order, written with the same Parquet schema."""
+    from neardup_core.spark import incremental as stage
+    from neardup_core.spark.driver_tables import write_table
+    from neardup_core.spark.session import sorted_by
+
+    rng = np.random.default_rng(11)
+    ids = [f"i{k:03d}" for k in range(80)]
+    catalogs = {"night1": ids[:70], "night2": ids[5:]}  # 5 deleted, 10 new
+    for night, listed in catalogs.items():
+        run = tmp_path / night
+        chosen = sorted({(listed[a], listed[b]) for a, b in rng.integers(0, len(listed), (150, 2)) if a < b})
+        # about half of each night's pairs are the other's (seeded with the same shared pairs)
+        shared = sorted({(ids[a], ids[b]) for a, b in np.random.default_rng(3).integers(5, 70, (120, 2)) if a < b})
+        chosen = sorted(set(chosen) | set(shared))
+        spark.createDataFrame([(a, b, float(rng.uniform(0.6, 1))) for a, b in chosen],
+                              "id_a string, id_b string, cosine double").write.parquet(str(run / "pairs"))
+        members = sorted({i for pair in chosen for i in pair})
+        spark.createDataFrame(
+            [(i, f"/p/{i}", "g", 2, str(rng.choice(["keep", "drop"])), str(rng.choice(members)), 0.9) for i in members],
+            "id string, path string, group_id string, group_size int, action string, kept_id string, cosine double"
+        ).write.parquet(str(run / "groups"))
+        spark.createDataFrame([(i, b"k") for i in listed], "id string, keys binary").write.parquet(
+            str(run / "embeddings"))
+    night1, night2 = (str(tmp_path / night) for night in catalogs)
+    read = functools.partial(stage.read_previous, spark, bits_per_table=None, num_tables=None)
+    previous, tonight = read(night1), read(night2)
+    by_spark = sorted_by(stage.changes(previous, previous.embeddings.select("id"), tonight.pairs, tonight.groups,
+                                       tonight.embeddings.select("id")).repartition(1),
+                         ("change", "id_a", "id_b", "id"), True)
+    by_spark.write.parquet(str(tmp_path / "spark"))
+    by_arrow = stage.changes_table(previous, f"{night2}/pairs", f"{night2}/groups", f"{night2}/embeddings")
+    write_table(spark, by_arrow, str(tmp_path / "arrow"))
+    written = [pq.read_table(tmp_path / name) for name in ("spark", "arrow")]
+    assert written[1].equals(written[0].replace_schema_metadata(None))
+    assert written[1].schema.equals(written[0].schema)  # nullability included
+    kinds = set(written[1].column("change").to_pylist())
+    assert kinds == {"pair_added", "pair_removed", "action_changed"}
+    assert stage.changes_table(previous._replace(path=None), f"{night2}/pairs", f"{night2}/groups",
+                               f"{night2}/embeddings") is None
 
 
 @pytest.mark.spark
