@@ -20,6 +20,7 @@ import datetime as dt
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -67,11 +68,11 @@ from .spark.session import (
     executor_status,
     launch_setting,
     out_of_memory_advice,
+    quiesce,
     quiet_interrupts,
     set_arrow_batch_size,
     shuffle_partitions,
     sorted_by,
-    wait_for_idle,
 )
 
 log = logging.getLogger("neardup")
@@ -351,8 +352,9 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
     except BaseException as err:
         interrupt = caused_by_interrupt(err)
         if interrupt:
-            wait_for_idle(spark)  # cancelled tasks stop writing into the staging folder
-        out.discard_staging()
+            _discard_after_interrupt(spark, out)
+        else:
+            out.discard_staging()
         if interrupt and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt() from err  # what the user did, not the Py4J error that followed it
         advice = out_of_memory_advice(err, spark)
@@ -362,6 +364,19 @@ def _run_locked(cfg: Config, launched_by_spark_submit: bool, verbose: bool, prog
     log.info("done: %d images, %d errors, %d near-duplicate pairs, %d groups, %d images to drop -> %s",
              counts.inputs, counts.errors, counts.pairs, counts.groups, counts.dropped, path)
     return RunResult(path, counts, manifest, interrupted)
+
+
+def _discard_after_interrupt(spark: SparkSession, out: OutputDir, seconds: float = 60.0) -> None:
+    """Remove this run's staging folder for good after a Ctrl-C: the interrupted call may
+    still write into it from the JVM (:func:`quiesce`), so it is removed once Spark is
+    quiet, and again while it comes back, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        quiesce(spark, deadline)
+        out.discard_staging()
+        quiesce(spark, deadline)
+        if not out.staging_exists() or time.monotonic() >= deadline:
+            return
 
 
 def _check_accounting(counts: RunCounts) -> None:

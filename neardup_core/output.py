@@ -205,6 +205,14 @@ class OutputDir:
                 raise
             shutil.rmtree(local_path(self.staging), ignore_errors=True)
 
+    def staging_exists(self) -> bool:
+        """Whether this run's staging folder is there (False when that cannot be told any
+        more: a remote folder once the JVM has gone)."""
+        try:
+            return bool(self._fs.exists(self._Path(self.staging)))
+        except Exception:  # noqa: BLE001 - the JVM is going away
+            return is_local(self.staging) and os.path.exists(local_path(self.staging))
+
     def stale_staging(self) -> list[str]:
         """The staging folders of other runs (names). While this run holds the output
         lock (:mod:`neardup_core.lock`), no other run is live, so they are dead runs'."""

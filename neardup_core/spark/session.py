@@ -255,14 +255,25 @@ def quiet_interrupts(spark: SparkSession) -> None:
     signal.signal(signal.SIGINT, interrupted)
 
 
-def wait_for_idle(spark: SparkSession, seconds: float = 30.0) -> None:
-    """Wait until no Spark job runs (cancelled tasks may still write for a moment), at
-    most ``seconds``."""
-    deadline = time.monotonic() + seconds
-    with contextlib.suppress(Exception):
-        tracker = spark.sparkContext.statusTracker()
-        while tracker.getActiveJobsIds() and time.monotonic() < deadline:
-            time.sleep(0.2)
+def quiesce(spark: SparkSession, deadline: float, settle: float = 0.5) -> None:
+    """After a Ctrl-C: return once no Spark job, stage or task has run for ``settle``
+    seconds, cancelling every job that starts meanwhile; at the latest at ``deadline``
+    (``time.monotonic()``).
+
+    The interrupted Py4J call goes on in the JVM: Python gets its KeyboardInterrupt at
+    once, and cancelling the running jobs neither stops a write whose job had not started
+    yet (it starts after the cancel) nor the driver-side setup and commit around a job,
+    nor a killed task before it notices. Each of those may still create files."""
+    sc = spark.sparkContext
+    quiet_since = time.monotonic()
+    with contextlib.suppress(Exception):  # the JVM is going away: nothing runs in it
+        tracker, executors = sc.statusTracker(), sc._jsc.sc().statusTracker()
+        while (now := time.monotonic()) < deadline and now - quiet_since < settle:
+            if (tracker.getActiveJobsIds() or tracker.getActiveStageIds()
+                    or any(info.numRunningTasks() for info in executors.getExecutorInfos())):
+                sc.cancelAllJobs()
+                quiet_since = time.monotonic()
+            time.sleep(0.05)
 
 
 def out_of_memory_advice(err: BaseException, spark: SparkSession | None) -> str | None:
