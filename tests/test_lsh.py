@@ -104,6 +104,27 @@ def test_subkeys_are_the_split_planes_bits_most_significant_first():
         np.testing.assert_array_equal(subkeys[:, t], bits @ np.array([4, 2, 1]))
 
 
+@pytest.mark.parametrize("bits,split_bits", [(1, 0), (1, 10), (4, 3), (25, 8), (55, 8), (53, 10), (63, 0)])
+def test_keys_and_subkeys_match_brute_force(bits, split_bits):
+    """A table's key and sub-key bits are packed in one word and then split: against a
+    plane-by-plane reference, up to 63 bits in all (the most :func:`lsh.hyperplanes` draws)."""
+    rng = np.random.default_rng(bits * 100 + split_bits)
+    x = rng.standard_normal((37, 16)).astype(np.float32)
+    tables = lsh.LshTables.draw(seed=3, num_tables=4, bits_per_table=bits, split_bits=split_bits, dim=16)
+    keys, subkeys = lsh.signature_keys(x, tables, block_values=16 * (bits + split_bits) * 4 * 5)
+    planes = tables.planes.reshape(4, bits + split_bits, 16)
+    np.testing.assert_array_equal(keys, reference_keys(x, planes[:, :bits].reshape(-1, 16), 4))
+    for t in range(4):
+        signs = (x.astype(np.float64) @ planes[t, bits:].T.astype(np.float64)) > 0
+        expected = [sum(1 << (split_bits - 1 - d) for d in range(split_bits) if row[d]) for row in signs]
+        np.testing.assert_array_equal(subkeys[:, t], expected)
+
+
+def test_tables_refuse_more_than_64_bits_a_table():
+    with pytest.raises(ValueError, match="at most 64 in all, got 60 \\+ 8"):
+        lsh.LshTables(1, 60, 8, 2, np.zeros((68, 2)))
+
+
 def test_tables_refuse_planes_of_another_shape():
     planes = lsh.hyperplanes(1, 2, 5, 8)
     with pytest.raises(ValueError, match=r"planes of shape \(10, 8\) do not make 2 tables of 4 \+ 0 bits"):
