@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -285,6 +286,36 @@ def test_carried_pairs_read_on_the_driver_are_those_spark_carries(spark, tmp_pat
     assert 0 < by_arrow.num_rows < len(rows) if rejected else by_arrow.num_rows < pairs.count()
     assert stage._carried_table(previous, gone, by_arrow.num_rows - 1) is None  # counted before the filter
     assert stage._carried_table(previous._replace(path=None), gone, 10**6) is None
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("rejected", [False, True])
+def test_counts_matched_before_read_on_the_driver_are_those_spark_reads(spark, tmp_path, rejected):
+    """_matched_before from last night's local folder (a table) against its Spark route (a
+    DataFrame) on seeded pairs, some matched: the same rows and types."""
+    from neardup_core.spark import incremental as stage
+
+    rng = np.random.default_rng(9)
+    ids = [f"i{k:03d}" for k in range(50)]
+    rows = sorted({(ids[a], ids[b]) for a, b in rng.integers(0, 50, (300, 2)) if a < b})
+    schema = "id_a string, id_b string, cosine double, inliers int"
+    frame = spark.createDataFrame([(a, b, float(rng.uniform(0.6, 1)),
+                                    int(rng.integers(60)) if rng.random() < 0.4 else None) for a, b in rows], schema)
+    run = tmp_path / "night1"
+    frame.where("id_a < 'i025'").write.parquet(str(run / "pairs"))
+    frame.where("id_a >= 'i025'").write.parquet(str(run / "rejected_pairs"))
+    previous = stage.Previous(None, spark.read.parquet(str(run / "pairs")), None,
+                              spark.read.parquet(str(run / "rejected_pairs")) if rejected else None, str(run))
+    gone = spark.createDataFrame([(i,) for i in rng.choice(ids, 6, replace=False)], "id string")
+    by_arrow = stage._matched_before(previous, gone, 10**6)
+    by_spark = stage._matched_before(previous, gone).toArrow().select(["id_a", "id_b", "inliers"])
+    key = [("id_a", "ascending"), ("id_b", "ascending")]
+    assert isinstance(by_arrow, pa.Table) and by_arrow.schema.names == ["id_a", "id_b", "inliers"]
+    assert by_arrow.sort_by(key).equals(by_spark.sort_by(key).cast(by_arrow.schema))
+    assert by_arrow.schema.types == by_spark.schema.types
+    everything = frame.count() if rejected else previous.pairs.count()
+    assert 0 < by_arrow.num_rows < everything and by_arrow.column("inliers").null_count == 0
+    assert stage._matched_before(previous._replace(pairs=previous.pairs.drop("inliers")), gone, 10**6) is None
 
 
 @pytest.mark.spark

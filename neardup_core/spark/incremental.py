@@ -166,7 +166,7 @@ class IncrementalPairs(NamedTuple):
     largest_touched: int
     found: DataFrame | None = None  # PAIR_SCHEMA: tonight's pairs that involve a fresh row (persisted)
     lost: DataFrame | None = None  # id_a, id_b, cosine: last night's pairs that involve a gone row (persisted)
-    matched_before: DataFrame | None = None  # id_a, id_b, inliers of the carried pairs last night matched
+    matched_before: DataFrame | pa.Table | None = None  # id_a, id_b, inliers of the carried pairs last night matched
     settled: bool = False  # pairs/ was written final, with verdicts: nothing for the verify stage to match
 
 
@@ -346,7 +346,7 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
     return IncrementalPairs(PairingResult(count, tally.values("scored")[0][0], None,
                                           {"incremental": True, "rows": 1}),
                             touched, largest, found, _lost(previous.pairs, gone),
-                            _matched_before(previous, gone), settled)
+                            _matched_before(previous, gone, max_driver_pairs), settled)
 
 
 def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
@@ -401,18 +401,19 @@ def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: b
             .join(names.toDF("id_b", "path_b"), "id_b").select(*columns))
 
 
-def _carried_table(previous: Previous, gone: DataFrame, max_rows: int) -> pa.Table | None:
+def _carried_table(previous: Previous, gone: DataFrame, max_rows: int, columns: tuple[str, ...] = _PAIR_COLUMNS
+                   ) -> pa.Table | None:
     """What :func:`_carried` gives where last night's paths hold (no path moved) and its
-    pairs are not settled, as one Arrow table read by PyArrow from the previous run's local
-    folder: its pairs and rejected pairs, less those that involve a row of ``gone``. None
-    where that folder is not local or holds over ``max_rows`` of them (footers' counts).
-    Spark took 3.9 s to write the 836,599 pairs of the 5,000-image benchmark's night 2 this
-    way (a py-spy profile)."""
+    pairs are not settled, as one Arrow table of ``columns`` read by PyArrow from the
+    previous run's local folder: its pairs and rejected pairs, less those that involve a
+    row of ``gone``. None where that folder is not local or holds over ``max_rows`` of them
+    (footers' counts). Spark took 3.9 s to write the 836,599 pairs of the 5,000-image
+    benchmark's night 2 this way (a py-spy profile)."""
     names = ("pairs", "rejected_pairs") if previous.rejected is not None else ("pairs",)
     datasets = [local_dataset(f"{previous.path}/{name}") for name in names] if previous.path else [None]
     if any(dataset is None for dataset in datasets) or sum(d.count_rows() for d in datasets) > max_rows:
         return None
-    tables = [read_local(dataset, list(_PAIR_COLUMNS)) for dataset in datasets]
+    tables = [read_local(dataset, list(columns)) for dataset in datasets]
     table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
     gone_ids = gone.select("id").toArrow().column("id").combine_chunks()
     involved = pc.or_(pc.is_in(table.column("id_a"), value_set=gone_ids),
@@ -426,12 +427,18 @@ def _either_null(schema: pa.Schema, other: pa.Schema) -> pa.Schema:
     return pa.schema([field.with_nullable(field.nullable or other.field(field.name).nullable) for field in schema])
 
 
-def _matched_before(previous: Previous, gone: DataFrame) -> DataFrame | None:
+def _matched_before(previous: Previous, gone: DataFrame, max_driver_pairs: int = 0) -> DataFrame | pa.Table | None:
     """The inlier counts last night found for the pairs carried over (both images
-    unchanged, so matching them again would give the same counts), or None for a run made
-    without verification."""
+    unchanged, so matching them again would give the same counts): id_a, id_b, inliers,
+    as a table read by PyArrow where last night's pairs are local and at most
+    ``max_driver_pairs`` (:func:`_carried_table`; Spark took 1.4 s to hand the verify stage
+    these 1,700 rows of 836,599 pairs), else as a DataFrame; None for a run made without
+    verification."""
     if "inliers" not in previous.pairs.columns:
         return None
+    table = _carried_table(previous, gone, max_driver_pairs, ("id_a", "id_b", "inliers"))
+    if table is not None:
+        return table.filter(pc.is_valid(table.column("inliers")))
     matched = previous.pairs.select("id_a", "id_b", "inliers")
     if previous.rejected is not None:
         matched = matched.unionByName(previous.rejected.select("id_a", "id_b", "inliers"))

@@ -98,7 +98,7 @@ def accepted_on_embedding(pairs: DataFrame) -> DataFrame:
 
 def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, input_cfg: InputConfig,
                  min_tasks: int, scratch: str, path: str, rejected_path: str | None = None,
-                 known: DataFrame | None = None, nodes: DataFrame | None = None,
+                 known: DataFrame | pa.Table | None = None, nodes: DataFrame | None = None,
                  criteria: list[tuple[str, bool]] | None = None, max_pairs_in_one_task: int = 1_000_000,
                  staged: str | None = None) -> VerifyResult:
     """Verify ``pairs``' borderline pairs and write the accepted pairs to ``path``.
@@ -119,7 +119,8 @@ def verify_pairs(pairs: DataFrame, images: DataFrame | None, cfg: PairsConfig, i
             pairs, whose images did not change): where this stage matches such a pair, it
             takes that count instead of reading the images again (matching is seeded: the
             same two images give the same count). Which pairs are matched, and their
-            labels, are decided as without it, so the result is a full run's.
+            labels, are decided as without it, so the result is a full run's. A table
+            where the driver read it.
         nodes, criteria: the groups stage's images (id and the ``groups.keep`` columns) and
             criteria, for the plan (module docstring); None: every borderline pair is matched.
         max_pairs_in_one_task: the most pairs the plan is made for, and sorted in one task
@@ -211,7 +212,8 @@ def _pairs_table(pairs: DataFrame, staged: str | None, max_rows: int) -> pa.Tabl
 
 
 def _verify_on_driver(table: pa.Table, images: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, min_tasks: int,
-                      scratch: str, path: str, rejected_path: str | None, known: DataFrame | None, nodes: DataFrame,
+                      scratch: str, path: str, rejected_path: str | None, known: DataFrame | pa.Table | None,
+                      nodes: DataFrame,
                       criteria: list[tuple[str, bool]]) -> VerifyResult:
     """The stage for a pair graph the driver holds (``table``, sorted by PAIR_KEY): the
     plan (:func:`_settle`) matches in Spark, and the labels are set and both outputs
@@ -248,11 +250,11 @@ class _Matcher:
     matched by the previous run) takes its count from there."""
 
     def __init__(self, images: DataFrame, cfg: PairsConfig, input_cfg: InputConfig, min_tasks: int, scratch: str,
-                 known: DataFrame | None = None):
+                 known: DataFrame | pa.Table | None = None):
         self.images, self.cfg, self.input_cfg = images, cfg, input_cfg
         self.min_tasks, self.scratch = min_tasks, scratch
         self.spark = images.sparkSession
-        self.known = known.select("id_a", "id_b", "inliers") if known is not None else None
+        self.known = known.select(["id_a", "id_b", "inliers"]) if known is not None else None
         self.tally = Tally(self.spark)
         self.feature_paths: list[str] = []
         self.rounds = 0
@@ -264,12 +266,14 @@ class _Matcher:
         """The known counts (id_a, id_b, inliers), for a caller that looks them up itself;
         :meth:`match` then matches every pair it is given."""
         known, self.known = self.known, None
-        return None if known is None else known.toArrow()
+        return known.toArrow() if isinstance(known, DataFrame) else known
 
     def match(self, wanted: DataFrame, count: int) -> DataFrame:
         """id_a, id_b (``count`` rows) -> id_a, id_b, inliers, computed once (in scratch)."""
         if self.known is None:
             return self._match(wanted, count)
+        if isinstance(self.known, pa.Table):  # read on the driver (few rows)
+            self.known = self.spark.createDataFrame(self.known)
         if not self.known.is_cached:  # few rows (last night's matched pairs), read from its pairs/ once
             self.cached.append(self.known.persist())
         hits = wanted.join(self.known, ["id_a", "id_b"]).persist()
