@@ -242,11 +242,22 @@ _ACCEPTED = (EMBEDDING, GEOMETRY)
 MAX_ROUNDS = 8
 
 
-def pairs_to_verify(n: int, a: np.ndarray, b: np.ndarray, state: np.ndarray) -> np.ndarray:
+def walk_order(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pair indices in the order the decision walk of :func:`pairs_to_verify` looks at
+    them: by later end, then earlier end (node numbers in priority order). The pairs are
+    distinct, so one sort of ``later * n + earlier`` gives it (n below 3e9)."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    return np.argsort(np.maximum(a, b) * n + np.minimum(a, b), kind="stable")
+
+
+def pairs_to_verify(n: int, a: np.ndarray, b: np.ndarray, state: np.ndarray,
+                    order: np.ndarray | None = None) -> np.ndarray:
     """Which UNKNOWN pairs need a verdict before the groups and the keep/drop decisions
     (:mod:`neardup_core.groups`) of the accepted pairs are final, given what ``state``
     (one of the codes above per pair) knows. ``n`` nodes numbered in priority order;
-    pairs (a[i], b[i]), each once, a != b.
+    pairs (a[i], b[i]), each once, a != b; ``order``: :func:`walk_order` of the pairs,
+    which a caller asking again for the same pairs computes once.
 
     A pair is needed when it joins two components of the accepted pairs (its verdict could
     merge two groups), or when the decision walk (:func:`groups.keep_or_drop`: each image
@@ -257,6 +268,9 @@ def pairs_to_verify(n: int, a: np.ndarray, b: np.ndarray, state: np.ndarray) -> 
     components and the same decisions (same kept image, same cosine), so they need not
     be matched: by induction over the walk, an UNKNOWN pair is only ever looked at from an
     image already decided, or towards an image that is not kept.
+
+    The walk is a Python loop over the images; an image's neighbours are taken as Python
+    values a few at a time, since most images stop at their first kept neighbour.
     """
     from .groups import components
 
@@ -267,26 +281,29 @@ def pairs_to_verify(n: int, a: np.ndarray, b: np.ndarray, state: np.ndarray) -> 
     accepted = np.isin(state, _ACCEPTED)
     label = components(n, a[accepted], b[accepted])
     needed = unknown & (label[a] != label[b])
-    earlier, later = np.minimum(a, b), np.maximum(a, b)
-    walked = ~np.isin(state, (REJECTED, OVER_BUDGET))
-    pair_of = np.flatnonzero(walked)
-    order = pair_of[np.lexsort((earlier[pair_of], later[pair_of]))]
-    earlier_list, pair_list = earlier[order].tolist(), order.tolist()
-    is_unknown = unknown.tolist()
-    bounds = np.searchsorted(later[order], np.arange(n + 1)).tolist()
+    if order is None:
+        order = walk_order(n, a, b)
+    order = order[~np.isin(state[order], (REJECTED, OVER_BUDGET))]  # the pairs the walk looks at, in its order
+    earlier = np.minimum(a, b)[order]
+    is_unknown = unknown[order]
+    bounds = np.searchsorted(np.maximum(a, b)[order], np.arange(n + 1)).tolist()
     kept = [False] * n
     consulted = []
     for node in range(n):
-        for j in range(bounds[node], bounds[node + 1]):
-            if not kept[earlier_list[j]]:
-                continue
-            if is_unknown[pair_list[j]]:
-                consulted.append(pair_list[j])
-                continue
-            break  # dropped by its first kept neighbour over an accepted pair
-        else:
-            kept[node] = True
-    needed[np.asarray(consulted, dtype=np.int64)] = True
+        j, end, step, dropped = bounds[node], bounds[node + 1], 4, False
+        while j < end and not dropped:
+            stop = min(end, j + step)
+            for k, (other, maybe) in enumerate(zip(earlier[j:stop].tolist(), is_unknown[j:stop].tolist()), j):
+                if not kept[other]:
+                    continue
+                if maybe:
+                    consulted.append(k)
+                    continue
+                dropped = True  # by its first kept neighbour over an accepted pair
+                break
+            j, step = stop, step * 4
+        kept[node] = not dropped
+    needed[order[np.asarray(consulted, dtype=np.int64)]] = True
     return needed
 
 
@@ -312,8 +329,9 @@ def settle(n: int, a: np.ndarray, b: np.ndarray, cosine: np.ndarray, state: np.n
     cosine = np.asarray(cosine, dtype=np.float64)
     inliers = np.full(len(state), -1, dtype=np.int64)
     spent = rounds = over = 0
+    order = walk_order(n, a, b)
     while True:
-        needed = np.flatnonzero(pairs_to_verify(n, a, b, state))
+        needed = np.flatnonzero(pairs_to_verify(n, a, b, state, order))
         if len(needed) == 0:
             break
         if rounds >= max_rounds:

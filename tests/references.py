@@ -50,6 +50,33 @@ def sequential_decisions(n, pairs):
     return kept_by, cosines
 
 
+def pairs_needing_a_verdict(n, pairs, states):
+    """Indices of the (a, b) pairs whose verdict the groups or decisions need, from one
+    state per pair (0 unknown, 1 or 2 accepted, 3 or 4 rejected): an unknown pair across
+    two components of the accepted pairs, or one the decision walk looks at, with every
+    unknown pair taken as rejected. A node walks its higher-priority neighbours in order,
+    skips those not kept, notes the unknown pairs to kept ones, and stops at the first
+    kept one over an accepted pair (then it is dropped)."""
+    accepted = [p for p, s in zip(pairs, states) if s in (1, 2)]
+    label = union_find_components(n, accepted)
+    needed = {i for i, ((a, b), s) in enumerate(zip(pairs, states)) if s == 0 and label[a] != label[b]}
+    towards = {}  # node -> [(earlier neighbour, pair index)] over pairs the walk looks at
+    for i, ((a, b), s) in enumerate(zip(pairs, states)):
+        if s not in (3, 4):
+            towards.setdefault(max(a, b), []).append((min(a, b), i))
+    kept = []
+    for node in range(n):
+        dropped = False
+        for other, i in sorted(towards.get(node, [])):
+            if kept[other] and states[i] == 0:
+                needed.add(i)
+            elif kept[other]:
+                dropped = True
+                break
+        kept.append(not dropped)
+    return sorted(needed)
+
+
 def priority_ranks(nodes, criteria):
     """Rank of each node dict (0 = kept first) under groups.keep criteria [(name, descending)]:
     pixels = width * height; None sorts last either way; NaN is larger than any number."""

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from neardup_core import verify
-from tests.references import brute_force_matches, sequential_decisions, union_find_components
+from tests.references import brute_force_matches, pairs_needing_a_verdict, sequential_decisions, union_find_components
 
 DATA = "/usr/share/doc/opencv-doc/examples/data"
 MIN_INLIERS = 15  # the default pairs.min_inliers
@@ -169,6 +169,25 @@ def _outcome(n, a, b, cosine, accepted):
     edges = [(int(x), int(y)) for x, y in zip(a[accepted], b[accepted])]
     kept_by, cos = sequential_decisions(n, [(x, y, c) for (x, y), c in zip(edges, cosine[accepted])])
     return union_find_components(n, edges), kept_by, cos
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_pairs_to_verify_are_those_of_the_sequential_walk(seed):
+    # Every state (rejected and over-budget pairs are not walked), and hubs with up to
+    # hundreds of higher-priority neighbours, past the walk's growing slices of 4, 16, 64.
+    rng = np.random.default_rng(seed)
+    n, a, b, _, _, _ = _seeded_graph(seed)
+    if seed % 3 == 0:
+        hub_pairs = {(int(i), int(j)) for i, j in rng.integers(0, 400, (3000, 2)) if i != j}
+        hub_pairs = sorted({(min(p), max(p)) for p in hub_pairs})
+        n, (a, b) = 400, np.array(hub_pairs).T
+    state = rng.choice(5, len(a), p=rng.dirichlet(np.ones(5)))
+    got = verify.pairs_to_verify(n, a, b, state)
+    expected = pairs_needing_a_verdict(n, list(zip(a.tolist(), b.tolist())), state.tolist())
+    assert np.flatnonzero(got).tolist() == expected
+    order = verify.walk_order(n, a, b)
+    assert order.tolist() == np.lexsort((np.minimum(a, b), np.maximum(a, b))).tolist()
+    assert (verify.pairs_to_verify(n, a, b, state, order) == got).all()
 
 
 @pytest.mark.parametrize("seed", range(40))
