@@ -5,6 +5,7 @@ import io
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -193,7 +194,7 @@ def test_thumbnail_is_small_oriented_and_named_by_a_hash():
     exif[0x0112] = 6  # displayed a quarter turn round: taller than wide
     Image.new("RGB", (400, 200), "blue").save(rotated, "JPEG", exif=exif)
     assert Image.open(io.BytesIO(thumbnail(rotated.getvalue(), 100, 10**8))).size == (50, 100)
-    with pytest.raises(ThumbnailError, match="cannot make a thumbnail"):
+    with pytest.raises(ThumbnailError, match="^cannot make a thumbnail: not a recognised image format$"):
         thumbnail(b"<html>not an image</html>", 160, 10**8)
     with pytest.raises(ThumbnailError, match="above input.max_pixels=1000"):
         thumbnail(data, 160, 1000)
@@ -469,3 +470,29 @@ def test_pairs_left_unverified_say_why_and_are_counted(tmp_path):
     manifest["counts"].update(unverified_pairs=1234, over_budget_pairs=5)
     summary = dict(prepare(str(tmp_path), manifest, ReportConfig()).summary)
     assert (summary["unverified pairs"], summary["over-budget pairs"]) == ("1,234", "5")
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("count", [1, 5, 200])  # one task; fewer than the cores; more tasks than cores
+def test_thumbnails_made_in_spark_are_those_made_one_by_one(spark, tmp_path, count):
+    from neardup_core.config import InputConfig
+    from neardup_core.spark.report import make_thumbnails
+
+    rng = np.random.default_rng(count)
+    items = []
+    for i in range(count):
+        path = tmp_path / f"im {i}:x.jpg"  # a space and a colon in the name, as catalogs have
+        if i == count // 2:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 256, (40 + i % 7, 60, 3), dtype=np.uint8)).save(path, "JPEG")
+        items.append((f"id-{i}", str(path)))
+    cfg = InputConfig(path=str(tmp_path))
+    made = make_thumbnails(spark, items, 32, cfg)
+    assert sorted(made) == sorted(i for i, _ in items)
+    for image_id, path in items:
+        try:
+            expected = thumbnail(Path(path).read_bytes(), 32, cfg.max_pixels)
+        except ThumbnailError as err:
+            expected = str(err)
+        assert made[image_id] == expected, image_id

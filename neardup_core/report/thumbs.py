@@ -43,6 +43,8 @@ def thumbnail(data: bytes, max_side: int, max_pixels: int) -> bytes:
             out = io.BytesIO()
             small.save(out, "JPEG", quality=JPEG_QUALITY)
             return out.getvalue()
+    except Image.UnidentifiedImageError as err:  # its text names a BytesIO object and its address
+        raise ThumbnailError("cannot make a thumbnail: not a recognised image format") from err
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         if isinstance(err, ThumbnailError):
             raise

@@ -37,8 +37,13 @@ def make_thumbnails(spark: SparkSession, items: list[tuple[str, str]], max_side:
     """
     if not items:
         return {}
-    tasks = max(1, min(default_parallelism(spark) * 2, -(-len(items) // THUMBNAILS_PER_TASK)))
-    listed = spark.createDataFrame(spark.sparkContext.parallelize(items, tasks), "id string, path string")
+    cores = default_parallelism(spark)
+    tasks = max(1, min(cores * 2, -(-len(items) // THUMBNAILS_PER_TASK)))
+    # From an Arrow table, as the listing: a parallelized Python list would start Python
+    # workers of another kind for its rows alone (1-3 s in a run whose workers are warm).
+    listed = spark.createDataFrame(pa.table({"id": [i for i, _ in items], "path": [p for _, p in items]}),
+                                   "id string, path string")
+    listed = listed.repartition(tasks) if tasks > cores else listed.coalesce(tasks)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.report.thumbs import ThumbnailError, thumbnail
