@@ -1,13 +1,13 @@
 """Incremental runs against full runs, in one script on the same machine.
 
-    python benchmarks/incremental.py images [--images 5000] [--set KEY=VALUE ...]
-    python benchmarks/incremental.py vectors [--vectors 1000000] [--dim 256]
+    python benchmarks/incremental.py [--repeat N] images [--images 5000] [--set KEY=VALUE ...]
+    python benchmarks/incremental.py [--repeat N] vectors [--vectors 1000000] [--dim 256]
 
 images: builds a catalog of N real-photo-derived JPEGs (benchmarks/job_throughput.py),
 runs `neardup run` in full; then adds 1 %, changes 0.5 % and deletes 0.5 % of the files,
 and runs `neardup run --previous` and a full run (with the previous LSH plan) on the new
-catalog. vectors: the same with `neardup pairs` on seeded synthetic embeddings
-(benchmarks/pairing_scale.py), 1 % new vectors. Prints each run's wall time (the whole
+catalog, one after the other, N times (default 1). vectors: the same with `neardup pairs` on
+seeded synthetic embeddings (benchmarks/pairing_scale.py), 1 % new vectors. Prints each run's wall time (the whole
 command: JVM start, model, listing, writing), what it embedded or reused, and whether the
 incremental run's pairs, groups and decisions equal the full run's. Not a test.
 """
@@ -102,14 +102,8 @@ def images(args: argparse.Namespace, work: str) -> None:
         shutil.move(os.path.join(extra, name), os.path.join(catalog, files[i]))
     for name in made[len(changed):]:
         shutil.move(os.path.join(extra, name), os.path.join(catalog, f"new-{name}"))
-    night2 = os.path.join(work, "night2")
-    incremental = run(["run", "--input", catalog, "--output", night2, "--previous", night1], args.driver_memory)
-    report("night 2, incremental", incremental, night2)
-    full = os.path.join(work, "full")
-    seconds = run(["run", "--input", catalog, "--output", full, *same_plan(night1)], args.driver_memory)
-    report("night 2, full (same plan)", seconds, full)
-    print(f"incremental / full: {incremental / seconds:.2f}; identical pairs, groups and decisions: "
-          f"{identical(night2, full)}")
+    compare(work, [["run", "--input", catalog, "--previous", night1],
+                   ["run", "--input", catalog, *same_plan(night1)]], args)
 
 
 def vectors(args: argparse.Namespace, work: str) -> None:
@@ -132,16 +126,27 @@ def vectors(args: argparse.Namespace, work: str) -> None:
     night1 = os.path.join(work, "night1")
     report("night 1, full", run(["pairs", "--embeddings", os.path.join(work, "a.parquet"), "--output", night1,
                                  *common], args.driver_memory), night1)
-    night2 = os.path.join(work, "night2")
-    incremental = run(["pairs", "--embeddings", os.path.join(work, "b.parquet"), "--output", night2,
-                       "--previous", night1, *common], args.driver_memory)
-    report("night 2, incremental (+1 %)", incremental, night2)
-    full = os.path.join(work, "full")
-    seconds = run(["pairs", "--embeddings", os.path.join(work, "b.parquet"), "--output", full, *common,
-                   *same_plan(night1)], args.driver_memory)
-    report("night 2, full (same plan)", seconds, full)
-    print(f"incremental / full: {incremental / seconds:.2f}; identical pairs, groups and decisions: "
-          f"{identical(night2, full)}")
+    tonight = ["pairs", "--embeddings", os.path.join(work, "b.parquet"), *common]
+    compare(work, [[*tonight, "--previous", night1], [*tonight, *same_plan(night1)]], args)
+
+
+def compare(work: str, night2: list[list[str]], args: argparse.Namespace) -> None:
+    """Night 2 incrementally, then in full (the two commands of ``night2``, without
+    --output), ``args.repeat`` times in turn: the machines these run on change speed from
+    one minute to the next, so each ratio is of two runs side by side, and the median is
+    printed with them."""
+    ratios, same = [], True
+    for turn in range(1, args.repeat + 1):
+        incremental_dir, full_dir = os.path.join(work, f"night2-{turn}"), os.path.join(work, f"full-{turn}")
+        incremental = run([*night2[0], "--output", incremental_dir], args.driver_memory)
+        report(f"night 2, incremental ({turn})", incremental, incremental_dir)
+        seconds = run([*night2[1], "--output", full_dir], args.driver_memory)
+        report(f"night 2, full, same plan ({turn})", seconds, full_dir)
+        ratios.append(incremental / seconds)
+        same &= identical(incremental_dir, full_dir)
+    print(f"incremental / full: {', '.join(f'{r:.2f}' for r in ratios)}"
+          + (f" (median {float(np.median(ratios)):.2f})" if len(ratios) > 1 else "")
+          + f"; identical pairs, groups and decisions: {same}")
 
 
 def main() -> None:
@@ -154,6 +159,8 @@ def main() -> None:
     ve.add_argument("--dim", type=int, default=256)
     ve.add_argument("--threshold", type=float, default=0.9)
     p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="night 2 incrementally and in full this many times in turn (a ratio for each pair)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting for every run, e.g. pairs.accept_cosine=0 (no geometric verification)")
     p.add_argument("--work", help="keep the catalogs and runs in this new folder (default: a temporary one)")
