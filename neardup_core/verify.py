@@ -244,11 +244,14 @@ MAX_ROUNDS = 8
 
 def walk_order(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pair indices in the order the decision walk of :func:`pairs_to_verify` looks at
-    them: by later end, then earlier end (node numbers in priority order). The pairs are
-    distinct, so one sort of ``later * n + earlier`` gives it (n below 3e9)."""
+    them: by later end, then earlier end (node numbers in priority order): one sort of
+    ``later * n + earlier`` where that fits 63 bits, else a two-key sort."""
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    return np.argsort(np.maximum(a, b) * n + np.minimum(a, b), kind="stable")
+    later, earlier = np.maximum(a, b), np.minimum(a, b)
+    if n < 2**31:
+        return np.argsort(later * n + earlier, kind="stable")
+    return np.lexsort((earlier, later))
 
 
 def pairs_to_verify(n: int, a: np.ndarray, b: np.ndarray, state: np.ndarray,

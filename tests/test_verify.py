@@ -188,6 +188,7 @@ def test_pairs_to_verify_are_those_of_the_sequential_walk(seed):
     order = verify.walk_order(n, a, b)
     assert order.tolist() == np.lexsort((np.minimum(a, b), np.maximum(a, b))).tolist()
     assert (verify.pairs_to_verify(n, a, b, state, order) == got).all()
+    assert verify.walk_order(2**40, a, b).tolist() == order.tolist()  # the two-key sort, for n past 31 bits
 
 
 @pytest.mark.parametrize("seed", range(40))
