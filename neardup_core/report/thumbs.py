@@ -44,8 +44,8 @@ def thumbnail(data: bytes, max_side: int, max_pixels: int) -> bytes:
             small.save(out, "JPEG", quality=JPEG_QUALITY)
             return out.getvalue()
     except Image.UnidentifiedImageError as err:  # its text names a BytesIO object and its address
-        raise ThumbnailError("cannot make a thumbnail: not a recognised image format") from err
+        raise ThumbnailError("not a recognised image format") from err
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         if isinstance(err, ThumbnailError):
             raise
-        raise ThumbnailError(f"cannot make a thumbnail: {err}") from err
+        raise ThumbnailError(f"unreadable image data: {err}") from err
