@@ -7,9 +7,9 @@ images: builds a catalog of N real-photo-derived JPEGs (benchmarks/job_throughpu
 runs `neardup run` in full; then adds 1 %, changes 0.5 % and deletes 0.5 % of the files,
 and runs `neardup run --previous` and a full run (with the previous LSH plan) on the new
 catalog, one after the other, N times (default 1). vectors: the same with `neardup pairs` on
-seeded synthetic embeddings (benchmarks/pairing_scale.py), 1 % new vectors. Prints each run's wall time (the whole
-command: JVM start, model, listing, writing), what it embedded or reused, and whether the
-incremental run's pairs, groups and decisions equal the full run's. Not a test.
+seeded synthetic embeddings (benchmarks/pairing_scale.py), 1 % new vectors. Prints each run's
+wall time (the whole command: JVM start, model, listing, writing), what it embedded or reused,
+and whether the incremental run's pairs, groups and decisions equal the full run's. Not a test.
 """
 
 from __future__ import annotations
