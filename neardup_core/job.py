@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import logging
 import threading
 import time
@@ -516,13 +515,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             result = pairing_stage.PairingResult(0, 0, BucketStats(), {})
         elif carry_pairs:
             # Only the pairs that involve a new or changed image are found; the rest carry over.
-            # Tonight's rows: the fresh ones hashed and kept (few), and the reused ones as the
-            # reuse stage keeps them; their union is not copied into a cache of its own (at 1M
-            # rows that copy took 17 s).
             fresh_keyed = (pairing_stage.keyed_embeddings(pairing_stage.number_rows(fresh), planned.tables)
                            .withColumn("fresh", F.lit(True)).persist(StorageLevel.MEMORY_AND_DISK))
-            keyed = fresh_keyed.unionByName(
-                reused.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
             # Deleted and changed rows: small, and read by every step below, so kept. Every
             # reused row is one of last night's (a Parquet count reads the files' footers), so
             # there are none when the counts agree; else they are found by their ids alone and
@@ -534,22 +528,33 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             else:
                 gone_ids = last_night.select("id").join(reused.select("id"), "id", "left_anti")
                 gone = last_night.join(gone_ids, "id", "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
+            if embedded.has_images:  # the reuse stage's rows hold last night's keys
+                reused_keys, reused_keyed = reused.select("id", "keys"), reused
+            else:  # `neardup pairs`: last night's keys, read where they lie, joined only where needed
+                reused_keys = incremental_stage.previous_keys(prior.data.embeddings,
+                                                              gone if last_night_rows != reused_count else None)
+                reused_keyed = incremental_stage.with_previous_keys(reused, reused_keys)
+            keyed = fresh_keyed.unionByName(
+                reused_keyed.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark), cfg.pairs.one_task_bytes) is None
-            if one_task:
-                pair_fresh = functools.partial(incremental_stage.pair_incrementally_in_one_task,
-                                               threads=executor_cores(spark),
-                                               max_driver_pairs=cfg.groups.max_pairs_in_one_task)
-            else:
-                pair_fresh = functools.partial(incremental_stage.pair_incrementally,
-                                               chunk_bytes=cfg.pairs.partition_bytes)
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
+            common = dict(max_bucket_size=cfg.lsh.max_bucket_size, cosine_threshold=cfg.pairs.cosine_threshold,
+                          path=pairs_path, accept_cosine=_settles_at(cfg, embedded, copies), paths_moved=paths_moved)
             with shuffle_partitions(spark, tasks):
-                found = pair_fresh(keyed, gone, prior.data, planned.tables, cfg.lsh.max_bucket_size,
-                                   cfg.pairs.cosine_threshold, pairs_path, _settles_at(cfg, embedded, copies),
-                                   paths_moved=paths_moved)
+                if one_task:
+                    found = incremental_stage.pair_incrementally_in_one_task(
+                        keyed, gone, prior.data, planned.tables, threads=executor_cores(spark),
+                        max_driver_pairs=cfg.groups.max_pairs_in_one_task, **common)
+                else:
+                    # Tonight's rows: the fresh ones hashed and kept (few), and the reused ones
+                    # as the reuse stage keeps them, their keys and vectors apart; nothing is
+                    # copied into a cache of its own (at 1M rows that copy took 17 s).
+                    found = incremental_stage.pair_incrementally(
+                        fresh_keyed, reused_keys, reused, gone, prior.data, planned.tables,
+                        chunk_bytes=cfg.pairs.partition_bytes, **common)
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full", settled=found.settled)
             result = found.result

@@ -395,10 +395,12 @@ def test_reused_images_say_whether_their_path_moved(spark):
 
 @pytest.mark.spark
 def test_pairs_reuse_a_vector_by_its_hash_and_keep_its_row_only_when_nothing_else_changed(spark):
-    # `neardup pairs`: one join decides the reuse (same id and vector hash) and takes the
-    # keys, and says whether the id was there, the path moved, and the row is as it was
+    # `neardup pairs`: one join decides the reuse (same id and vector hash), and says
+    # whether the id was there, the path moved, and the row is as it was
     # (path, size in pixels, bytes and time equal, a null equal to a null).
     import datetime as dt
+
+    from pyspark.sql import functions as F
 
     from neardup_core.spark import incremental as stage
 
@@ -412,11 +414,17 @@ def test_pairs_reuse_a_vector_by_its_hash_and_keep_its_row_only_when_nothing_els
          ("c", "/p/c", "hc", 2, None, None, when), ("d", "/p/d", "hX", None, None, None, when),
          ("e", "/p/e", "he", None, None, None, when)],
         f"id string, path string, content_hash string, {facts}")
-    got = {r.id: (r.reused, r.previous_keys, r.was_there, r.path_moved, r.as_before)
-           for r in stage.match_previous_vectors(rows, previous).collect()}
-    assert got == {"a": (True, b"ka", True, False, True), "b": (True, b"kb", True, True, False),
-                   "c": (True, b"kc", True, False, False), "d": (False, None, True, False, False),
-                   "e": (False, None, False, False, False)}
+    matched = stage.match_previous_vectors(rows, previous)
+    got = {r.id: (r.reused, r.was_there, r.path_moved, r.as_before) for r in matched.collect()}
+    assert got == {"a": (True, True, False, True), "b": (True, True, True, False),
+                   "c": (True, True, False, False), "d": (False, True, False, False),
+                   "e": (False, False, False, False)}
+    # The keys of the reused rows are last night's, less the deleted or changed rows' ("d").
+    gone = spark.createDataFrame([("d",)], "id string")
+    reused = stage.reused_vectors(matched.where("reused").withColumn("embedding", F.array(F.lit(1.0))))
+    keyed = stage.with_previous_keys(reused, stage.previous_keys(previous, gone))
+    assert {r.id: r.keys for r in keyed.collect()} == {"a": b"ka", "b": b"kb", "c": b"kc"}
+    assert {r.id for r in stage.previous_keys(previous, None).collect()} == set("abcd")
 
 
 def changes_set(frame):
@@ -610,6 +618,7 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
         [(ids[i], f"/p/{ids[i]}", x[i].tolist(), pack_keys(keys[i:i + 1], 3).tobytes(), bool(fresh[i]))
          for i in range(n)],
         "id string, path string, embedding array<float>, keys binary, fresh boolean").repartition(3)
+    reused = keyed.where("not fresh")
     gone_keys = rng.integers(0, 6, (gone_rows, tables))
     gone = spark.createDataFrame([(f"gone{g}", pack_keys(gone_keys[g:g + 1], 3).tobytes()) for g in range(gone_rows)],
                                  "id string, keys binary")
@@ -617,8 +626,10 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
                                       "jaccard double, tables_matched int")
     previous = stage.Previous(spark.createDataFrame([], "id string, path string"), empty, None)
     planes = LshTables.draw(1, tables, 3, 0, dim)
-    found = stage.pair_incrementally(keyed, gone, previous, planes, max_bucket, -1.0, str(tmp_path / "pairs"),
-                                     chunk_bytes=chunk_bytes, paths_moved=False)
+    # The reused rows' keys and vectors come apart, in other partitions, as in `neardup pairs`.
+    found = stage.pair_incrementally(keyed.where("fresh"), reused.select("id", "keys").repartition(2),
+                                     reused.select("id", "path", "embedding"), gone, previous, planes, max_bucket,
+                                     -1.0, str(tmp_path / "pairs"), chunk_bytes=chunk_bytes, paths_moved=False)
     reference = incremental.fresh_candidates(keys, fresh, gone_keys, max_bucket)
     assert (reference.a is None) == (max_bucket == 8)  # buckets of about 10 rows
     assert (found.touched_buckets, found.largest_touched) == (reference.touched_buckets, reference.largest_touched)

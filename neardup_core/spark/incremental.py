@@ -131,20 +131,19 @@ _TABLE_FACTS = ("width", "height", "bytes", "modified")
 def match_previous_vectors(rows: DataFrame, previous: DataFrame) -> DataFrame:
     """``neardup pairs``: tonight's ``rows`` joined once with the previous run's
     ``embeddings/`` on id. A row is ``reused`` when that run holds its id with the same
-    vector bytes (content hash); it then carries that run's keys as ``previous_keys``.
-    The same join says what later stages would otherwise join every row again for:
-    whether the id was there (``was_there``: the changed and deleted counts), whether a
-    reused row's path moved (``path_moved``), and whether its ``embeddings/`` row is that
-    run's as it was (``as_before``: path, size and time equal, nulls included).
-    A second join, for the keys alone, sorted 1M rows of vectors again: 19 s at 1M."""
-    before = previous.select("id", F.col("content_hash").alias("previous_hash"), F.col("keys").alias("previous_keys"),
-                             F.col("path").alias("previous_path"),
+    vector bytes (content hash). The same join says what later stages would otherwise join
+    every row again for: whether the id was there (``was_there``: the changed and deleted
+    counts), whether a reused row's path moved (``path_moved``), and whether its
+    ``embeddings/`` row is that run's as it was (``as_before``: path, size and time equal,
+    nulls included). The keys stay where they are: they are 880 bytes a row at 220 tables,
+    and taking them into this join made it shuffle twice the bytes at 1M rows; the
+    incremental pairing reads them from that run's files (:func:`previous_keys`)."""
+    before = previous.select("id", F.col("content_hash").alias("previous_hash"), F.col("path").alias("previous_path"),
                              *(F.col(f).alias(f"previous_{f}") for f in _TABLE_FACTS))
     reused = F.coalesce(F.col("content_hash") == F.col("previous_hash"), F.lit(False))
     as_before = functools.reduce(Column.__and__, (F.col(f).eqNullSafe(F.col(f"previous_{f}"))
                                                   for f in ("path", *_TABLE_FACTS)))
     return (rows.join(before, "id", "left").withColumn("reused", reused)
-            .withColumn("previous_keys", F.when(F.col("reused"), F.col("previous_keys")))
             .withColumn("was_there", F.col("previous_hash").isNotNull())
             .withColumn("path_moved", F.col("reused") & path_moved())
             .withColumn("as_before", F.col("reused") & as_before)
@@ -153,11 +152,23 @@ def match_previous_vectors(rows: DataFrame, previous: DataFrame) -> DataFrame:
 
 def reused_vectors(rows: DataFrame) -> DataFrame:
     """``neardup pairs``: the rows whose vector the previous run holds unchanged (same id
-    and content hash), with the keys that run's ``embeddings/`` holds for them (it need not
-    hold the vectors), which the rows carry as ``previous_keys``: the join that decides the
-    reuse takes them too (``job.run_pairs``)."""
-    return rows.select("id", "path", "embedding", F.col("previous_keys").alias("keys"), "width", "height", "bytes",
-                       "modified", "content_hash")
+    and content hash; :func:`match_previous_vectors`), without keys (:func:`previous_keys`)."""
+    return rows.select("id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash")
+
+
+def previous_keys(previous: DataFrame, gone: DataFrame | None) -> DataFrame:
+    """id, keys of the previous run's ``embeddings/`` rows that are not ``gone`` (deleted
+    or changed; None: none is): every reused row's keys, read where they lie (a reused
+    row's vector is that run's, so its keys are too). ``gone`` is few: broadcast."""
+    keys = previous.select("id", "keys")
+    return keys if gone is None else keys.join(F.broadcast(gone.select("id")), "id", "left_anti")
+
+
+def with_previous_keys(reused: DataFrame, keys: DataFrame) -> DataFrame:
+    """The ``reused`` rows (:func:`reused_vectors`) with their ``keys`` (:func:`previous_keys`),
+    joined on id: for what needs both in one row (embeddings/ on a night that does not only
+    add; the pairing in one task, for data that small)."""
+    return reused.join(keys, "id")
 
 
 class IncrementalPairs(NamedTuple):
@@ -170,16 +181,20 @@ class IncrementalPairs(NamedTuple):
     settled: bool = False  # pairs/ was written final, with verdicts: nothing for the verify stage to match
 
 
-def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
-                       max_bucket_size: int, cosine_threshold: float, path: str, accept_cosine: float | None = None,
-                       chunk_bytes: int = 64 * 2**20, *, paths_moved: bool) -> IncrementalPairs:
+def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors: DataFrame, gone: DataFrame,
+                       previous: Previous, tables: LshTables, max_bucket_size: int, cosine_threshold: float, path: str,
+                       accept_cosine: float | None = None, chunk_bytes: int = 64 * 2**20, *, paths_moved: bool
+                       ) -> IncrementalPairs:
     """Tonight's pairs from last night's, for data the full pairing would shuffle: the
     previous pairs between images still here and unchanged, and the pairs that involve a
     fresh (new or changed) image, found in the buckets the fresh images hash to. Written to
     ``path`` like the pairing stage writes.
 
     Args:
-        keyed: tonight's rows: id, path, embedding, keys, fresh (embedded tonight).
+        fresh: the rows embedded tonight (new or changed): id, path, embedding, keys.
+        reused_keys: id, keys of every reused row (for ``neardup pairs``, last night's
+            ``embeddings/`` less ``gone``: read where it lies, not joined to tonight's rows).
+        reused_vectors: id, path, embedding of every reused row (tonight's path).
         gone: id, keys of the previous run's rows that are deleted or changed.
         previous: the previous run's datasets (its pairs/ and the paths in its embeddings/).
         accept_cosine: None, or the cosine at or above which a pair needs no geometric
@@ -194,23 +209,31 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
     holds more than ``max_bucket_size`` rows, before or after: then a pair's buckets
     depend on its two rows only. Otherwise nothing is written and ``result`` is None.
     """
-    spark = keyed.sparkSession
+    spark = fresh.sparkSession
     num_tables, dim = tables.num_tables, tables.dim
-    fresh_keys = key_matrix(keyed.filter("fresh").select("keys").toArrow().column("keys"), num_tables)
+    fresh_keys = key_matrix(fresh.select("keys").toArrow().column("keys"), num_tables)
     gone_keys = key_matrix(gone.select("keys").toArrow().column("keys"), num_tables)
     touched = touched_codes(fresh_keys, gone_keys)
-    # Every row meets the fresh rows it shares a bucket with where it lies: the fresh rows
-    # (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at a time
-    # (each chunk one pass over the rows), and nothing is shuffled. The first pass also
-    # counts the rows of each touched bucket; only if none is oversized do the others run.
+    keys = fresh.select("id", "keys", F.lit(True).alias("fresh")).unionByName(
+        reused_keys.select("id", "keys", F.lit(False).alias("fresh")))
+    vectors = fresh.select("id", "path", "embedding").unionByName(reused_vectors.select("id", "path", "embedding"))
+    # Every row's keys meet the fresh rows they share a bucket with where they lie: the
+    # fresh rows (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at
+    # a time (each chunk one pass over the keys), and nothing is shuffled. The first pass
+    # also counts the rows of each touched bucket; only if none is oversized do the others
+    # run. Each pass gives candidates (id, fresh partner, tables shared), whose vectors a
+    # broadcast join then brings to be scored: the passes read keys, not vectors.
     chunks = max(1, min(len(fresh_keys), -(-len(fresh_keys) * (dim * 4 + num_tables * 8 + 200) // chunk_bytes)))
     tally = Tally(spark)
+    shipped: list[Broadcast] = []
 
-    def meet(chunk: int, codes: np.ndarray | None = None) -> tuple[DataFrame, list[Broadcast]]:
-        rows = keyed.filter(F.col("fresh") & (F.abs(F.xxhash64("id")) % chunks == chunk))
-        return _meet_fresh(keyed, rows, num_tables, dim, cosine_threshold, tally, f"scored-{chunk}", codes)
+    def meet(chunk: int, codes: np.ndarray | None = None) -> tuple[DataFrame, Broadcast]:
+        rows = fresh.filter(F.abs(F.xxhash64("id")) % chunks == chunk)
+        candidates, sent = _fresh_candidates(keys, rows, num_tables, dim, tally, f"scored-{chunk}", codes)
+        shipped.extend(sent)
+        return candidates, sent[0]
 
-    first, shipped = meet(0, touched)
+    first, sent = meet(0, touched)
     first = first.persist(StorageLevel.MEMORY_AND_DISK)
     first.count()
     now = np.zeros(len(touched), np.int64)
@@ -222,36 +245,42 @@ def pair_incrementally(keyed: DataFrame, gone: DataFrame, previous: Previous, ta
         for broadcast in shipped:
             broadcast.unpersist()
         return IncrementalPairs(None, len(touched), largest)
-    met = [meet(chunk) for chunk in range(1, chunks)]
-    found = functools.reduce(DataFrame.unionByName, (frame for frame, _ in met), first)
-    if met:
-        found = found.persist(StorageLevel.MEMORY_AND_DISK)
-        found.count()
-        first.unpersist()
-    for broadcast in shipped + [b for _, sent in met for b in sent]:
+    scored = [_score_candidates(vectors, first, sent, num_tables, dim, cosine_threshold)]
+    for chunk in range(1, chunks):
+        candidates, sent = meet(chunk)
+        scored.append(_score_candidates(vectors, candidates, sent, num_tables, dim, cosine_threshold))
+    found = functools.reduce(DataFrame.unionByName, scored).persist(StorageLevel.MEMORY_AND_DISK)
+    found.count()
+    first.unpersist()
+    for broadcast in shipped:
         broadcast.unpersist()
-    count, settled = _write_pairs(previous, gone, keyed, found, path, accept_cosine, broadcast=False,
+    count, settled = _write_pairs(previous, gone, vectors, found, path, accept_cosine, broadcast=False,
                                   paths_moved=paths_moved)
-    scored = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
-    return IncrementalPairs(PairingResult(count, scored, None, {"incremental": True, "fresh_chunks": chunks}),
+    candidates = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
+    return IncrementalPairs(PairingResult(count, candidates, None, {"incremental": True, "fresh_chunks": chunks}),
                             len(touched), largest, found, _lost(previous.pairs, gone),
                             _matched_before(previous, gone), settled)
 
 
-def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, cosine_threshold: float,
-                tally: Tally, name: str, touched: np.ndarray | None = None) -> tuple[DataFrame, list[Broadcast]]:
-    """Tonight's pairs between ``fresh_rows`` (collected and broadcast) and every row of
-    ``keyed`` (PAIR_SCHEMA, not yet run), each found in the task that holds the row; and
-    the broadcasts, to release once they have run. With ``touched`` (sorted bucket codes),
-    each task also records how many of its rows each touched bucket holds (found in the
-    same search as the partners, :func:`incremental.fresh_partners`), as "touched":
-    (positions in ``touched``, rows)."""
-    spark = keyed.sparkSession
+# A row, a fresh row (its position in the chunk), and the tables they share a key in.
+_CANDIDATE_SCHEMA = "id string, partner int, tables int"
+
+
+def _fresh_candidates(keys: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, tally: Tally, name: str,
+                      touched: np.ndarray | None = None) -> tuple[DataFrame, list[Broadcast]]:
+    """Tonight's candidate pairs between ``fresh_rows`` (collected and broadcast) and every
+    row of ``keys`` (id, keys, fresh), each found in the task that holds the row
+    (_CANDIDATE_SCHEMA, not yet run; each pair once), and the broadcasts, to release once
+    they have run: the first (ids, paths, vectors and index of ``fresh_rows``) is read by
+    :func:`_score_candidates` too. The candidates are counted, as ``name``.
+    With ``touched`` (sorted bucket codes), each task also records how many of its rows
+    each touched bucket holds (found in the same search as the partners,
+    :func:`incremental.fresh_partners`), as "touched": (positions in ``touched``, rows)."""
+    spark = keys.sparkSession
     fresh = fresh_rows.select("id", "path", "embedding", "keys").toArrow()
     fresh_keys = key_matrix(fresh.column("keys"), num_tables)
     # The index is built here, once, not in each task (0.3 s for 10,000 rows of 220 tables:
-    # 20 s of the 1M night 2's 68 tasks); a Python worker loads a broadcast once. The keys
-    # travel in it only: a pair's shared tables are counted in its search.
+    # 20 s of the 1M night 2's 68 tasks); a Python worker loads a broadcast once.
     shipped = spark.sparkContext.broadcast((fresh.column("id").combine_chunks(), fresh.column("path").combine_chunks(),
                                             matrix(fresh.column("embedding"), dim), index_fresh(fresh_keys)))
     codes = None if touched is None else spark.sparkContext.broadcast(touched)
@@ -260,17 +289,16 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
         import pyarrow.compute as pc
 
         from neardup_core.incremental import fresh_partners
-        from neardup_core.pairing import ordered_by_id, score_row_pairs
 
-        ids_f, paths_f, x_f, index = shipped.value
+        ids_f, _, _, index = shipped.value
         counts = None if codes is None else np.zeros(len(codes.value), np.int64)
-        scored = 0
+        candidates = 0
         for batch in batches:
-            keys = key_matrix(batch.column("keys"), num_tables)
-            found = fresh_partners(keys, index, None if codes is None else codes.value)
+            found = fresh_partners(key_matrix(batch.column("keys"), num_tables), index,
+                                   None if codes is None else codes.value)
             if counts is not None:
                 counts += found.touched
-            rows, partner, tables = found.rows, found.fresh, found.tables
+            rows, partner, shared = found.rows, found.fresh, found.tables
             ids = batch.column("id")
             # A pair of two fresh rows is met from both ends (and a fresh row meets itself):
             # kept where this end's id is the smaller.
@@ -278,23 +306,46 @@ def _meet_fresh(keyed: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: i
             if mine.any():
                 lower = pc.less(ids.take(pa.array(rows)), ids_f.take(pa.array(partner))).to_numpy(zero_copy_only=False)
                 keep = ~mine | lower
-                rows, partner, tables = rows[keep], partner[keep], tables[keep]
-            scored += len(rows)
-            near = score_row_pairs(matrix(batch.column("embedding"), dim), keys, rows, partner, cosine_threshold,
-                                   x_b=x_f, tables_matched=tables)
-            if len(near.a) == 0:
-                continue
-            a, b = pa.array(near.a), pa.array(near.b)
-            named = ordered_by_id(ids.take(a), ids_f.take(b), batch.column("path").take(a), paths_f.take(b))
-            yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
-                                              "tables_matched": near.tables_matched})
-        tally.record(name, (scored,))
+                rows, partner, shared = rows[keep], partner[keep], shared[keep]
+            candidates += len(rows)
+            if len(rows):
+                yield pa.RecordBatch.from_pydict({"id": ids.take(pa.array(rows)),
+                                                  "partner": pa.array(partner, pa.int32()),
+                                                  "tables": pa.array(shared, pa.int32())})
+        tally.record(name, (candidates,))
         if counts is not None:
             hit = np.flatnonzero(counts)
             tally.record_arrays("touched", hit, counts[hit])
 
-    frame = keyed.select("id", "path", "embedding", "keys", "fresh").mapInArrow(find, PAIR_SCHEMA)
-    return frame, [shipped] + ([] if codes is None else [codes])
+    found = keys.select("id", "keys", "fresh").mapInArrow(find, _CANDIDATE_SCHEMA)
+    return found, [shipped] + ([] if codes is None else [codes])
+
+
+def _score_candidates(vectors: DataFrame, candidates: DataFrame, shipped: Broadcast, num_tables: int, dim: int,
+                      cosine_threshold: float) -> DataFrame:
+    """The ``candidates`` (:func:`_fresh_candidates`, broadcast: few) scored (PAIR_SCHEMA,
+    not yet run): each row's vector and path brought from ``vectors`` (id, path, embedding)
+    by a broadcast join, where it lies, and its fresh partner's from ``shipped``."""
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from neardup_core.pairing import near_pairs, ordered_by_id, pair_cosines
+
+        ids_f, paths_f, x_f, _ = shipped.value
+        for batch in batches:
+            rows = np.arange(batch.num_rows)
+            partner = batch.column("partner").to_numpy(zero_copy_only=False)
+            cosines = pair_cosines(matrix(batch.column("embedding"), dim), rows, partner, vectors_b=x_f)
+            near = near_pairs(rows, partner, cosines, batch.column("tables").to_numpy(zero_copy_only=False),
+                              num_tables, cosine_threshold)
+            if len(near.a) == 0:
+                continue
+            a, b = pa.array(near.a), pa.array(near.b)
+            named = ordered_by_id(batch.column("id").take(a), ids_f.take(b), batch.column("path").take(a),
+                                  paths_f.take(b))
+            yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
+                                              "tables_matched": near.tables_matched})
+
+    met = vectors.select("id", "path", "embedding").join(F.broadcast(candidates), "id")
+    return met.select("id", "path", "embedding", "partner", "tables").mapInArrow(score, PAIR_SCHEMA)
 
 
 def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: Previous, tables: LshTables,
@@ -349,11 +400,12 @@ def pair_incrementally_in_one_task(keyed: DataFrame, gone: DataFrame, previous: 
                             _matched_before(previous, gone, max_driver_pairs), settled)
 
 
-def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: DataFrame, path: str,
+def _write_pairs(previous: Previous, gone: DataFrame, names: DataFrame, found: DataFrame, path: str,
                  accept_cosine: float | None, broadcast: bool, paths_moved: bool, max_driver_pairs: int = 0
                  ) -> tuple[int, bool]:
     """Tonight's pairs: last night's between rows still here and unchanged, and ``found``,
-    written to ``path`` (sorted by id_a, id_b if settled). Returns (pairs written, settled).
+    written to ``path`` (sorted by id_a, id_b if settled); ``names``: tonight's rows' id and
+    path, which name the carried pairs where a path moved. Returns (pairs written, settled).
 
     Settled (``accept_cosine`` given, and every found pair at or above it): the pairs are
     final, so the verify stage, which would find nothing to match, need not rewrite them:
@@ -365,21 +417,21 @@ def _write_pairs(previous: Previous, gone: DataFrame, keyed: DataFrame, found: D
         table = _carried_table(previous, gone, max_driver_pairs)
         if table is not None:  # few found pairs beside the carried ones, unsorted: verify sorts them
             found = found.toArrow().select(table.column_names)
-            write_table(keyed.sparkSession, pa.concat_tables([table.cast(_either_null(table.schema, found.schema)),
+            write_table(names.sparkSession, pa.concat_tables([table.cast(_either_null(table.schema, found.schema)),
                                                              found.cast(_either_null(found.schema, table.schema))]),
                         path)
             return table.num_rows + found.num_rows, settled
-    carried = _carried(previous, gone, keyed, broadcast, settled, paths_moved)
+    carried = _carried(previous, gone, names, broadcast, settled, paths_moved)
     if settled:
         found = accepted_on_embedding(found)
     pairs = carried.unionByName(found)
     # Sorted in one task where the pairing is one task; unsorted where the verify stage
     # rewrites them, sorted.
     (sorted_by(pairs, PAIR_KEY, one_task=broadcast) if settled else pairs).write.parquet(path)
-    return keyed.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
+    return names.sparkSession.read.parquet(path).count(), settled  # the count: from the files' footers
 
 
-def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: bool, settled: bool,
+def _carried(previous: Previous, gone: DataFrame, names: DataFrame, broadcast: bool, settled: bool,
              paths_moved: bool) -> DataFrame:
     """Last night's pairs between rows still here and unchanged, and the pairs it rejected
     between them (tonight's verification decides them again, as a full run would), named
@@ -396,9 +448,9 @@ def _carried(previous: Previous, gone: DataFrame, keyed: DataFrame, broadcast: b
     if not paths_moved:
         return carried.select(*columns)
     hint = F.broadcast if broadcast else (lambda frame: frame)
-    names = hint(keyed.select("id", "path"))
-    return (carried.drop("path_a", "path_b").join(names.toDF("id_a", "path_a"), "id_a")
-            .join(names.toDF("id_b", "path_b"), "id_b").select(*columns))
+    named = hint(names.select("id", "path"))
+    return (carried.drop("path_a", "path_b").join(named.toDF("id_a", "path_a"), "id_a")
+            .join(named.toDF("id_b", "path_b"), "id_b").select(*columns))
 
 
 def _carried_table(previous: Previous, gone: DataFrame, max_rows: int, columns: tuple[str, ...] = _PAIR_COLUMNS
