@@ -221,39 +221,40 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
     # fresh rows (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at
     # a time (each chunk one pass over the keys), and nothing is shuffled. The first pass
     # also counts the rows of each touched bucket; only if none is oversized do the others
-    # run. Each pass gives candidates (id, fresh partner, tables shared), whose vectors a
-    # broadcast join then brings to be scored: the passes read keys, not vectors.
+    # run. Each pass gives candidates (id, fresh partner, tables shared), kept, whose vectors
+    # a join then brings to be scored (broadcast where they are few, as they are at 1 %):
+    # the passes read keys, not vectors.
     chunks = max(1, min(len(fresh_keys), -(-len(fresh_keys) * (dim * 4 + num_tables * 8 + 200) // chunk_bytes)))
     tally = Tally(spark)
     shipped: list[Broadcast] = []
+    met: list[DataFrame] = []
 
-    def meet(chunk: int, codes: np.ndarray | None = None) -> tuple[DataFrame, Broadcast]:
+    def meet(chunk: int, codes: np.ndarray | None = None) -> DataFrame:
+        """The chunk's candidates, found, kept and counted; then scored (not yet run)."""
         rows = fresh.filter(F.abs(F.xxhash64("id")) % chunks == chunk)
         candidates, sent = _fresh_candidates(keys, rows, num_tables, dim, tally, f"scored-{chunk}", codes)
         shipped.extend(sent)
-        return candidates, sent[0]
+        met.append(candidates.persist(StorageLevel.MEMORY_AND_DISK))
+        candidates.count()
+        count = sum(v[0] for v in tally.values(f"scored-{chunk}"))
+        return _score_candidates(vectors, candidates, sent[0], num_tables, dim, cosine_threshold,
+                                 broadcast=count * _CANDIDATE_BYTES <= chunk_bytes)
 
-    first, sent = meet(0, touched)
-    first = first.persist(StorageLevel.MEMORY_AND_DISK)
-    first.count()
+    scored = [meet(0, touched)]
     now = np.zeros(len(touched), np.int64)
     for hit, rows_in in tally.values("touched"):
         now[hit] += rows_in
     largest = largest_touched(now, touched, fresh_keys, gone_keys)
-    if largest > max_bucket_size:
-        first.unpersist()
-        for broadcast in shipped:
-            broadcast.unpersist()
-        return IncrementalPairs(None, len(touched), largest)
-    scored = [_score_candidates(vectors, first, sent, num_tables, dim, cosine_threshold)]
-    for chunk in range(1, chunks):
-        candidates, sent = meet(chunk)
-        scored.append(_score_candidates(vectors, candidates, sent, num_tables, dim, cosine_threshold))
-    found = functools.reduce(DataFrame.unionByName, scored).persist(StorageLevel.MEMORY_AND_DISK)
-    found.count()
-    first.unpersist()
+    if largest <= max_bucket_size:
+        scored += [meet(chunk) for chunk in range(1, chunks)]
+        found = functools.reduce(DataFrame.unionByName, scored).persist(StorageLevel.MEMORY_AND_DISK)
+        found.count()
+    for frame in met:
+        frame.unpersist()
     for broadcast in shipped:
         broadcast.unpersist()
+    if largest > max_bucket_size:
+        return IncrementalPairs(None, len(touched), largest)
     count, settled = _write_pairs(previous, gone, vectors, found, path, accept_cosine, broadcast=False,
                                   paths_moved=paths_moved)
     candidates = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
@@ -264,6 +265,7 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
 
 # A row, a fresh row (its position in the chunk), and the tables they share a key in.
 _CANDIDATE_SCHEMA = "id string, partner int, tables int"
+_CANDIDATE_BYTES = 64  # a candidate in a broadcast join's table, about (an id of up to 30 bytes)
 
 
 def _fresh_candidates(keys: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, tally: Tally, name: str,
@@ -322,10 +324,12 @@ def _fresh_candidates(keys: DataFrame, fresh_rows: DataFrame, num_tables: int, d
 
 
 def _score_candidates(vectors: DataFrame, candidates: DataFrame, shipped: Broadcast, num_tables: int, dim: int,
-                      cosine_threshold: float) -> DataFrame:
-    """The ``candidates`` (:func:`_fresh_candidates`, broadcast: few) scored (PAIR_SCHEMA,
-    not yet run): each row's vector and path brought from ``vectors`` (id, path, embedding)
-    by a broadcast join, where it lies, and its fresh partner's from ``shipped``."""
+                      cosine_threshold: float, broadcast: bool) -> DataFrame:
+    """The ``candidates`` (:func:`_fresh_candidates`) scored (PAIR_SCHEMA, not yet run):
+    each row's vector and path brought from ``vectors`` (id, path, embedding) by a join, and
+    its fresh partner's from ``shipped``. ``broadcast``: the candidates are few enough to
+    go to every task (the caller bounds them as it bounds the fresh rows), and the vectors
+    are read where they lie; else both sides are shuffled by id."""
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.pairing import near_pairs, ordered_by_id, pair_cosines
 
@@ -344,7 +348,7 @@ def _score_candidates(vectors: DataFrame, candidates: DataFrame, shipped: Broadc
             yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
                                               "tables_matched": near.tables_matched})
 
-    met = vectors.select("id", "path", "embedding").join(F.broadcast(candidates), "id")
+    met = vectors.select("id", "path", "embedding").join(F.broadcast(candidates) if broadcast else candidates, "id")
     return met.select("id", "path", "embedding", "partner", "tables").mapInArrow(score, PAIR_SCHEMA)
 
 
