@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -142,6 +143,7 @@ class _Embedded(NamedTuple):
     still_listed: int | None = None  # the previous run's inputs listed again
     paths_moved: bool = False  # a reused input's path differs from the previous run's
     as_before: int = 0  # reused inputs whose embeddings/ row is the previous run's as it was
+    fetch: Callable[[pa.Array], DataFrame] | None = None  # `rows` were read without vectors: see _with_vectors
 
 
 class _Planned(NamedTuple):
@@ -244,13 +246,21 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         with progress.stage("read-embeddings") as record:
             extra_columns = tuple(cfg.groups.manifest_columns())
-            read = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column, cfg.input.embedding_column,
-                                                 extra_columns, cfg.input.slice_rows, VECTOR_BATCH_ROWS,
-                                                 cfg.pairs.partition_bytes)
+
+            def read_table(vectors: bool = True) -> listing_stage.UserEmbeddings:
+                return listing_stage.read_embeddings(
+                    spark, embeddings, cfg.input.id_column, cfg.input.embedding_column, extra_columns,
+                    cfg.input.slice_rows, VECTOR_BATCH_ROWS, cfg.pairs.partition_bytes, vectors)
+
+            read = read_table()  # nothing is read yet: the count below reads the table
             rows, dim, extras = read.rows, read.dim, read.extras
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
             reusing = prior is not None and not prior.why_not
+            if reusing and _pairs_without_every_vector(cfg, prior.run):
+                # Tonight's vectors are read for their hashes only, and again where needed.
+                read = read_table(vectors=False)
+                rows = read.rows
             if reusing:
                 rows = incremental_stage.match_previous_vectors(rows, prior.data.embeddings)
             # Caching in memory builds a task's rows in the heap before it can spill them, and
@@ -270,9 +280,31 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
         return _Embedded(rows, images, errors, fresh, dim, extras if extra_columns else None, fingerprint, prior,
                          rows.select("id"), by_content=reused, paths_are_ids=not read.has_paths,
                          still_listed=joined[0] if joined else None, paths_moved=bool(joined and joined[1]),
-                         as_before=joined[2] if joined else 0)
+                         as_before=joined[2] if joined else 0, fetch=read.fetch)
 
     return _run_session(cfg, launched_by_spark_submit, verbose, progress, produce, lock)
+
+
+def _pairs_without_every_vector(cfg: Config, previous: incremental.PreviousRun) -> bool:
+    """Whether an incremental ``neardup pairs`` can read tonight's table without keeping
+    its vectors (:func:`_with_vectors` reads those it needs): its pairs carry over (a plan
+    priced without a sample, no near copies collapsed, no rejected pair lost), and
+    ``embeddings/`` is not to hold the vectors. At 1M x 256 the vectors cost the read 7-9
+    s of 18 (a scratch timing of the read, the join and the cache)."""
+    return (cfg.output.write_embeddings is not True and previous.num_tables is not None
+            and bool(previous.plan_items) and not previous.near_copies and not previous.rejected_lost)
+
+
+def _with_vectors(frame: DataFrame, embedded: _Embedded) -> DataFrame:
+    """``frame`` (good rows: id, embedding, ...) with each row's vector, where the table
+    was read without them (``embedded.fetch``): read again for these rows' ids, collected
+    on the driver (few: the fresh rows; every row only where the pairing falls back to a
+    full one). Not persisted."""
+    if embedded.fetch is None:
+        return frame
+    vectors = embedded.fetch(frame.select("id").toArrow().column("id").combine_chunks())
+    return (frame.withColumnRenamed("embedding", "_unread")
+            .join(vectors.select("id", "embedding"), "id").select(*frame.columns))
 
 
 def _counts(rows: DataFrame, *more: Column) -> tuple[int, ...]:
@@ -472,7 +504,8 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 # The fresh rows are few among the table's cached rows: kept apart, in tasks of
                 # about pairs.partition_mb, so that each stage after reads them, not the table.
                 tasks = -(-fresh_count * tuning.vector_bytes(embedded.dim) // cfg.pairs.partition_bytes)
-                fresh = fresh.repartition(max(1, tasks), "id").persist(StorageLevel.MEMORY_AND_DISK)
+                fresh = (_with_vectors(fresh, embedded).repartition(max(1, tasks), "id")
+                         .persist(StorageLevel.MEMORY_AND_DISK))
             record["rows"] = reused_count
         good = fresh.unionByName(reused.select(*fresh.columns))
     items = fresh_count + reused_count
@@ -499,9 +532,11 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             record.update(planned.record())
 
     numbered = pairing_stage.number_rows(good)
-    keyed, fresh_keyed, gone, incremental_record, last_night_rows = None, None, None, None, -1
+    keyed, fresh_keyed, gone, incremental_record, last_night_rows, refetched = None, None, None, None, -1, None
     if prior is not None:
         incremental_record = {"previous": prior.run.path, "reused": reusing, "why_not": prior.why_not}
+        if not embedded.has_images:  # `neardup pairs`: whether tonight's table was read with its vectors
+            incremental_record["vectors"] = "where needed" if embedded.fetch is not None else "all"
     carry_pairs = planned is not None and reused_plan is not None and not reused_plan.near_copies
     if carry_pairs and reused_plan.rejected_lost:
         log.info("--previous %s rejected %d pairs and did not keep them (pairs.keep_rejected: false): pairing "
@@ -539,6 +574,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark), cfg.pairs.one_task_bytes) is None
+            if one_task:  # small: the one task takes every row's vector
+                keyed = fresh_keyed.unionByName(_with_vectors(reused_keyed, embedded).select(
+                    *pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             common = dict(max_bucket_size=cfg.lsh.max_bucket_size, cosine_threshold=cfg.pairs.cosine_threshold,
@@ -554,7 +592,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                     # copied into a cache of its own (at 1M rows that copy took 17 s).
                     found = incremental_stage.pair_incrementally(
                         fresh_keyed, reused_keys, reused, gone, prior.data, planned.tables,
-                        chunk_bytes=cfg.pairs.partition_bytes, **common)
+                        chunk_bytes=cfg.pairs.partition_bytes, fetch=embedded.fetch, **common)
             incremental_record.update(touched_buckets=found.touched_buckets, largest_touched=found.largest_touched,
                                       pairing="incremental" if found.result else "full", settled=found.settled)
             result = found.result
@@ -564,6 +602,9 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
         if result is None:
             if incremental_record is not None and "pairing" not in incremental_record:
                 incremental_record["pairing"] = "full"
+            if embedded.fetch is not None:  # the table was read without its vectors: every one, now
+                good = near_vectors = refetched = _with_vectors(good, embedded).persist(StorageLevel.DISK_ONLY)
+                numbered = pairing_stage.number_rows(good)
             if near.copies is None:
                 # Nothing to verify, and no copies whose pairs replace these: the pairs are final as written.
                 final = (found is None and copies is None
@@ -682,7 +723,7 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
     by_stage = errors.groupBy("stage").count().collect() if embedded.errors else []
     rows.unpersist()
     carried = (found.found, found.lost) if found is not None else ()
-    for frame in (fresh, reused, fresh_keyed, gone, copies, near.copies, near.radii, *carried):
+    for frame in (fresh, reused, fresh_keyed, gone, copies, near.copies, near.radii, refetched, *carried):
         if frame is not None:
             frame.unpersist()
     counts = RunCounts(inputs=embedded.inputs, embedded=fresh_count, errors=embedded.errors,

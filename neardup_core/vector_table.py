@@ -36,6 +36,7 @@ class TableFiles(NamedTuple):
     files: list[str]  # in name order
     row_groups: list[list[int]]  # rows of each row group, per file
     schema: pa.Schema  # the first file's
+    stamps: list[tuple[int | None, int | None]] | None = None  # each file's file_stamps when opened
 
 
 def hidden(name: str) -> bool:
@@ -65,13 +66,20 @@ def open_table(path: str) -> TableFiles:
         if not files:
             raise FileNotFoundError(f"no Parquet files in {path}")
     row_groups, schema = [], None
+    stamps = file_stamps(fs, files)
     for name in files:
         with fs.open_input_file(name) as fh:
             meta = pq.ParquetFile(fh).metadata
             if schema is None:
                 schema = _instants(meta)
             row_groups.append([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
-    return TableFiles(fs, files, row_groups, schema)
+    return TableFiles(fs, files, row_groups, schema, stamps)
+
+
+def file_stamps(fs: pafs.FileSystem, files: list[str]) -> list[tuple[int | None, int | None]]:
+    """Each file's size and modification time (ns; None where the file system has none):
+    what says that a file read twice in a run was not rewritten between the reads."""
+    return [(info.size, info.mtime_ns) for info in fs.get_file_info(files)]
 
 
 def _instants(meta: pq.FileMetaData) -> pa.Schema:

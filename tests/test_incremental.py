@@ -197,6 +197,53 @@ def test_incremental_pairs_equal_a_full_run(spark, tmp_path):
 
 
 @pytest.mark.spark
+@pytest.mark.parametrize("flood", [False, True])
+def test_incremental_pairs_read_tonights_vectors_only_where_needed(spark, tmp_path, flood):
+    """`neardup pairs --previous` with embeddings/ written without vectors (the default)
+    reads tonight's table for its hashes only, and again for the vectors it needs: the
+    fresh rows' and the candidates' in the shuffled path (spark.shuffle_partitions set);
+    every row's where a touched bucket is over lsh.max_bucket_size (``flood``: copies of
+    one vector added to a bucket already at the bound) and the pairing falls back to a
+    full one. Either way: what a full run writes."""
+    x = synthetic(7, n=600, planted=40, giant=60)  # 60 copies of row 0: the last rows
+    ids = [f"v{i:04d}" for i in range(len(x))]
+
+    def table(path, rows):
+        pd.DataFrame({"id": [ids[i] for i in rows], "path": [f"/img/{ids[i]}.jpg" for i in rows],
+                      "embedding": [list(map(float, x[i])) for i in rows]}).to_parquet(path)
+
+    common = ["--set", "pairs.cosine_threshold=0.85", "--set", "pairs.copy_cosine=1",
+              "--set", "lsh.max_bucket_size=40", "--set", "spark.shuffle_partitions=2"]
+    table(tmp_path / "a.parquet", [*range(560), *range(600, 620)])
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "a"),
+                     *common]) == 0
+    # Tonight: 10 deleted, 60 new (20 planted copies among them), one changed; with ``flood``
+    # also the 60 copies of row 0.
+    tonight = [i for i in range(10, 640) if i != 100] + ([*range(640, len(x))] if flood else [])
+    x[101] = x[102] + 1e-3 * np.sign(x[102])
+    table(tmp_path / "b.parquet", tonight)
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
+                     "--previous", str(tmp_path / "a"), *common]) == 0
+    assert cli.main(["pairs", *full_run_with_the_same_plan(
+        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
+        tmp_path / "a")]) == 0
+    assert_same_results(tmp_path / "b", tmp_path / "full")
+    record = manifest(tmp_path / "b")["incremental"]
+    assert record["vectors"] == "where needed"
+    assert record["pairing"] == ("full" if flood else "incremental")
+    counts = manifest(tmp_path / "b")["counts"]
+    assert (counts["changed"], counts["deleted"], counts["embedded"]) == (1, 11, 61 + 60 * flood)
+    assert changes_set(pd.read_parquet(tmp_path / "b" / "changes")) == expected_changes(tmp_path / "a",
+                                                                                          tmp_path / "full")
+
+    def embeddings(run):
+        return pd.read_parquet(tmp_path / run / "embeddings", columns=["id", "path", "keys", "content_hash"]
+                               ).sort_values("id", ignore_index=True)
+
+    pd.testing.assert_frame_equal(embeddings("b"), embeddings("full"))
+
+
+@pytest.mark.spark
 def test_incremental_pairs_name_tonights_paths_when_a_catalog_moved(spark, tmp_path):
     # `neardup pairs` knows from the join that decides the reuse whether paths moved and
     # how many of last night's ids are still here, and looks for exact copies among the

@@ -4,6 +4,7 @@ against a simple whole-table read checked row by row."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -118,6 +119,37 @@ def test_sliced_read_gives_the_rows_of_a_whole_table_read(spark, tmp_path, monke
     assert rows(spread) == expected
     monkeypatch.setattr(listing, "_arrow_table", lambda *args: (None, "as the test says"))
     assert rows(listing.read_embeddings(spark, str(tmp_path), "item", "vec")) == expected
+
+
+@pytest.mark.spark
+def test_a_read_without_vectors_fetches_those_asked_for_as_read(spark, tmp_path):
+    """read_embeddings(vectors=False): the same rows with null vectors (hashes, errors
+    and all); its fetch gives the good rows asked for with the vectors the whole read
+    gives (error rows and ids not in the table give nothing), from slices cut as the read
+    cuts them; a file rewritten after the read makes the fetch fail, naming it."""
+    import os
+
+    from neardup_core.spark import listing
+
+    names = write(tmp_path, [[1, 2, 13], [9], [5, 5]])
+    whole = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=4, batch_rows=3)
+    lazy = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=4, batch_rows=3, vectors=False)
+    assert whole.fetch is None and lazy.fetch is not None
+    full = whole.rows.orderBy("id").toPandas()
+    bare = lazy.rows.orderBy("id").toPandas()
+    assert bare.embedding.isna().all()
+    pd.testing.assert_frame_equal(bare.drop(columns="embedding"), full.drop(columns="embedding"))
+    good = full[full.error_stage.isna()]
+    # Every third id (good and bad rows among them) and an id the table does not hold.
+    asked = [*full.id[::3], "nope"]
+    got = lazy.fetch(pa.array(asked)).orderBy("id").toPandas()
+    want = good[good.id.isin(asked)]
+    assert got.id.tolist() == want.id.tolist() and len(got) < len(asked) - 1
+    assert got.path.tolist() == want.path.tolist()
+    assert [list(v) for v in got.embedding] == [list(v) for v in want.embedding]
+    os.utime(names[1], ns=(0, 0))
+    with pytest.raises(Exception, match="part-1.parquet changed during the run"):
+        lazy.fetch(pa.array(asked)).collect()
 
 
 def test_out_of_memory_says_which_setting_to_raise_in_one_line():

@@ -5,7 +5,7 @@ carry over), and ``changes/``. The rules are in :mod:`neardup_core.incremental`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -183,7 +183,8 @@ class IncrementalPairs(NamedTuple):
 
 def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors: DataFrame, gone: DataFrame,
                        previous: Previous, tables: LshTables, max_bucket_size: int, cosine_threshold: float, path: str,
-                       accept_cosine: float | None = None, chunk_bytes: int = 64 * 2**20, *, paths_moved: bool
+                       accept_cosine: float | None = None, chunk_bytes: int = 64 * 2**20,
+                       fetch: Callable[[pa.Array], DataFrame] | None = None, *, paths_moved: bool
                        ) -> IncrementalPairs:
     """Tonight's pairs from last night's, for data the full pairing would shuffle: the
     previous pairs between images still here and unchanged, and the pairs that involve a
@@ -194,7 +195,8 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
         fresh: the rows embedded tonight (new or changed): id, path, embedding, keys.
         reused_keys: id, keys of every reused row (for ``neardup pairs``, last night's
             ``embeddings/`` less ``gone``: read where it lies, not joined to tonight's rows).
-        reused_vectors: id, path, embedding of every reused row (tonight's path).
+        reused_vectors: id, path, embedding of every reused row (tonight's path); with
+            ``fetch``, only id and path are read from it.
         gone: id, keys of the previous run's rows that are deleted or changed.
         previous: the previous run's datasets (its pairs/ and the paths in its embeddings/).
         accept_cosine: None, or the cosine at or above which a pair needs no geometric
@@ -202,6 +204,9 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
             is at or above it, pairs/ is written final (:func:`_write_pairs`).
         chunk_bytes: the most bytes of fresh rows sent to every task at a time
             (``pairs.partition_mb``).
+        fetch: where tonight's rows were read without their vectors: ids -> those rows'
+            id, path, embedding (``spark.listing.UserEmbeddings.fetch``), which then brings
+            the candidates' vectors.
         paths_moved: whether a reused row's path differs from last night's (then the
             carried pairs are named again: :func:`_carried`).
 
@@ -216,7 +221,9 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
     touched = touched_codes(fresh_keys, gone_keys)
     keys = fresh.select("id", "keys", F.lit(True).alias("fresh")).unionByName(
         reused_keys.select("id", "keys", F.lit(False).alias("fresh")))
-    vectors = fresh.select("id", "path", "embedding").unionByName(reused_vectors.select("id", "path", "embedding"))
+    names = fresh.select("id", "path").unionByName(reused_vectors.select("id", "path"))
+    vectors = (fetch if fetch is not None else
+               fresh.select("id", "path", "embedding").unionByName(reused_vectors.select("id", "path", "embedding")))
     # Every row's keys meet the fresh rows they share a bucket with where they lie: the
     # fresh rows (ids, paths, vectors, keys) go to every task, about chunk_bytes of them at
     # a time (each chunk one pass over the keys), and nothing is shuffled. The first pass
@@ -255,7 +262,7 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
         broadcast.unpersist()
     if largest > max_bucket_size:
         return IncrementalPairs(None, len(touched), largest)
-    count, settled = _write_pairs(previous, gone, vectors, found, path, accept_cosine, broadcast=False,
+    count, settled = _write_pairs(previous, gone, names, found, path, accept_cosine, broadcast=False,
                                   paths_moved=paths_moved)
     candidates = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
     return IncrementalPairs(PairingResult(count, candidates, None, {"incremental": True, "fresh_chunks": chunks}),
@@ -323,13 +330,18 @@ def _fresh_candidates(keys: DataFrame, fresh_rows: DataFrame, num_tables: int, d
     return found, [shipped] + ([] if codes is None else [codes])
 
 
-def _score_candidates(vectors: DataFrame, candidates: DataFrame, shipped: Broadcast, num_tables: int, dim: int,
-                      cosine_threshold: float, broadcast: bool) -> DataFrame:
+def _score_candidates(vectors: DataFrame | Callable[[pa.Array], DataFrame], candidates: DataFrame,
+                      shipped: Broadcast, num_tables: int, dim: int, cosine_threshold: float, broadcast: bool
+                      ) -> DataFrame:
     """The ``candidates`` (:func:`_fresh_candidates`) scored (PAIR_SCHEMA, not yet run):
-    each row's vector and path brought from ``vectors`` (id, path, embedding) by a join, and
-    its fresh partner's from ``shipped``. ``broadcast``: the candidates are few enough to
-    go to every task (the caller bounds them as it bounds the fresh rows), and the vectors
-    are read where they lie; else both sides are shuffled by id."""
+    each row's vector and path brought from ``vectors`` (id, path, embedding; or a function
+    from the candidates' distinct ids to those rows) by a join, and its fresh partner's
+    from ``shipped``. ``broadcast``: the candidates are few enough to go to every task (the
+    caller bounds them as it bounds the fresh rows), and the vectors are read where they
+    lie; else both sides are shuffled by id."""
+    if callable(vectors):
+        vectors = vectors(candidates.select("id").distinct().toArrow().column("id").combine_chunks())
+
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from neardup_core.pairing import near_pairs, ordered_by_id, pair_cosines
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -193,11 +193,14 @@ class UserEmbeddings(NamedTuple):
     extras: DataFrame | None  # id and the table's extra_columns; None when there are none
     vector_bytes: int = 0  # all the table's vectors as float32 (0: not known)
     has_paths: bool = True  # the table has a path column (else each row's path is its id)
+    # Where `rows` were read without their vectors (null): the ids of good rows -> their id,
+    # path and embedding, read again (spark.vector_table.fetch_rows).
+    fetch: Callable[[pa.Array], DataFrame] | None = None
 
 
 def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
                     extra_columns: tuple[str, ...] = (), slice_rows: int = 500_000,
-                    batch_rows: int = 10_000, slice_bytes: int = 64 << 20) -> UserEmbeddings:
+                    batch_rows: int = 10_000, slice_bytes: int = 64 << 20, vectors: bool = True) -> UserEmbeddings:
     """Embeddings made elsewhere: a Parquet table with an id column and an embedding
     column (list of floats, or fixed-size binary holding little-endian float32).
 
@@ -206,6 +209,9 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     becomes an error row (stage ``embedding``). ``path`` is the table's ``path`` column
     where it has one, else the id; ``width``, ``height``, ``bytes`` and ``modified`` are
     the table's where it has them (a run's own ``embeddings/`` does), else null.
+
+    Without ``vectors``, where PyArrow reads the table, the rows' ``embedding`` is null
+    and ``fetch`` reads the vectors of the rows asked for (an incremental run needs few).
 
     The rows are read by PyArrow in Python tasks (:mod:`spark.vector_table`) into
     partitions of at most ``slice_rows`` rows and ``slice_bytes`` of float32 vectors, and
@@ -225,7 +231,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         # a Spark job that reads a footer: 1.6 s at 100,000 rows).
         _check_vector_kind(path, embedding_column, _spark_kind(arrow.schema.field(embedding_column).type))
         return _read_by_arrow(spark, path, arrow, id_column, embedding_column, None, slice_rows, batch_rows,
-                              slice_bytes)
+                              slice_bytes, vectors)
     try:
         table = spark.read.parquet(path)
     except Exception as err:  # AnalysisException and friends: no such path, not Parquet
@@ -240,7 +246,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
     if arrow is not None:
         return _read_by_arrow(spark, path, arrow, id_column, embedding_column, extras, slice_rows, batch_rows,
-                              slice_bytes)
+                              slice_bytes, vectors)
     log.info("--embeddings %s: read by Spark's reader, %s", path, why_not)
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
@@ -296,16 +302,24 @@ def _spark_kind(kind: pa.DataType) -> str:
 
 
 def _read_by_arrow(spark: SparkSession, path: str, arrow: TableFiles, id_column: str, embedding_column: str,
-                   extras: DataFrame | None, slice_rows: int, batch_rows: int, slice_bytes: int) -> UserEmbeddings:
+                   extras: DataFrame | None, slice_rows: int, batch_rows: int, slice_bytes: int,
+                   vectors: bool = True) -> UserEmbeddings:
     dim = first_vector_length(arrow, embedding_column)
     _check_first_vector(path, dim)
     total = sum(map(sum, arrow.row_groups))
     cores = spark.sparkContext.defaultParallelism
     per_slice = max(1, min(slice_rows, slice_bytes // (4 * dim), -(-total // cores)))
-    rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows, cores)
-    log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total, len(arrow.files),
-             tasks)
-    return UserEmbeddings(rows, dim, extras, total * dim * 4, "path" in arrow.schema.names)
+    rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows, cores,
+                                         vectors)
+    log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks%s", path, total, len(arrow.files),
+             tasks, "" if vectors else " (their hashes; vectors where needed)")
+
+    def fetch(ids: pa.Array) -> DataFrame:
+        return vector_stage.fetch_rows(spark, arrow, id_column, embedding_column, dim, ids, per_slice, batch_rows,
+                                       cores)
+
+    return UserEmbeddings(rows, dim, extras, total * dim * 4, "path" in arrow.schema.names,
+                          None if vectors else fetch)
 
 
 def _arrow_table(path: str, id_column: str, embedding_column: str) -> tuple[TableFiles | None, str]:

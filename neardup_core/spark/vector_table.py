@@ -11,7 +11,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..vector_table import TableFiles, pack_slices, plan_slices
+from ..vector_table import TableFiles, pack_slices, plan_slices, read_slice
 
 # The embed stage's rows (spark.listing.EMBEDDED_SCHEMA), with `modified` as microseconds.
 _READ_SCHEMA = ("id string, path string, embedding array<float>, width int, height int, bytes bigint, "
@@ -47,11 +47,14 @@ def unreadable_columns(table: TableFiles, id_column: str, embedding_column: str)
 
 
 def read_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_column: str, dim: int,
-              rows_per_slice: int, batch_rows: int, cores: int) -> tuple[DataFrame, int]:
+              rows_per_slice: int, batch_rows: int, cores: int, vectors: bool = True) -> tuple[DataFrame, int]:
     """The table's rows in the embed stage's schema (``spark.listing.EMBEDDED_SCHEMA``):
     each vector checked (``embed.batch.check_vector_column``: a bad one is an error row,
     stage ``embedding``) and hashed (:func:`vector_table.vector_hashes`), in partitions
     of at most ``rows_per_slice`` rows; a task holds ``batch_rows`` rows at a time.
+    Without ``vectors``, every row's ``embedding`` is null (checked and hashed all the
+    same): the rows then cost Spark about 60 bytes each instead of ``4 * dim``, and
+    :func:`fetch_rows` reads the vectors of the rows that need them.
 
     One task per slice of at most ``rows_per_slice`` rows (small slices, of small files,
     read together), and a row group in at most ``cores`` slices: cut in more, the tasks
@@ -65,37 +68,86 @@ def read_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_
     Returns the rows and the reading task count."""
     slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
     tasks = pack_slices(slices, rows_per_slice)
-    present = set(table.schema.names)
-    columns = list(dict.fromkeys([id_column, embedding_column,
-                                  *(c for c in ("path", *_FACTS, "modified") if c in present)]))
+    columns = _columns(table, id_column, embedding_column)
     fs = table.fs
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        import pyarrow.compute as pc
-
-        from neardup_core.embed.batch import check_vector_column
-        from neardup_core.vector_table import read_slice, vector_hashes
-
         for unit in batches:
             for task in unit.column(0).to_pylist():
                 for batch in (b for index in tasks[task] for b in read_slice(fs, slices[index], columns, batch_rows)):
-                    n = batch.num_rows
-                    get = batch.column
-                    vectors, reasons = check_vector_column(get(embedding_column), dim)
-                    ids = get(id_column).cast(pa.string())
-                    facts = [get(name).cast(kind) if name in present else pa.nulls(n, kind)
-                             for name, kind in (("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()))]
-                    modified = (get("modified").cast(pa.timestamp("us", "UTC")).cast(pa.int64())
-                                if "modified" in present else pa.nulls(n, pa.int64()))
-                    stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
-                    yield pa.RecordBatch.from_arrays(
-                        [ids, get("path").cast(pa.string()) if "path" in present else ids, vectors, *facts,
-                         modified, vector_hashes(vectors, dim), pa.array([False] * n), stages, reasons],
-                        names=["id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash",
-                               "reused", "error_stage", "error_message"])
+                    rows = _embedded_rows(batch, id_column, embedding_column, dim)
+                    if not vectors:
+                        rows = rows.set_column(2, "embedding", pa.nulls(rows.num_rows, rows.schema.field(2).type))
+                    yield rows
 
     units = spark.range(len(tasks), numPartitions=max(len(tasks), 1))
     rows = units.mapInArrow(run, _READ_SCHEMA).withColumn("modified", F.timestamp_micros("modified"))
     if any(piece.stop - piece.start > rows_per_slice for piece in slices):
         rows = rows.repartition("id").sortWithinPartitions("id")
     return rows, len(tasks)
+
+
+def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_column: str, dim: int,
+               ids: pa.Array, rows_per_slice: int, batch_rows: int, cores: int) -> DataFrame:
+    """id, path, embedding of the table's good rows whose id is in ``ids`` (few: broadcast),
+    read again by PyArrow in :func:`read_rows`' slices; only those rows leave the tasks.
+
+    Raises (in a task, so from the action that runs it):
+        ValueError: a file's size or modification time is no longer what it was when
+            ``table`` was opened (:func:`file_stamps`): the table changed during the run.
+    """
+    slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
+    tasks = pack_slices(slices, rows_per_slice)
+    columns = _columns(table, id_column, embedding_column)
+    fs, stamps = table.fs, table.stamps
+    sent = spark.sparkContext.broadcast(ids)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.compute as pc
+
+        from neardup_core.vector_table import file_stamps
+
+        for unit in batches:
+            for task in unit.column(0).to_pylist():
+                files = sorted({slices[index].file for index in tasks[task]})
+                if file_stamps(fs, files) != [stamps[table.files.index(f)] for f in files]:
+                    raise ValueError(f"--embeddings: {', '.join(files)} changed during the run (size or time)")
+                for batch in (b for index in tasks[task] for b in read_slice(fs, slices[index], columns, batch_rows)):
+                    keep = pc.is_in(batch.column(id_column).cast(pa.string()), value_set=sent.value)
+                    if pc.any(keep).as_py():
+                        rows = _embedded_rows(batch.filter(keep), id_column, embedding_column, dim)
+                        yield rows.filter(rows.column("error_stage").is_null()).select(["id", "path", "embedding"])
+
+    units = spark.range(len(tasks), numPartitions=max(len(tasks), 1))
+    return units.mapInArrow(run, "id string, path string, embedding array<float>")
+
+
+def _columns(table: TableFiles, id_column: str, embedding_column: str) -> list[str]:
+    """The columns :func:`_embedded_rows` reads."""
+    present = set(table.schema.names)
+    return list(dict.fromkeys([id_column, embedding_column,
+                               *(c for c in ("path", *_FACTS, "modified") if c in present)]))
+
+
+def _embedded_rows(batch: pa.RecordBatch, id_column: str, embedding_column: str, dim: int) -> pa.RecordBatch:
+    """A batch of the table's rows (:func:`_columns`) as rows of _READ_SCHEMA."""
+    import pyarrow.compute as pc
+
+    from neardup_core.embed.batch import check_vector_column
+    from neardup_core.vector_table import vector_hashes
+
+    n = batch.num_rows
+    present = set(batch.schema.names)
+    get = batch.column
+    vectors, reasons = check_vector_column(get(embedding_column), dim)
+    ids = get(id_column).cast(pa.string())
+    facts = [get(name).cast(kind) if name in present else pa.nulls(n, kind)
+             for name, kind in (("width", pa.int32()), ("height", pa.int32()), ("bytes", pa.int64()))]
+    modified = (get("modified").cast(pa.timestamp("us", "UTC")).cast(pa.int64())
+                if "modified" in present else pa.nulls(n, pa.int64()))
+    stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
+    return pa.RecordBatch.from_arrays(
+        [ids, get("path").cast(pa.string()) if "path" in present else ids, vectors, *facts,
+         modified, vector_hashes(vectors, dim), pa.array([False] * n), stages, reasons],
+        names=["id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash",
+               "reused", "error_stage", "error_message"])
