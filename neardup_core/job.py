@@ -266,7 +266,7 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
             # Caching in memory builds a task's rows in the heap before it can spill them, and
             # a cache larger than the heap's storage share spills through it: vectors beyond
             # one pairing task's data (pairs.partition_mb) per core go straight to disk.
-            big = read.vector_bytes > cfg.pairs.partition_bytes * default_parallelism(spark)
+            big = read.fetch is None and read.vector_bytes > cfg.pairs.partition_bytes * default_parallelism(spark)
             rows = rows.persist(StorageLevel.DISK_ONLY if big else StorageLevel.MEMORY_AND_DISK)
             # One pass reads the table into the cache, counts, and counts the distinct ids;
             # only where they fall short does the ids' check (which names them) read the cache.
@@ -298,13 +298,15 @@ def _pairs_without_every_vector(cfg: Config, previous: incremental.PreviousRun) 
 def _with_vectors(frame: DataFrame, embedded: _Embedded) -> DataFrame:
     """``frame`` (good rows: id, embedding, ...) with each row's vector, where the table
     was read without them (``embedded.fetch``): read again for these rows' ids, collected
-    on the driver (few: the fresh rows; every row only where the pairing falls back to a
-    full one). Not persisted."""
+    on the driver (the fresh rows; the reused ones where the pairing runs in one task; every
+    row where it falls back to a full one), and joined by a shuffle: Spark cannot size the
+    fetch before it runs and would otherwise broadcast it, every vector through the driver.
+    Not persisted."""
     if embedded.fetch is None:
         return frame
     vectors = embedded.fetch(frame.select("id").toArrow().column("id").combine_chunks())
     return (frame.withColumnRenamed("embedding", "_unread")
-            .join(vectors.select("id", "embedding"), "id").select(*frame.columns))
+            .join(vectors.select("id", "embedding").hint("shuffle_merge"), "id").select(*frame.columns))
 
 
 def _counts(rows: DataFrame, *more: Column) -> tuple[int, ...]:

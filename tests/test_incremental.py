@@ -46,6 +46,17 @@ def assert_same_results(a, b):
     np.testing.assert_allclose(groups_a.cosine, groups_b.cosine, atol=1e-6)
 
 
+def pairs_tonight_both_ways(tmp_path, common):
+    """`neardup pairs` on b.parquet with --previous a (into b) and in full with a's plan
+    (into full), in ``tmp_path``: the two give the same results."""
+    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
+                     "--previous", str(tmp_path / "a"), *common]) == 0
+    assert cli.main(["pairs", *full_run_with_the_same_plan(
+        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
+        tmp_path / "a")]) == 0
+    assert_same_results(tmp_path / "b", tmp_path / "full")
+
+
 @pytest.mark.spark
 @pytest.mark.model
 def test_incremental_run_equals_a_full_run_after_adds_changes_and_deletes(spark, tmp_path):
@@ -222,12 +233,7 @@ def test_incremental_pairs_read_tonights_vectors_only_where_needed(spark, tmp_pa
     tonight = [i for i in range(10, 640) if i != 100] + ([*range(640, len(x))] if flood else [])
     x[101] = x[102] + 1e-3 * np.sign(x[102])
     table(tmp_path / "b.parquet", tonight)
-    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
-                     "--previous", str(tmp_path / "a"), *common]) == 0
-    assert cli.main(["pairs", *full_run_with_the_same_plan(
-        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
-        tmp_path / "a")]) == 0
-    assert_same_results(tmp_path / "b", tmp_path / "full")
+    pairs_tonight_both_ways(tmp_path, common)
     record = manifest(tmp_path / "b")["incremental"]
     assert record["vectors"] == "where needed"
     assert record["pairing"] == ("full" if flood else "incremental")
@@ -263,12 +269,7 @@ def test_incremental_pairs_name_tonights_paths_when_a_catalog_moved(spark, tmp_p
     assert manifest(tmp_path / "a")["counts"]["exact_copies"] == 0
     x[50] = x[51] + 1e-3 * np.sign(x[51])  # changed: now near its neighbour
     table(tmp_path / "b.parquet", range(10, len(x)), "/new")  # 10 deleted, 32 new, every path moved
-    assert cli.main(["pairs", "--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "b"),
-                     "--previous", str(tmp_path / "a"), *common]) == 0
-    assert cli.main(["pairs", *full_run_with_the_same_plan(
-        ["--embeddings", str(tmp_path / "b.parquet"), "--output", str(tmp_path / "full"), *common],
-        tmp_path / "a")]) == 0
-    assert_same_results(tmp_path / "b", tmp_path / "full")
+    pairs_tonight_both_ways(tmp_path, common)
     pairs = pd.read_parquet(tmp_path / "b" / "pairs")
     carried = pairs.id_b < "v0430"  # pairs last night found too
     assert carried.sum() > 10 and (~carried).sum() > 10
@@ -644,14 +645,17 @@ def test_fresh_partners_over_parts_give_the_fresh_candidates(parts):
 
 
 @pytest.mark.spark
-@pytest.mark.parametrize("chunk_bytes,gone_rows,max_bucket", [(1, 0, 10**6), (1 << 30, 0, 10**6), (1, 2, 10**6),
-                                                              (1, 2, 8), (1 << 30, 0, 8)])
+@pytest.mark.parametrize("chunk_bytes,gone_rows,max_bucket,by_fetch",
+                         [(1, 0, 10**6, False), (1 << 30, 0, 10**6, False), (1, 2, 10**6, False),
+                          (1, 2, 8, False), (1 << 30, 0, 8, False), (1, 2, 10**6, True), (1 << 30, 0, 10**6, True)])
 def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, tmp_path, chunk_bytes, gone_rows,
-                                                                          max_bucket):
+                                                                          max_bucket, by_fetch):
     """pair_incrementally with the fresh rows sent whole or one row at a time: the pairs
     sharing a key in some table with at least one fresh end, each once, scored; or, where
     a touched bucket (counted in the first pass) holds over ``max_bucket`` rows tonight or
-    last night, nothing, with the same largest bucket as fresh_candidates finds."""
+    last night, nothing, with the same largest bucket as fresh_candidates finds. With
+    ``by_fetch``, the candidates' vectors come from a fetch of their ids, as where
+    `neardup pairs` read tonight's table without them (joined by a shuffle or broadcast)."""
     from neardup_core.lsh import LshTables, pack_keys
     from neardup_core.spark import incremental as stage
 
@@ -674,9 +678,17 @@ def test_shuffled_incremental_pairs_in_fresh_chunks_are_every_fresh_pair(spark, 
     previous = stage.Previous(spark.createDataFrame([], "id string, path string"), empty, None)
     planes = LshTables.draw(1, tables, 3, 0, dim)
     # The reused rows' keys and vectors come apart, in other partitions, as in `neardup pairs`.
+    fetched = []
+
+    def fetch(wanted):
+        fetched.append(len(wanted))
+        return keyed.select("id", "path", "embedding").where(keyed.id.isin(wanted.to_pylist()))
+
     found = stage.pair_incrementally(keyed.where("fresh"), reused.select("id", "keys").repartition(2),
                                      reused.select("id", "path", "embedding"), gone, previous, planes, max_bucket,
-                                     -1.0, str(tmp_path / "pairs"), chunk_bytes=chunk_bytes, paths_moved=False)
+                                     -1.0, str(tmp_path / "pairs"), chunk_bytes=chunk_bytes,
+                                     fetch=fetch if by_fetch else None, paths_moved=False)
+    assert bool(fetched) == by_fetch
     reference = incremental.fresh_candidates(keys, fresh, gone_keys, max_bucket)
     assert (reference.a is None) == (max_bucket == 8)  # buckets of about 10 rows
     assert (found.touched_buckets, found.largest_touched) == (reference.touched_buckets, reference.largest_touched)

@@ -335,10 +335,11 @@ def _score_candidates(vectors: DataFrame | Callable[[pa.Array], DataFrame], cand
                       ) -> DataFrame:
     """The ``candidates`` (:func:`_fresh_candidates`) scored (PAIR_SCHEMA, not yet run):
     each row's vector and path brought from ``vectors`` (id, path, embedding; or a function
-    from the candidates' distinct ids to those rows) by a join, and its fresh partner's
-    from ``shipped``. ``broadcast``: the candidates are few enough to go to every task (the
-    caller bounds them as it bounds the fresh rows), and the vectors are read where they
-    lie; else both sides are shuffled by id."""
+    from the candidates' distinct ids, collected on the driver, to those rows) by a join,
+    and its fresh partner's from ``shipped``. ``broadcast``: the candidates are few enough
+    to go to every task (the caller bounds them as it bounds the fresh rows), and the
+    vectors are read where they lie; else both sides are shuffled by id (a hint: Spark
+    cannot size a fetch before it runs, and would broadcast its vectors)."""
     if callable(vectors):
         vectors = vectors(candidates.select("id").distinct().toArrow().column("id").combine_chunks())
 
@@ -360,7 +361,8 @@ def _score_candidates(vectors: DataFrame | Callable[[pa.Array], DataFrame], cand
             yield pa.RecordBatch.from_pydict({**named, "cosine": near.cosine, "jaccard": near.jaccard,
                                               "tables_matched": near.tables_matched})
 
-    met = vectors.select("id", "path", "embedding").join(F.broadcast(candidates) if broadcast else candidates, "id")
+    met = vectors.select("id", "path", "embedding").join(
+        F.broadcast(candidates) if broadcast else candidates.hint("shuffle_merge"), "id")
     return met.select("id", "path", "embedding", "partner", "tables").mapInArrow(score, PAIR_SCHEMA)
 
 

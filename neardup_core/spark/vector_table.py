@@ -89,13 +89,19 @@ def read_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_
 
 def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_column: str, dim: int,
                ids: pa.Array, rows_per_slice: int, batch_rows: int, cores: int) -> DataFrame:
-    """id, path, embedding of the table's good rows whose id is in ``ids`` (few: broadcast),
-    read again by PyArrow in :func:`read_rows`' slices; only those rows leave the tasks.
+    """id, path, embedding of the table's good rows whose id is in ``ids`` (broadcast: the
+    fresh rows' or the candidates' ids; every id only where a run falls back to needing
+    every vector), read again by PyArrow in :func:`read_rows`' slices; only those rows
+    leave the tasks. Each slice's ids are read first and looked up in one call. No ids:
+    an empty frame, nothing read.
 
     Raises (in a task, so from the action that runs it):
         ValueError: a file's size or modification time is no longer what it was when
             ``table`` was opened (:func:`file_stamps`): the table changed during the run.
     """
+    schema = "id string, path string, embedding array<float>"
+    if len(ids) == 0:
+        return spark.createDataFrame([], schema)
     slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
     tasks = pack_slices(slices, rows_per_slice)
     columns = _columns(table, id_column, embedding_column)
@@ -112,14 +118,22 @@ def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding
                 files = sorted({slices[index].file for index in tasks[task]})
                 if file_stamps(fs, files) != [stamps[table.files.index(f)] for f in files]:
                     raise ValueError(f"--embeddings: {', '.join(files)} changed during the run (size or time)")
-                for batch in (b for index in tasks[task] for b in read_slice(fs, slices[index], columns, batch_rows)):
-                    keep = pc.is_in(batch.column(id_column).cast(pa.string()), value_set=sent.value)
-                    if pc.any(keep).as_py():
-                        rows = _embedded_rows(batch.filter(keep), id_column, embedding_column, dim)
-                        yield rows.filter(rows.column("error_stage").is_null()).select(["id", "path", "embedding"])
+                for index in tasks[task]:
+                    slice_ids = pa.concat_arrays([b.column(0).cast(pa.string()) for b in
+                                                  read_slice(fs, slices[index], [id_column], batch_rows)])
+                    wanted = pc.is_in(slice_ids, value_set=sent.value)
+                    if not pc.any(wanted).as_py():
+                        continue
+                    at = 0
+                    for batch in read_slice(fs, slices[index], columns, batch_rows):
+                        keep = wanted.slice(at, batch.num_rows)
+                        at += batch.num_rows
+                        if pc.any(keep).as_py():
+                            rows = _embedded_rows(batch.filter(keep), id_column, embedding_column, dim)
+                            yield rows.filter(rows.column("error_stage").is_null()).select(["id", "path", "embedding"])
 
     units = spark.range(len(tasks), numPartitions=max(len(tasks), 1))
-    return units.mapInArrow(run, "id string, path string, embedding array<float>")
+    return units.mapInArrow(run, schema)
 
 
 def _columns(table: TableFiles, id_column: str, embedding_column: str) -> list[str]:
