@@ -571,14 +571,13 @@ def _pair_and_write(spark: SparkSession, cfg: Config, embedded: _Embedded, out: 
                 reused_keys = incremental_stage.previous_keys(prior.data.embeddings,
                                                               gone if last_night_rows != reused_count else None)
                 reused_keyed = incremental_stage.with_previous_keys(reused, reused_keys)
-            keyed = fresh_keyed.unionByName(
-                reused_keyed.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
             one_task = not cfg.spark.shuffle_partitions and tuning.pairing_tasks(
                 items, planned.tables.dim, planned.tables.num_tables, planned.plan.expected_candidates,
                 cfg.pairs.partition_bytes, default_parallelism(spark), cfg.pairs.one_task_bytes) is None
             if one_task:  # small: the one task takes every row's vector
-                keyed = fresh_keyed.unionByName(_with_vectors(reused_keyed, embedded).select(
-                    *pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
+                reused_keyed = _with_vectors(reused_keyed, embedded)
+            keyed = fresh_keyed.unionByName(
+                reused_keyed.select(*pairing_stage.KEYED_COLUMNS).withColumn("fresh", F.lit(False)))
             tasks = cfg.spark.shuffle_partitions or groups_stage.round_tasks(
                 items + prior.run.pairs, cfg.pairs.partition_bytes, default_parallelism(spark))
             common = dict(max_bucket_size=cfg.lsh.max_bucket_size, cosine_threshold=cfg.pairs.cosine_threshold,

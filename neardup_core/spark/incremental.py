@@ -235,17 +235,18 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
     tally = Tally(spark)
     shipped: list[Broadcast] = []
     met: list[DataFrame] = []
+    counted: list[int] = []  # each chunk's candidates
 
     def meet(chunk: int, codes: np.ndarray | None = None) -> DataFrame:
         """The chunk's candidates, found, kept and counted; then scored (not yet run)."""
         rows = fresh.filter(F.abs(F.xxhash64("id")) % chunks == chunk)
-        candidates, sent = _fresh_candidates(keys, rows, num_tables, dim, tally, f"scored-{chunk}", codes)
+        candidates, sent = _fresh_candidates(keys, rows, num_tables, dim, tally, f"candidates-{chunk}", codes)
         shipped.extend(sent)
         met.append(candidates.persist(StorageLevel.MEMORY_AND_DISK))
         candidates.count()
-        count = sum(v[0] for v in tally.values(f"scored-{chunk}"))
+        counted.append(sum(v[0] for v in tally.values(f"candidates-{chunk}")))
         return _score_candidates(vectors, candidates, sent[0], num_tables, dim, cosine_threshold,
-                                 broadcast=count * _CANDIDATE_BYTES <= chunk_bytes)
+                                 broadcast=counted[-1] * _CANDIDATE_BYTES <= chunk_bytes)
 
     scored = [meet(0, touched)]
     now = np.zeros(len(touched), np.int64)
@@ -264,15 +265,14 @@ def pair_incrementally(fresh: DataFrame, reused_keys: DataFrame, reused_vectors:
         return IncrementalPairs(None, len(touched), largest)
     count, settled = _write_pairs(previous, gone, names, found, path, accept_cosine, broadcast=False,
                                   paths_moved=paths_moved)
-    candidates = sum(v[0] for chunk in range(chunks) for v in tally.values(f"scored-{chunk}"))
-    return IncrementalPairs(PairingResult(count, candidates, None, {"incremental": True, "fresh_chunks": chunks}),
+    return IncrementalPairs(PairingResult(count, sum(counted), None, {"incremental": True, "fresh_chunks": chunks}),
                             len(touched), largest, found, _lost(previous.pairs, gone),
                             _matched_before(previous, gone), settled)
 
 
 # A row, a fresh row (its position in the chunk), and the tables they share a key in.
 _CANDIDATE_SCHEMA = "id string, partner int, tables int"
-_CANDIDATE_BYTES = 64  # a candidate in a broadcast join's table, about (an id of up to 30 bytes)
+_CANDIDATE_BYTES = 64  # about what a candidate takes in a broadcast join's table, for ids of up to 30 bytes
 
 
 def _fresh_candidates(keys: DataFrame, fresh_rows: DataFrame, num_tables: int, dim: int, tally: Tally, name: str,

@@ -11,7 +11,7 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ..vector_table import TableFiles, pack_slices, plan_slices, read_slice
+from ..vector_table import Slice, TableFiles, pack_slices, plan_slices, read_slice
 
 # The embed stage's rows (spark.listing.EMBEDDED_SCHEMA), with `modified` as microseconds.
 _READ_SCHEMA = ("id string, path string, embedding array<float>, width int, height int, bytes bigint, "
@@ -66,8 +66,7 @@ def read_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding_
     incremental run), and sorted by id in each partition (the order a later stage numbers
     them in does not depend on which task's rows arrived first).
     Returns the rows and the reading task count."""
-    slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
-    tasks = pack_slices(slices, rows_per_slice)
+    slices, tasks = _slices(table, rows_per_slice, cores)
     columns = _columns(table, id_column, embedding_column)
     fs = table.fs
 
@@ -102,8 +101,7 @@ def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding
     schema = "id string, path string, embedding array<float>"
     if len(ids) == 0:
         return spark.createDataFrame([], schema)
-    slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
-    tasks = pack_slices(slices, rows_per_slice)
+    slices, tasks = _slices(table, rows_per_slice, cores)
     columns = _columns(table, id_column, embedding_column)
     fs, stamps = table.fs, table.stamps
     sent = spark.sparkContext.broadcast(ids)
@@ -129,11 +127,18 @@ def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding
                         keep = wanted.slice(at, batch.num_rows)
                         at += batch.num_rows
                         if pc.any(keep).as_py():
-                            rows = _embedded_rows(batch.filter(keep), id_column, embedding_column, dim)
+                            rows = _embedded_rows(batch.filter(keep), id_column, embedding_column, dim,
+                                                  hashes=False)
                             yield rows.filter(rows.column("error_stage").is_null()).select(["id", "path", "embedding"])
 
     units = spark.range(len(tasks), numPartitions=max(len(tasks), 1))
     return units.mapInArrow(run, schema)
+
+
+def _slices(table: TableFiles, rows_per_slice: int, cores: int) -> tuple[list[Slice], list[list[int]]]:
+    """The table's slices and the tasks that read them (:func:`read_rows`)."""
+    slices = plan_slices(table.files, table.row_groups, rows_per_slice, max_slices_per_group=cores)
+    return slices, pack_slices(slices, rows_per_slice)
 
 
 def _columns(table: TableFiles, id_column: str, embedding_column: str) -> list[str]:
@@ -143,8 +148,10 @@ def _columns(table: TableFiles, id_column: str, embedding_column: str) -> list[s
                                *(c for c in ("path", *_FACTS, "modified") if c in present)]))
 
 
-def _embedded_rows(batch: pa.RecordBatch, id_column: str, embedding_column: str, dim: int) -> pa.RecordBatch:
-    """A batch of the table's rows (:func:`_columns`) as rows of _READ_SCHEMA."""
+def _embedded_rows(batch: pa.RecordBatch, id_column: str, embedding_column: str, dim: int,
+                   hashes: bool = True) -> pa.RecordBatch:
+    """A batch of the table's rows (:func:`_columns`) as rows of _READ_SCHEMA; without
+    ``hashes``, null content hashes (a fetch needs none)."""
     import pyarrow.compute as pc
 
     from neardup_core.embed.batch import check_vector_column
@@ -162,6 +169,7 @@ def _embedded_rows(batch: pa.RecordBatch, id_column: str, embedding_column: str,
     stages = pc.if_else(reasons.is_valid(), pa.scalar("embedding"), pa.scalar(None, pa.string()))
     return pa.RecordBatch.from_arrays(
         [ids, get("path").cast(pa.string()) if "path" in present else ids, vectors, *facts,
-         modified, vector_hashes(vectors, dim), pa.array([False] * n), stages, reasons],
+         modified, vector_hashes(vectors, dim) if hashes else pa.nulls(n, pa.string()), pa.array([False] * n),
+         stages, reasons],
         names=["id", "path", "embedding", "width", "height", "bytes", "modified", "content_hash",
                "reused", "error_stage", "error_message"])
