@@ -150,7 +150,7 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig, gpus: bool = False) ->
 
 def cpu_int8(model: ModelConfig, embed: EmbedConfig) -> bool:
     """Whether ONNX Runtime on the CPU runs the INT8 copy: only when ``embed.cpu_precision``
-    says int8. Not the default: on 2 cores it made the embed stage only 1.12 x faster, and
-    its calibration photos come from a Debian package, so a default that depended on them
-    would embed differently on machines without it (docs/performance.md)."""
+    says int8. Not the default, although it makes the embed stage 1.4-1.6 x faster on 2
+    cores: its calibration photos come from a Debian package, so a default that depended on
+    them would fail, or embed differently, on machines without it (docs/performance.md)."""
     return embed.cpu_precision == "int8"
