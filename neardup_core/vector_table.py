@@ -36,7 +36,7 @@ class TableFiles(NamedTuple):
     files: list[str]  # in name order
     row_groups: list[list[int]]  # rows of each row group, per file
     schema: pa.Schema  # the first file's
-    stamps: list[tuple[int | None, int | None]] | None = None  # each file's file_stamps when opened
+    stamps: list[tuple[int | None, int | None]]  # each file's file_stamps when opened
 
 
 def hidden(name: str) -> bool:

@@ -103,7 +103,7 @@ def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding
         return spark.createDataFrame([], schema)
     slices, tasks = _slices(table, rows_per_slice, cores)
     columns = _columns(table, id_column, embedding_column)
-    fs, stamps = table.fs, table.stamps
+    fs, stamp_of = table.fs, dict(zip(table.files, table.stamps))
     sent = spark.sparkContext.broadcast(ids)
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -114,7 +114,7 @@ def fetch_rows(spark: SparkSession, table: TableFiles, id_column: str, embedding
         for unit in batches:
             for task in unit.column(0).to_pylist():
                 files = sorted({slices[index].file for index in tasks[task]})
-                if file_stamps(fs, files) != [stamps[table.files.index(f)] for f in files]:
+                if file_stamps(fs, files) != [stamp_of[f] for f in files]:
                     raise ValueError(f"--embeddings: {', '.join(files)} changed during the run (size or time)")
                 for index in tasks[task]:
                     slice_ids = pa.concat_arrays([b.column(0).cast(pa.string()) for b in
