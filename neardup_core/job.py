@@ -246,20 +246,16 @@ def run_pairs(cfg: Config, embeddings: str, launched_by_spark_submit: bool = Fal
     def produce(spark: SparkSession, out: OutputDir) -> _Embedded:
         with progress.stage("read-embeddings") as record:
             extra_columns = tuple(cfg.groups.manifest_columns())
-
-            def read_table(vectors: bool = True) -> listing_stage.UserEmbeddings:
-                return listing_stage.read_embeddings(
-                    spark, embeddings, cfg.input.id_column, cfg.input.embedding_column, extra_columns,
-                    cfg.input.slice_rows, VECTOR_BATCH_ROWS, cfg.pairs.partition_bytes, vectors)
-
-            read = read_table()  # nothing is read yet: the count below reads the table
+            read = listing_stage.read_embeddings(spark, embeddings, cfg.input.id_column, cfg.input.embedding_column,
+                                                 extra_columns, cfg.input.slice_rows, VECTOR_BATCH_ROWS,
+                                                 cfg.pairs.partition_bytes)  # nothing read yet: the count below reads
             rows, dim, extras = read.rows, read.dim, read.extras
             fingerprint = incremental.fingerprint(cfg, None, dim)
             prior = _previous(spark, out, previous, fingerprint, cfg)
             reusing = prior is not None and not prior.why_not
-            if reusing and _pairs_without_every_vector(cfg, prior.run):
+            if reusing and read.without_vectors is not None and _pairs_without_every_vector(cfg, prior.run):
                 # Tonight's vectors are read for their hashes only, and again where needed.
-                read = read_table(vectors=False)
+                read = read.without_vectors()
                 rows = read.rows
             if reusing:
                 rows = incremental_stage.match_previous_vectors(rows, prior.data.embeddings)

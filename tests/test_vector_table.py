@@ -123,7 +123,7 @@ def test_sliced_read_gives_the_rows_of_a_whole_table_read(spark, tmp_path, monke
 
 @pytest.mark.spark
 def test_a_read_without_vectors_fetches_those_asked_for_as_read(spark, tmp_path):
-    """read_embeddings(vectors=False): the same rows with null vectors (hashes, errors
+    """read_embeddings(...).without_vectors(): the same rows with null vectors (hashes, errors
     and all); its fetch gives the good rows asked for with the vectors the whole read
     gives (error rows and ids not in the table give nothing), from slices cut as the read
     cuts them; a file rewritten after the read makes the fetch fail, naming it."""
@@ -133,7 +133,7 @@ def test_a_read_without_vectors_fetches_those_asked_for_as_read(spark, tmp_path)
 
     names = write(tmp_path, [[1, 2, 13], [9], [5, 5]])
     whole = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=4, batch_rows=3)
-    lazy = listing.read_embeddings(spark, str(tmp_path), "item", "vec", slice_rows=4, batch_rows=3, vectors=False)
+    lazy = whole.without_vectors()
     assert whole.fetch is None and lazy.fetch is not None
     full = whole.rows.orderBy("id").toPandas()
     bare = lazy.rows.orderBy("id").toPandas()

@@ -196,11 +196,14 @@ class UserEmbeddings(NamedTuple):
     # Where `rows` were read without their vectors (null): the ids of good rows -> their id,
     # path and embedding, read again (spark.vector_table.fetch_rows).
     fetch: Callable[[pa.Array], DataFrame] | None = None
+    # Where PyArrow reads the table: the same read, of the table already opened, with null
+    # vectors and a `fetch` (an incremental run needs few vectors).
+    without_vectors: Callable[[], UserEmbeddings] | None = None
 
 
 def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_column: str,
                     extra_columns: tuple[str, ...] = (), slice_rows: int = 500_000,
-                    batch_rows: int = 10_000, slice_bytes: int = 64 << 20, vectors: bool = True) -> UserEmbeddings:
+                    batch_rows: int = 10_000, slice_bytes: int = 64 << 20) -> UserEmbeddings:
     """Embeddings made elsewhere: a Parquet table with an id column and an embedding
     column (list of floats, or fixed-size binary holding little-endian float32).
 
@@ -210,8 +213,9 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     where it has one, else the id; ``width``, ``height``, ``bytes`` and ``modified`` are
     the table's where it has them (a run's own ``embeddings/`` does), else null.
 
-    Without ``vectors``, where PyArrow reads the table, the rows' ``embedding`` is null
-    and ``fetch`` reads the vectors of the rows asked for (an incremental run needs few).
+    Where PyArrow reads the table, ``without_vectors()`` gives the same rows with a null
+    ``embedding`` and a ``fetch`` that reads the vectors of the rows asked for (an
+    incremental run needs few).
 
     The rows are read by PyArrow in Python tasks (:mod:`spark.vector_table`) into
     partitions of at most ``slice_rows`` rows and ``slice_bytes`` of float32 vectors, and
@@ -231,7 +235,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
         # a Spark job that reads a footer: 1.6 s at 100,000 rows).
         _check_vector_kind(path, embedding_column, _spark_kind(arrow.schema.field(embedding_column).type))
         return _read_by_arrow(spark, path, arrow, id_column, embedding_column, None, slice_rows, batch_rows,
-                              slice_bytes, vectors)
+                              slice_bytes)
     try:
         table = spark.read.parquet(path)
     except Exception as err:  # AnalysisException and friends: no such path, not Parquet
@@ -246,7 +250,7 @@ def read_embeddings(spark: SparkSession, path: str, id_column: str, embedding_co
     extras = table.select(F.col(id_column).cast("string").alias("id"), *extra_columns)
     if arrow is not None:
         return _read_by_arrow(spark, path, arrow, id_column, embedding_column, extras, slice_rows, batch_rows,
-                              slice_bytes, vectors)
+                              slice_bytes)
     log.info("--embeddings %s: read by Spark's reader, %s", path, why_not)
     path_col = F.col("path").cast("string") if "path" in table.columns else F.col(id_column).cast("string")
     facts = [(F.col(name) if name in table.columns else F.lit(None)).cast(_FACT_TYPES[name]).alias(name)
@@ -302,24 +306,29 @@ def _spark_kind(kind: pa.DataType) -> str:
 
 
 def _read_by_arrow(spark: SparkSession, path: str, arrow: TableFiles, id_column: str, embedding_column: str,
-                   extras: DataFrame | None, slice_rows: int, batch_rows: int, slice_bytes: int,
-                   vectors: bool = True) -> UserEmbeddings:
+                   extras: DataFrame | None, slice_rows: int, batch_rows: int, slice_bytes: int) -> UserEmbeddings:
     dim = first_vector_length(arrow, embedding_column)
     _check_first_vector(path, dim)
     total = sum(map(sum, arrow.row_groups))
     cores = spark.sparkContext.defaultParallelism
     per_slice = max(1, min(slice_rows, slice_bytes // (4 * dim), -(-total // cores)))
-    rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows, cores,
-                                         vectors)
-    log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks%s", path, total, len(arrow.files),
-             tasks, "" if vectors else " (their hashes; vectors where needed)")
+
+    def read(vectors: bool) -> UserEmbeddings:
+        rows, tasks = vector_stage.read_rows(spark, arrow, id_column, embedding_column, dim, per_slice, batch_rows,
+                                             cores, vectors)
+        if vectors:
+            log.info("--embeddings %s: %d rows in %d files, read by PyArrow in %d tasks", path, total,
+                     len(arrow.files), tasks)
+        else:
+            log.info("--embeddings %s: read for the vectors' hashes; the vectors themselves only where needed", path)
+        return UserEmbeddings(rows, dim, extras, total * dim * 4, "path" in arrow.schema.names,
+                              None if vectors else fetch, (lambda: read(False)) if vectors else None)
 
     def fetch(ids: pa.Array) -> DataFrame:
         return vector_stage.fetch_rows(spark, arrow, id_column, embedding_column, dim, ids, per_slice, batch_rows,
                                        cores)
 
-    return UserEmbeddings(rows, dim, extras, total * dim * 4, "path" in arrow.schema.names,
-                          None if vectors else fetch)
+    return read(True)
 
 
 def _arrow_table(path: str, id_column: str, embedding_column: str) -> tuple[TableFiles | None, str]:
