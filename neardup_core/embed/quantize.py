@@ -41,7 +41,7 @@ SHIPPED_RANGES = os.path.join(os.path.dirname(__file__), "efficientnet_lite0.int
 # Bump when the quantization code changes, so stale caches are rebuilt instead of reused.
 QUANTIZE_VERSION = 2
 MAX_PIXELS = 64_000_000
-# The probe of an export (probe); the same network agrees to about 1e-6, another one not at all.
+# probe(): what an export computes. One network's exports agree to about 1e-6; another network does not.
 PROBE_SEED = 0
 PROBE_DIRECTIONS = 32
 PROBE_TOLERANCE = 1e-3
@@ -118,8 +118,8 @@ def int8_model_path(fp32_path: str, model: ModelConfig, cache_dir: str, calibrat
 
         def make() -> bytes:
             return quantize_with_shipped(fp32_path, shipped)
-    digest.update(f"|{model.input_size}|{model.preprocess}|{model.trim_borders}|{model.colour}"
-                  f"|{version('onnxruntime')}|{QUANTIZE_VERSION}".encode())
+    digest.update(f"|{json.dumps(preparation(model), sort_keys=True)}|{version('onnxruntime')}|{QUANTIZE_VERSION}"
+                  .encode())
     stem = os.path.splitext(os.path.basename(fp32_path))[0]
     target = os.path.join(cache_dir, "onnx", f"{stem}-int8-{digest.hexdigest()[:16]}.onnx")
     return cached_file(target, make)
