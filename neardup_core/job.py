@@ -189,6 +189,8 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             record["dim"] = prepared.dim
             record["model_file"] = prepared.file
             record["precision"] = prepared.precision or "fp32"
+            if prepared.export:
+                record["export_file"] = prepared.export  # what GPU executors build from
     except BaseException:
         lock.release()
         raise

@@ -18,12 +18,15 @@ from neardup_core.config import Config, EmbedConfig, ModelConfig
 from neardup_core.embed import ModelError, get_embedder, prepare_model
 from neardup_core.embed import quantize as quantize_module
 from neardup_core.embed.batch import decode_for_model
+from neardup_core.embed.factory import is_int8_copy
 from neardup_core.embed.quantize import (
     CALIBRATION_PHOTOS,
-    PROBE_TOLERANCE,
     calibration_files,
     calibration_inputs,
-    probe,
+    int8_model_path,
+    photos_digest,
+    probe_input,
+    probe_misfit,
     quantize,
     shipped_ranges,
 )
@@ -41,61 +44,123 @@ MAX_PAIR_SHIFT = 0.06
 
 
 @pytest.fixture(scope="module")
-def prepared():
+def export():
+    """The default model and its FP32 export: all that auto needs (no photos)."""
+    model = ModelConfig()
+    return model, prepare_model(model, EmbedConfig(cpu_precision="fp32"))
+
+
+@pytest.fixture(scope="module")
+def prepared(export):
     if not os.path.isdir(CALIBRATION_PHOTOS):
         pytest.skip(f"{CALIBRATION_PHOTOS} missing: apt-get install opencv-doc (.ci/run does)")
-    model = ModelConfig()
-    return (model, prepare_model(model, EmbedConfig(cpu_precision="fp32")),
-            prepare_model(model, EmbedConfig(cpu_precision="int8")))
+    model, fp32 = export
+    return model, fp32, prepare_model(model, EmbedConfig(cpu_precision="int8"))
+
+
+@pytest.fixture
+def no_photos(monkeypatch):
+    """A machine without opencv-doc: whatever asks for the calibration photos fails."""
+    def refuse(*_):
+        raise AssertionError("the calibration photos were asked for")
+
+    monkeypatch.setattr(quantize_module, "calibration_files", refuse)
 
 
 def test_the_shipped_ranges_are_those_measured_on_the_photos_for_this_export(prepared):
     model, fp32, _ = prepared
     shipped = shipped_ranges(model)
-    again = quantize(fp32.file, calibration_inputs(calibration_files(), model))[1]
-    redo = "the default export changed: write them again with python -m neardup_core.embed.quantize"
+    files = calibration_files()
+    assert photos_digest(files) == shipped["photos"]["sha256"], \
+        f"{CALIBRATION_PHOTOS} holds other photos than those the ranges were measured on ({shipped['photos']})"
+    again = quantize(fp32.file, calibration_inputs(files, model))[1]
+    redo = (f"the default export changed ({shipped['made_with']} when the ranges were measured): measure them "
+            "again with python -m neardup_core.embed.quantize")
     assert sorted(again["data"]) == sorted(shipped["ranges"]["data"]), redo
     for name, measured in again["data"].items():
         for end in ("lowest", "highest"):
             # The same float32 network on another CPU may round differently in the last bits.
             np.testing.assert_allclose(measured[end]["data"], shipped["ranges"]["data"][name][end]["data"],
                                        rtol=1e-4, atol=1e-5, err_msg=f"{name} {end}: {redo}")
-    assert np.abs(probe(fp32.file, model) - shipped["probe"]).max() <= PROBE_TOLERANCE / 100, redo
+    assert probe_misfit(quantize(fp32.file, probe_input(model))[1], shipped["probe"]) is None, redo
 
 
-def test_auto_quantizes_the_default_model_from_the_shipped_ranges_without_the_photos(prepared, tmp_path,
-                                                                                      monkeypatch):
-    model, fp32, int8 = prepared
-    # A machine without opencv-doc: int8 cannot calibrate there, auto needs nothing from it.
-    monkeypatch.setattr(quantize_module, "CALIBRATION_PHOTOS", str(tmp_path / "no-photos"))
+def test_auto_quantizes_the_default_model_from_the_shipped_ranges_without_the_photos(export, tmp_path, no_photos):
+    model, fp32 = export
+    copy = int8_model_path(fp32.file, model, str(tmp_path), calibrate=False)  # an empty cache: quantized now
+    assert os.path.dirname(copy) == str(tmp_path / "onnx")
+    embedder = get_embedder(copy, "onnxruntime", None, model, EmbedConfig())
+    assert is_int8_copy(embedder) and not is_int8_copy(get_embedder(fp32.file, "onnxruntime", None, model,
+                                                                    EmbedConfig()))
+    assert embedder.dim == fp32.dim
+    # What prepare_model gives by default: the INT8 copy of the default model (cached beside its
+    # export); the model's own FP32 for any other model or preparation; TensorRT's FP32 export.
     auto = prepare_model(model, EmbedConfig())
-    assert auto.precision == "int8" and auto.dim == fp32.dim
+    assert (auto.precision, auto.export) == ("int8", fp32.file) and auto.file != fp32.file
     assert os.path.basename(auto.file).startswith(Path(fp32.file).stem + "-int8-")
-    # The same ranges, so the same model: byte for byte where they were measured on this CPU.
+    assert prepare_model(dataclasses.replace(model, colour="rgb"), EmbedConfig()).precision is None
+    assert prepare_model(dataclasses.replace(model, path=fp32.file), EmbedConfig()).precision is None
+    assert prepare_model(model, EmbedConfig(), gpus=True) == fp32
+
+
+def test_auto_and_int8_give_the_same_model_for_the_default_one(prepared):
+    model, _, int8 = prepared
+    auto = prepare_model(model, EmbedConfig())
     pixels = np.stack([decode_for_model((Path(CALIBRATION_PHOTOS) / name).read_bytes(), model, 64_000_000)
                        for name in PHOTOS])
     a = get_embedder(auto.file, "onnxruntime", None, model, EmbedConfig()).embed(pixels)
     b = get_embedder(int8.file, "onnxruntime", None, model, EmbedConfig()).embed(pixels)
+    # Byte for byte where the ranges were measured on this CPU; elsewhere within its rounding.
     assert np.sum(a.astype(np.float64) * b, axis=1).min() >= 0.999
-    # Ranges are shipped for the default model at its default preparation only; elsewhere
-    # auto runs the model's own FP32.
-    assert prepare_model(dataclasses.replace(model, colour="rgb"), EmbedConfig()).precision is None
-    assert prepare_model(dataclasses.replace(model, path=fp32.file), EmbedConfig()).precision is None
-    # Tasks given GPUs run TensorRT, which builds from the FP32 export.
-    assert prepare_model(model, EmbedConfig(), gpus=True) == fp32
 
 
-def test_shipped_ranges_that_do_not_fit_the_export_are_refused_with_the_versions(prepared):
-    model, fp32, int8 = prepared
+def test_shipped_ranges_that_do_not_fit_the_export_are_refused_with_the_versions(export, no_photos):
+    model, fp32 = export
     shipped = shipped_ranges(model)
-    # Another function (the INT8 copy stands in for another export), and a tensor without a range.
-    with pytest.raises(ModelError, match=r"computes another function .* tensorflow-cpu .* Set embed.cpu_precision"):
-        quantize_module.quantize_with_shipped(int8.file, shipped)
-    for dropped in sorted(shipped["ranges"]["data"])[:2]:  # ORT finds one missing in two places
-        data = {name: r for name, r in shipped["ranges"]["data"].items() if name != dropped}
-        lacking = {**shipped, "ranges": {**shipped["ranges"], "data": data}}
-        with pytest.raises(ModelError, match=rf"do not fit .*ONNX Runtime says .*{re.escape(dropped)}"):
-            quantize_module.quantize_with_shipped(fp32.file, lacking)
+    probe = shipped["probe"]["data"]
+    first, second = sorted(probe)[:2]
+
+    def refused(changed_probe: dict, why: str) -> None:
+        changed = {**shipped, "probe": {**shipped["probe"], "data": changed_probe}}
+        with pytest.raises(ModelError, match=rf"do not fit .*{why}.* tensorflow-cpu .*Set embed.cpu_precision int8"):
+            quantize_module.quantize_with_shipped(fp32.file, changed)
+
+    # Another network: a tensor holds other values on the probe image.
+    moved = {**probe[first], "highest": {**probe[first]["highest"], "data": [probe[first]["highest"]["data"][0] + 1]}}
+    refused({**probe, first: moved}, rf"tensor {re.escape(first)} holds other values")
+    # The same names holding each other's values, or a tensor the ranges do not name.
+    refused({**probe, first: probe[second], second: probe[first]}, "holds other values")
+    refused({name: r for name, r in probe.items() if name != first}, r"its tensors differ \(0 without .*1 new")
+    # Ranges lacking a tensor the probe has: ONNX Runtime refuses them, and so do we.
+    data = {name: r for name, r in shipped["ranges"]["data"].items() if name != second}
+    with pytest.raises(ModelError, match=rf"do not fit .*ONNX Runtime says .*{re.escape(second)}"):
+        quantize_module.quantize_with_shipped(fp32.file, {**shipped, "ranges": {**shipped["ranges"], "data": data}})
+    assert quantize_module.quantize_with_shipped(fp32.file, shipped)  # and the ranges as shipped fit
+
+
+def test_a_runs_int8_copy_named_as_model_path_runs_as_it_is(export, no_photos):
+    model, fp32 = export
+    copy = prepare_model(model, EmbedConfig())
+    user = dataclasses.replace(model, path=copy.file)
+    for precision in ("auto", "int8", "fp32"):
+        again = prepare_model(user, EmbedConfig(cpu_precision=precision))
+        assert (again.file, again.precision, again.digest) == (copy.file, "int8", copy.digest), precision
+    with pytest.raises(ModelError, match="INT8 copy, for ONNX Runtime on CPUs.*export_file"):
+        prepare_model(user, EmbedConfig(), gpus=True)
+
+
+def test_unreadable_shipped_ranges_say_which_file_and_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize_module, "SHIPPED_RANGES", str(tmp_path / "gone.json"))
+    with pytest.raises(ModelError, match=r"cannot read the INT8 ranges .*gone.json.*embed.cpu_precision fp32"):
+        shipped_ranges(ModelConfig())
+
+
+def test_the_shipped_ranges_are_package_data():
+    import tomllib
+
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as fh:
+        patterns = tomllib.load(fh)["tool"]["setuptools"]["package-data"]["neardup_core.embed"]
+    assert any(Path(quantize_module.SHIPPED_RANGES).match(pattern) for pattern in patterns)
 
 
 def test_int8_embeddings_stay_close_to_fp32_on_photos_it_was_not_calibrated_on(prepared):

@@ -7,10 +7,13 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..config import EmbedConfig, ModelConfig
 from .base import Embedder, ModelError
+
+if TYPE_CHECKING:
+    from .onnxruntime_backend import OnnxRuntimeEmbedder
 
 CPU_BACKEND = "onnxruntime"  # measured fastest on the CPU: benchmarks/embed_backends.py
 
@@ -103,6 +106,7 @@ class PreparedModel(NamedTuple):
             that the previous run's embeddings came from the same model.
         precision: ``int8`` where ``file`` is the quantized copy of the export
             (``embed.cpu_precision``), else None: the model's own float precision.
+        export: the FP32 ONNX export ``file`` was quantized from in this run, else None.
     """
 
     file: str
@@ -110,6 +114,7 @@ class PreparedModel(NamedTuple):
     shipped: bool
     digest: str = ""
     precision: str | None = None
+    export: str | None = None
 
 
 def prepare_model(model: ModelConfig, embed: EmbedConfig, gpus: bool = False) -> PreparedModel:
@@ -138,23 +143,37 @@ def prepare_model(model: ModelConfig, embed: EmbedConfig, gpus: bool = False) ->
         dim = get_embedder(source, "tensorflow", None, model, embed).dim
         return PreparedModel(source, dim, shipped=False, digest=model_digest(source))
     onnx = onnx_model_path(source, model.output, model.input_size, os.path.expanduser(model.cache_dir))
-    precision = None
+    precision, export = None, None
     on_cpu = embed.backend == "onnxruntime" or (embed.backend == "auto" and not gpus)
-    if on_cpu and cpu_int8(model, embed):
+    if source.endswith(".onnx") and is_int8_copy(get_embedder(onnx, "onnxruntime", None, model, embed)):
+        if not on_cpu:  # TensorRT and its FP16 conversion take float graphs
+            raise ModelError(f"model.path {model.path}: neardup's INT8 copy, for ONNX Runtime on CPUs; GPU executors "
+                             "build TensorRT engines from the FP32 export it was made from (export_file in the "
+                             "manifest that named this file)")
+        precision = "int8"  # a run's INT8 copy, named by its manifest: run as it is, recorded as it is
+    elif on_cpu and cpu_int8(model, embed):
         from .quantize import int8_model_path
 
+        export = onnx
         onnx = int8_model_path(onnx, model, os.path.expanduser(model.cache_dir),
                                calibrate=embed.cpu_precision == "int8")
         precision = "int8"
     dim = get_embedder(onnx, "onnxruntime", None, model, embed).dim
-    return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx), precision=precision)
+    return PreparedModel(onnx, dim, shipped=True, digest=model_digest(onnx), precision=precision, export=export)
+
+
+def is_int8_copy(embedder: OnnxRuntimeEmbedder) -> bool:
+    """Whether an ONNX Runtime embedder runs a copy neardup quantized (its metadata says so)."""
+    from .quantize import STAMP_KEY
+
+    return embedder.metadata.get(STAMP_KEY) == "int8"
 
 
 def cpu_int8(model: ModelConfig, embed: EmbedConfig) -> bool:
     """Whether ONNX Runtime on the CPU runs the INT8 copy (``embed.cpu_precision``):
     ``int8`` for any model, calibrated on opencv-doc's photos; ``auto`` where the package
-    ships the ranges (the default model at its default preparation: 1.4-1.6 x the embed
-    stage on 2 cores, held-out F1 within 0.005 of FP32's, docs/performance.md), and for any
+    ships the ranges (the default model at its default preparation: 1.3-1.7 x the embed
+    stage on 2 cores, held-out F1 0.003 below FP32's, docs/performance.md), and for any
     other model its own FP32, whose INT8 quality neardup has not measured."""
     from .quantize import shipped_ranges
 

@@ -29,6 +29,7 @@ class OnnxRuntimeEmbedder:
         if inputs[0].type != "tensor(float)":
             raise ModelError(f"model {path}: input {inputs[0].name} is {inputs[0].type}, expected tensor(float)")
         check_input_shape(path, [d if isinstance(d, int) else None for d in inputs[0].shape], input_size)
+        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         self._input = inputs[0].name
         self._output = self._session.get_outputs()[0].name
         self.path = path

