@@ -25,6 +25,7 @@ measured numbers; it is not a test.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import os
 import shutil
@@ -37,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from job_throughput import build_catalog, run_job
 
-from neardup_core.config import EmbedConfig, ModelConfig
+from neardup_core.config import EmbedConfig, load_config
 from neardup_core.embed import get_embedder, prepare_model
 from neardup_core.embed.batch import decode_for_model
 
@@ -64,7 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     cores = os.cpu_count() or 1
-    model, embed = ModelConfig(), EmbedConfig()
+    embed = EmbedConfig()
     work = tempfile.mkdtemp(prefix="neardup-embed-bench-")
     try:
         catalog, out = os.path.join(work, "catalog"), os.path.join(work, "out")
@@ -75,9 +76,15 @@ def main() -> None:
         for name in files:
             with open(name, "rb") as fh:
                 blobs.append(fh.read())
-        decode = best_rate(lambda: [decode_for_model(b, model, MAX_PIXELS) for b in blobs], len(blobs),
-                           args.repeats)
-        pixels = np.stack([decode_for_model(b, model, MAX_PIXELS) for b in blobs])
+        decoded = {}  # model config -> (decode rate, pixels): a variant may prepare images otherwise
+
+        def decode_for(model):
+            if model not in decoded:
+                rate = best_rate(lambda: [decode_for_model(b, model, MAX_PIXELS) for b in blobs], len(blobs),
+                                 args.repeats)
+                decoded[model] = rate, np.stack([decode_for_model(b, model, MAX_PIXELS) for b in blobs])
+            return decoded[model]
+
         print(f"{args.images} JPEGs of ~1000 px; default model, {cores} cores, embed.batch_size {embed.batch_size}; "
               f"model-only and decode-only on {len(blobs)} of them, best of {args.repeats}")
         print("| variant | model only | decode only, 1 core | bound | embed stage | stage / model | list stage "
@@ -87,22 +94,26 @@ def main() -> None:
             precision, _, extra = variant.partition(":")
             overrides = [f"embed.cpu_precision={precision}", "pairs.accept_cosine=-1", *args.set,
                          *filter(None, extra.split(","))]
-            prepared = prepare_model(model, EmbedConfig(cpu_precision=precision))
-            embedder = get_embedder(prepared.file, "onnxruntime", None, model, EmbedConfig(threads_per_task=cores))
-            embedder.embed(pixels[: embed.batch_size])  # warm-up
+            cfg = load_config(None, overrides)  # the model the job will run, prepared as it will
+            decode, pixels = decode_for(cfg.model)
+            prepared = prepare_model(cfg.model, cfg.embed)
+            embedder = get_embedder(prepared.file, "onnxruntime", None, cfg.model,
+                                    dataclasses.replace(cfg.embed, threads_per_task=cores))
+            embedder.embed(pixels[: cfg.embed.batch_size])  # warm-up
 
-            def model_only(embedder=embedder):
-                for i in range(0, len(pixels), embed.batch_size):
-                    embedder.embed(pixels[i:i + embed.batch_size])
+            def model_only(embedder=embedder, batch=cfg.embed.batch_size, pixels=pixels):
+                for i in range(0, len(pixels), batch):
+                    embedder.embed(pixels[i:i + batch])
 
             only = best_rate(model_only, len(pixels), args.repeats)
             bound = 1 / (1 / only + 1 / (decode * cores))
             wall, manifest = run_job(catalog, out, overrides)
-            stage = {s["name"]: s["seconds"] for s in manifest["stages"]}
-            rate = args.images / stage["embed"]
+            stage = {s["name"]: s for s in manifest["stages"]}
+            assert stage["load-model"]["model_file"] == prepared.file, "the job ran another model than measured"
+            rate = args.images / stage["embed"]["seconds"]
             name = f"{variant} ({prepared.precision or 'fp32'})"
             print(f"| {name} | {only:.1f} | {decode:.1f} | {bound:.1f} | {rate:.1f} | {rate / only:.2f} | "
-                  f"{stage['list']:.1f} s | {wall:.1f} s | {args.images / wall:.1f} |", flush=True)
+                  f"{stage['list']['seconds']:.1f} s | {wall:.1f} s | {args.images / wall:.1f} |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -6,7 +6,8 @@ the same half for every seed (a hash of the photo's name). Pairs across the halv
 in neither.
 
 For each seed and each preparation (model.colour, model.trim_borders), `neardup run`
-embeds the set once with verification off; every pair at cosine >= FLOOR is then scored
+embeds the set once with verification off, at the precision the default model runs at on
+the CPU (INT8 with the defaults); every pair at cosine >= FLOOR is then scored
 exactly from the embeddings, and verified here with the job's own kernel
 (neardup_core.verify) for each feature kind, ratio and transform. The grid of
 (preparation, features, ratio, transform, cosine_threshold, accept_cosine, min_inliers)
@@ -100,8 +101,20 @@ def split(set_dir: str, rows: list[dict]) -> dict[str, str]:
     return {r["file"]: half_of(group_unit[r["group"]]) for r in rows}
 
 
+def default_precision() -> str:
+    """What the default model runs at on the CPU: every preparation is embedded at it, so
+    preparations are compared like for like (auto runs a non-default preparation in FP32,
+    having no ranges shipped for it; int8 measures them on the photos, as the study has)."""
+    from neardup_core.config import EmbedConfig, ModelConfig
+    from neardup_core.embed.factory import cpu_int8
+
+    return "int8" if cpu_int8(ModelConfig(), EmbedConfig()) else "fp32"
+
+
 def embed(set_dir: str, work: str, name: str, overrides: list[str]) -> tuple[list[str], np.ndarray, float]:
-    out = os.path.join(work, f"run-{name}")
+    precision = default_precision()
+    overrides = [f"embed.cpu_precision={precision}", *overrides]
+    out = os.path.join(work, f"run-{name}-{precision}")  # a --work of FP32 runs is not read as INT8 ones
     seconds = 0.0
     if not os.path.exists(os.path.join(out, "_SUCCESS")):
         seconds = neardup(["run", "--input", os.path.join(set_dir, "images"), "--output", out, "--overwrite",
