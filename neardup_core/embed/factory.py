@@ -104,8 +104,9 @@ class PreparedModel(NamedTuple):
             by :func:`prepare_model`, so no other code asks which backend was configured.
         digest: SHA-256 of ``file``'s bytes: what an incremental run compares to know
             that the previous run's embeddings came from the same model.
-        precision: ``int8`` where ``file`` is the quantized copy of the export
-            (``embed.cpu_precision``), else None: the model's own float precision.
+        precision: ``int8`` where ``file`` is an INT8 copy neardup made (in this run, as
+            ``embed.cpu_precision`` says, or in an earlier one whose copy is ``model.path``),
+            else None: the model's own float precision.
         export: the FP32 ONNX export ``file`` was quantized from in this run, else None.
     """
 

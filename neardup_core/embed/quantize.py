@@ -189,9 +189,9 @@ def probe_misfit(measured: dict, shipped: dict) -> str | None:
     """
     measured, shipped = measured["data"], shipped["data"]
     if set(measured) != set(shipped):
-        missing, extra = sorted(set(shipped) - set(measured)), sorted(set(measured) - set(shipped))
-        return f"its tensors differ ({len(missing)} without a shipped range, e.g. {missing[:2]}; " \
-               f"{len(extra)} new, e.g. {extra[:2]})"
+        unranged, absent = sorted(set(measured) - set(shipped)), sorted(set(shipped) - set(measured))
+        return f"its tensors differ ({len(unranged)} without a shipped range, e.g. {unranged[:2]}; " \
+               f"{len(absent)} shipped but not in this export, e.g. {absent[:2]})"
     for name in sorted(shipped):
         for end in ("lowest", "highest"):
             got, want = (np.asarray(r[name][end]["data"], np.float64) for r in (measured, shipped))
