@@ -421,6 +421,9 @@ def test_summary_shows_verification_counts_and_settings_and_the_histogram_marks_
     labels = [label for label, _ in data.settings]
     assert labels[:3] == ["cosine threshold", "accept cosine", "min inliers"]
     assert dict(data.settings)["accept cosine"] == "0.85" and dict(data.settings)["min inliers"] == "15"
+    assert dict(data.settings)["model"] == "built-in EfficientNet-Lite0, 224 px, grayscale"  # no precision recorded
+    manifest["stages"].insert(0, {"name": "load-model", "seconds": 0.1, "precision": "int8"})
+    assert dict(prepare(str(tmp_path), manifest, ReportConfig()).settings)["model"].endswith("grayscale, INT8")
     h = data.histogram
     assert h.accept_cosine == ACCEPT and h.threshold_x < h.accept_x < h.plot_right
     html = render.render(data)

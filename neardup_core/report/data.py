@@ -274,6 +274,11 @@ def _settings(manifest: dict, threshold: float) -> list[tuple[str, str]]:
     else:
         model_text = model.get("path") or model.get("name") or "built-in EfficientNet-Lite0"
         model_text += f", {model.get('input_size', '?')} px, {model.get('colour', '?')}"
+        # What ran: INT8 or FP32 (embed.cpu_precision); absent from runs older than the key.
+        loaded = [s for s in manifest.get("stages", []) if s.get("name") == "load-model"]
+        precision = loaded[0].get("precision") if loaded else None
+        if precision:
+            model_text += f", {str(precision).upper()}"
     lsh = manifest.get("lsh")
     if lsh:
         plan = (f"{lsh['num_tables']} tables of {lsh['bits_per_table']} bits; recall "
