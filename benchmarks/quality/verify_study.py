@@ -309,8 +309,11 @@ def main() -> None:
                     results.append((setting, pooled_counts(counts_for(setting, "tuning"))))
     print(f"\n{len(results)} settings scored on the tuning photos in {time.perf_counter() - start:.0f} s")
 
+    def eligible(candidates):
+        return [r for r in candidates if r[1][0] >= MIN_PRECISION] or candidates
+
     def best(candidates):
-        ok = [r for r in candidates if r[1][0] >= MIN_PRECISION] or candidates
+        ok = eligible(candidates)
         top = max(r[1][2] for r in ok)
         # Within F1_TIE of the best F1 on the tuning photos, the setting that verifies most
         # (highest accept_cosine), then demands most inliers: the tuning photos hold few
@@ -319,7 +322,7 @@ def main() -> None:
         return max(near, key=lambda r: (r[0][5], r[0][6], r[1][2]))
 
     chosen = best(results)
-    top = max(r[1][2] for r in [r for r in results if r[1][0] >= MIN_PRECISION] or results)
+    top = max(r[1][2] for r in eligible(results))
     print(f"best tuning F1 at precision >= {MIN_PRECISION}: {top:.3f}; the choice is the setting that verifies most "
           f"within {F1_TIE} of it")
     no_verify = best([r for r in results if r[0][5] <= r[0][4] and r[0][0] == chosen[0][0]])

@@ -158,16 +158,13 @@ def quantize_with_shipped(fp32_path: str, shipped: dict) -> bytes:
                           f"on opencv-doc's photos, or fp32")
 
     try:
-        on_probe = quantize(fp32_path, probe_input(ModelConfig(**shipped["preparation"])))[1]
-    except ModelError as err:
+        misfit = probe_misfit(quantize(fp32_path, probe_input(ModelConfig(**shipped["preparation"])))[1],
+                              shipped["probe"])
+        if misfit is None:
+            return quantize(fp32_path, ranges=shipped["ranges"])[0]
+    except ModelError as err:  # ONNX Runtime names the first tensor it cannot take
         raise refused(f"ONNX Runtime says {type(err.__cause__).__name__}: {err.__cause__}") from err
-    misfit = probe_misfit(on_probe, shipped["probe"])
-    if misfit:
-        raise refused(misfit)
-    try:
-        return quantize(fp32_path, ranges=shipped["ranges"])[0]
-    except ModelError as err:  # ONNX Runtime names the first tensor without a range
-        raise refused(f"ONNX Runtime says {type(err.__cause__).__name__}: {err.__cause__}") from err
+    raise refused(misfit)
 
 
 def probe_input(model: ModelConfig) -> np.ndarray:
