@@ -187,8 +187,8 @@ def probe_misfit(measured: dict, shipped: dict) -> str | None:
     measured, shipped = measured["data"], shipped["data"]
     if set(measured) != set(shipped):
         unranged, absent = sorted(set(measured) - set(shipped)), sorted(set(shipped) - set(measured))
-        return f"its tensors differ ({len(unranged)} without a shipped range, e.g. {unranged[:2]}; " \
-               f"{len(absent)} shipped but not in this export, e.g. {absent[:2]})"
+        return (f"its tensors differ ({len(unranged)} without a shipped range{_examples(unranged)}; "
+                f"{len(absent)} shipped but not in this export{_examples(absent)})")
     for name in sorted(shipped):
         for end in ("lowest", "highest"):
             got, want = (np.asarray(r[name][end]["data"], np.float64) for r in (measured, shipped))
@@ -196,6 +196,10 @@ def probe_misfit(measured: dict, shipped: dict) -> str | None:
                 return f"tensor {name} holds other values ({end} {got.tolist()} on the probe image, {want.tolist()} " \
                        f"when the ranges were measured)"
     return None
+
+
+def _examples(names: list[str]) -> str:
+    return f", e.g. {names[:2]}" if names else ""
 
 
 def calibration_inputs(files: list[str], model: ModelConfig) -> np.ndarray:
