@@ -191,6 +191,7 @@ def run(cfg: Config, launched_by_spark_submit: bool = False, verbose: bool = Fal
             record["precision"] = prepared.precision or "fp32"
             if prepared.export:
                 record["export_file"] = prepared.export  # what GPU executors build from
+        log.info("model file: %s (%s), %d-d embeddings", prepared.file, record["precision"].upper(), prepared.dim)
     except BaseException:
         lock.release()
         raise
